@@ -1,0 +1,507 @@
+/* Public op wrappers: argument checks shared by every backend, then one
+ * dispatch through the context's op table. */
+#include "gpu/backend.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "base/error.h"
+#include "gpu/backend_impl.h"
+
+int st_backend_kind_from_name(const char *name, st_backend_kind *out) {
+  if (strcmp(name, "cpu") == 0)
+    *out = ST_BACKEND_CPU;
+  else if (strcmp(name, "cuda") == 0)
+    *out = ST_BACKEND_CUDA;
+  else if (strcmp(name, "auto") == 0)
+    *out = ST_BACKEND_AUTO;
+  else
+    return st_error_set(ST_EINVAL,
+                        "unknown backend '%s' (expected cpu, cuda or auto)",
+                        name);
+  return ST_OK;
+}
+
+static int backend_cuda_new(const st_backend_options *opts, st_backend **out) {
+#ifdef ST_HAVE_CUDA
+  return st__backend_cuda_new(opts, out);
+#else
+  (void)opts;
+  *out = NULL;
+  return st_error_set(ST_ENODEV, "this build has no CUDA backend (ST_CUDA)");
+#endif
+}
+
+int st_backend_new(const st_backend_options *opts, st_backend **out) {
+  *out = NULL;
+  switch (opts->kind) {
+  case ST_BACKEND_CPU:
+    return st__backend_cpu_new(opts, out);
+  case ST_BACKEND_CUDA:
+    return backend_cuda_new(opts, out);
+  case ST_BACKEND_AUTO: {
+    int rc = backend_cuda_new(opts, out);
+    if (rc == ST_OK)
+      return rc;
+    fprintf(stderr, "shadowtutor: CUDA backend unavailable (%s), using the CPU\n",
+            st_error_detail());
+    return st__backend_cpu_new(opts, out);
+  }
+  }
+  return st_error_set(ST_EINVAL, "unknown backend kind %d", (int)opts->kind);
+}
+
+void st_backend_free(st_backend *be) {
+  if (be)
+    be->ops->free(be);
+}
+
+const char *st_backend_name(const st_backend *be) { return be->ops->name; }
+st_backend_kind st_backend_get_kind(const st_backend *be) {
+  return be->ops->kind;
+}
+int st_backend_is_host(const st_backend *be) { return be->ops->host_memory; }
+
+int st_backend_alloc(st_backend *be, size_t bytes, void **out) {
+  return be->ops->alloc(be, bytes, out);
+}
+
+void st_backend_release(st_backend *be, void *ptr) {
+  if (ptr)
+    be->ops->release(be, ptr);
+}
+
+int st_tensor_upload(st_backend *be, st_tensor *dst, const void *host,
+                     size_t bytes) {
+  if (bytes != st_tensor_nbytes(dst))
+    return st_error_set(ST_ESHAPE, "upload: %zu bytes into a %zu-byte tensor",
+                        bytes, st_tensor_nbytes(dst));
+  return be->ops->upload(be, dst->data, host, bytes);
+}
+
+int st_tensor_download(st_backend *be, const st_tensor *src, void *host,
+                       size_t bytes) {
+  if (bytes != st_tensor_nbytes(src))
+    return st_error_set(ST_ESHAPE,
+                        "download: %zu bytes from a %zu-byte tensor", bytes,
+                        st_tensor_nbytes(src));
+  return be->ops->download(be, host, src->data, bytes);
+}
+
+int st_backend_sync(st_backend *be) {
+  return be->ops->sync ? be->ops->sync(be) : ST_OK;
+}
+
+/* ---- argument checks ---------------------------------------------------- */
+
+static int check_tensor(const char *op, const char *what, const st_tensor *t,
+                        st_dtype dt, int ndim) {
+  if (!t || !t->data)
+    return st_error_set(ST_EINVAL, "%s: %s is missing", op, what);
+  if (t->dtype != dt)
+    return st_error_set(ST_EDTYPE, "%s: %s is %s, expected %s", op, what,
+                        st_dtype_name(t->dtype), st_dtype_name(dt));
+  if (t->ndim != ndim)
+    return st_error_set(ST_ESHAPE, "%s: %s has rank %d, expected %d", op, what,
+                        t->ndim, ndim);
+  return ST_OK;
+}
+
+static int check_same(const char *op, const char *what, const st_tensor *a,
+                      const st_tensor *b) {
+  if (st_tensor_same_shape(a, b))
+    return ST_OK;
+  char sa[96], sb[96];
+  return st_error_set(ST_ESHAPE, "%s: %s shapes %s and %s differ", op, what,
+                      st_tensor_shape_str(a, sa, sizeof sa),
+                      st_tensor_shape_str(b, sb, sizeof sb));
+}
+
+static int check_shape4(const char *op, const char *what, const st_tensor *t,
+                        int64_t n, int64_t c, int64_t h, int64_t w) {
+  if (t->shape[0] == n && t->shape[1] == c && t->shape[2] == h &&
+      t->shape[3] == w)
+    return ST_OK;
+  char s[96];
+  return st_error_set(ST_ESHAPE, "%s: %s is %s, expected [%lld,%lld,%lld,%lld]",
+                      op, what, st_tensor_shape_str(t, s, sizeof s),
+                      (long long)n, (long long)c, (long long)h, (long long)w);
+}
+
+static int check_vec(const char *op, const char *what, const st_tensor *t,
+                     int64_t n) {
+  int rc = check_tensor(op, what, t, ST_F32, 1);
+  if (rc)
+    return rc;
+  if (t->shape[0] != n)
+    return st_error_set(ST_ESHAPE, "%s: %s has %lld entries, expected %lld",
+                        op, what, (long long)t->shape[0], (long long)n);
+  return ST_OK;
+}
+
+#define ST__TRY(expr)                                                          \
+  do {                                                                         \
+    int st__rc = (expr);                                                       \
+    if (st__rc)                                                                \
+      return st__rc;                                                           \
+  } while (0)
+
+#define ST__SLOT(be, slot, ...)                                                \
+  ((be)->ops->slot ? (be)->ops->slot(__VA_ARGS__)                              \
+                   : st_error_set(ST_ENOTSUP, "%s backend has no op '%s'",     \
+                                  (be)->ops->name, #slot))
+
+int64_t st_conv2d_out_size(int64_t in, int64_t kernel, int stride, int pad,
+                           int dilation) {
+  int64_t span = (kernel - 1) * dilation + 1;
+  return (in + 2 * (int64_t)pad - span) / stride + 1;
+}
+
+static int check_conv(const char *op, const st_conv2d_params *p,
+                      const st_tensor *x, const st_tensor *w,
+                      const st_tensor *y) {
+  ST__TRY(check_tensor(op, "x", x, ST_F32, 4));
+  ST__TRY(check_tensor(op, "w", w, ST_F32, 4));
+  ST__TRY(check_tensor(op, "y", y, ST_F32, 4));
+  for (int i = 0; i < 2; i++)
+    if (p->stride[i] < 1 || p->pad[i] < 0 || p->dilation[i] < 1)
+      return st_error_set(ST_EINVAL, "%s: bad stride/pad/dilation", op);
+  int64_t cin = x->shape[1], cout = w->shape[0];
+  if (p->groups < 1 || cin % p->groups || cout % p->groups ||
+      w->shape[1] * p->groups != cin)
+    return st_error_set(ST_ESHAPE,
+                        "%s: %lld input channels, %lld output channels, "
+                        "weight in-channels %lld, groups %d do not fit",
+                        op, (long long)cin, (long long)cout,
+                        (long long)w->shape[1], p->groups);
+  int64_t oh = st_conv2d_out_size(x->shape[2], w->shape[2], p->stride[0],
+                                  p->pad[0], p->dilation[0]);
+  int64_t ow = st_conv2d_out_size(x->shape[3], w->shape[3], p->stride[1],
+                                  p->pad[1], p->dilation[1]);
+  if (oh < 1 || ow < 1)
+    return st_error_set(ST_ESHAPE, "%s: kernel larger than padded input", op);
+  return check_shape4(op, "y", y, x->shape[0], cout, oh, ow);
+}
+
+int st_conv2d_fwd(st_backend *be, const st_conv2d_params *p,
+                  const st_tensor *x, const st_tensor *w,
+                  const st_tensor *bias, st_activation act, float beta,
+                  st_tensor *y) {
+  ST__TRY(check_conv("conv2d_fwd", p, x, w, y));
+  if (bias)
+    ST__TRY(check_vec("conv2d_fwd", "bias", bias, w->shape[0]));
+  if (beta != 0.0f && beta != 1.0f)
+    return st_error_set(ST_EINVAL, "conv2d_fwd: beta must be 0 or 1");
+  return ST__SLOT(be, conv2d_fwd, be, p, x, w, bias, act, beta, y);
+}
+
+int st_conv2d_bwd_data(st_backend *be, const st_conv2d_params *p,
+                       const st_tensor *dy, const st_tensor *w,
+                       st_tensor *dx) {
+  ST__TRY(check_conv("conv2d_bwd_data", p, dx, w, dy));
+  return ST__SLOT(be, conv2d_bwd_data, be, p, dy, w, dx);
+}
+
+int st_conv2d_bwd_weights(st_backend *be, const st_conv2d_params *p,
+                          const st_tensor *x, const st_tensor *dy,
+                          st_tensor *dw, st_tensor *db) {
+  ST__TRY(check_conv("conv2d_bwd_weights", p, x, dw, dy));
+  if (db)
+    ST__TRY(check_vec("conv2d_bwd_weights", "db", db, dw->shape[0]));
+  return ST__SLOT(be, conv2d_bwd_weights, be, p, x, dy, dw, db);
+}
+
+int st_batchnorm_fwd(st_backend *be, const st_tensor *x, const st_tensor *gamma,
+                     const st_tensor *beta_, float eps, st_activation act,
+                     st_tensor *y, st_tensor *mean, st_tensor *invstd) {
+  const char *op = "batchnorm_fwd";
+  ST__TRY(check_tensor(op, "x", x, ST_F32, 4));
+  ST__TRY(check_tensor(op, "y", y, ST_F32, 4));
+  ST__TRY(check_same(op, "x/y", x, y));
+  int64_t c = x->shape[1];
+  ST__TRY(check_vec(op, "gamma", gamma, c));
+  ST__TRY(check_vec(op, "beta", beta_, c));
+  ST__TRY(check_vec(op, "mean", mean, c));
+  ST__TRY(check_vec(op, "invstd", invstd, c));
+  if (!(eps > 0.0f))
+    return st_error_set(ST_EINVAL, "%s: eps must be positive", op);
+  return ST__SLOT(be, batchnorm_fwd, be, x, gamma, beta_, eps, act, y, mean,
+                  invstd);
+}
+
+int st_batchnorm_bwd(st_backend *be, const st_tensor *x, const st_tensor *y,
+                     const st_tensor *dy, const st_tensor *gamma,
+                     const st_tensor *mean, const st_tensor *invstd,
+                     st_activation act, st_tensor *dx, st_tensor *dgamma,
+                     st_tensor *dbeta) {
+  const char *op = "batchnorm_bwd";
+  ST__TRY(check_tensor(op, "x", x, ST_F32, 4));
+  ST__TRY(check_tensor(op, "y", y, ST_F32, 4));
+  ST__TRY(check_tensor(op, "dy", dy, ST_F32, 4));
+  ST__TRY(check_same(op, "x/y", x, y));
+  ST__TRY(check_same(op, "x/dy", x, dy));
+  int64_t c = x->shape[1];
+  ST__TRY(check_vec(op, "gamma", gamma, c));
+  ST__TRY(check_vec(op, "mean", mean, c));
+  ST__TRY(check_vec(op, "invstd", invstd, c));
+  if (dx) {
+    ST__TRY(check_tensor(op, "dx", dx, ST_F32, 4));
+    ST__TRY(check_same(op, "x/dx", x, dx));
+  }
+  if (dgamma)
+    ST__TRY(check_vec(op, "dgamma", dgamma, c));
+  if (dbeta)
+    ST__TRY(check_vec(op, "dbeta", dbeta, c));
+  return ST__SLOT(be, batchnorm_bwd, be, x, y, dy, gamma, mean, invstd, act,
+                  dx, dgamma, dbeta);
+}
+
+static int check_unary(const char *op, const st_tensor *a, const st_tensor *b) {
+  if (!a || !b || !a->data || !b->data)
+    return st_error_set(ST_EINVAL, "%s: missing tensor", op);
+  if (a->dtype != ST_F32 || b->dtype != ST_F32)
+    return st_error_set(ST_EDTYPE, "%s: tensors must be F32", op);
+  return check_same(op, "operand", a, b);
+}
+
+int st_relu_fwd(st_backend *be, const st_tensor *x, st_tensor *y) {
+  ST__TRY(check_unary("relu_fwd", x, y));
+  return ST__SLOT(be, relu_fwd, be, x, y);
+}
+
+int st_relu_bwd(st_backend *be, const st_tensor *y, const st_tensor *dy,
+                st_tensor *dx) {
+  ST__TRY(check_unary("relu_bwd", y, dy));
+  ST__TRY(check_unary("relu_bwd", y, dx));
+  return ST__SLOT(be, relu_bwd, be, y, dy, dx);
+}
+
+int st_add(st_backend *be, const st_tensor *a, const st_tensor *b,
+           st_tensor *y) {
+  ST__TRY(check_unary("add", a, b));
+  ST__TRY(check_unary("add", a, y));
+  return ST__SLOT(be, add, be, a, b, y);
+}
+
+int st_concat_channels(st_backend *be, const st_tensor *a, const st_tensor *b,
+                       st_tensor *y) {
+  const char *op = "concat_channels";
+  ST__TRY(check_tensor(op, "a", a, ST_F32, 4));
+  ST__TRY(check_tensor(op, "b", b, ST_F32, 4));
+  ST__TRY(check_tensor(op, "y", y, ST_F32, 4));
+  ST__TRY(check_shape4(op, "b", b, a->shape[0], b->shape[1], a->shape[2],
+                       a->shape[3]));
+  ST__TRY(check_shape4(op, "y", y, a->shape[0], a->shape[1] + b->shape[1],
+                       a->shape[2], a->shape[3]));
+  return ST__SLOT(be, concat_channels, be, a, b, y);
+}
+
+int st_split_channels(st_backend *be, const st_tensor *dy, st_tensor *da,
+                      st_tensor *db) {
+  const char *op = "split_channels";
+  ST__TRY(check_tensor(op, "dy", dy, ST_F32, 4));
+  if (!da && !db)
+    return ST_OK;
+  int64_t ca = -1, cb = -1;
+  if (da) {
+    ST__TRY(check_tensor(op, "da", da, ST_F32, 4));
+    ca = da->shape[1];
+  }
+  if (db) {
+    ST__TRY(check_tensor(op, "db", db, ST_F32, 4));
+    cb = db->shape[1];
+  }
+  if (ca < 0)
+    ca = dy->shape[1] - cb;
+  if (cb < 0)
+    cb = dy->shape[1] - ca;
+  if (ca < 0 || cb < 0 || ca + cb != dy->shape[1])
+    return st_error_set(ST_ESHAPE, "%s: channel counts do not add up", op);
+  if (da)
+    ST__TRY(check_shape4(op, "da", da, dy->shape[0], ca, dy->shape[2],
+                         dy->shape[3]));
+  if (db)
+    ST__TRY(check_shape4(op, "db", db, dy->shape[0], cb, dy->shape[2],
+                         dy->shape[3]));
+  return ST__SLOT(be, split_channels, be, dy, da, db);
+}
+
+static int check_subsample(const char *op, const st_tensor *big,
+                           const st_tensor *small, int stride) {
+  ST__TRY(check_tensor(op, "input", big, ST_F32, 4));
+  ST__TRY(check_tensor(op, "output", small, ST_F32, 4));
+  if (stride < 1)
+    return st_error_set(ST_EINVAL, "%s: stride %d", op, stride);
+  return check_shape4(op, "subsampled", small, big->shape[0], big->shape[1],
+                      (big->shape[2] + stride - 1) / stride,
+                      (big->shape[3] + stride - 1) / stride);
+}
+
+int st_subsample(st_backend *be, const st_tensor *x, int stride,
+                 st_tensor *y) {
+  ST__TRY(check_subsample("subsample", x, y, stride));
+  return ST__SLOT(be, subsample, be, x, stride, y);
+}
+
+int st_subsample_bwd(st_backend *be, const st_tensor *dy, int stride,
+                     st_tensor *dx) {
+  ST__TRY(check_subsample("subsample_bwd", dx, dy, stride));
+  return ST__SLOT(be, subsample_bwd, be, dy, stride, dx);
+}
+
+static int check_resize(const char *op, const st_tensor *small_or_in,
+                        const st_tensor *out) {
+  ST__TRY(check_tensor(op, "input", small_or_in, ST_F32, 4));
+  ST__TRY(check_tensor(op, "output", out, ST_F32, 4));
+  if (small_or_in->shape[0] != out->shape[0] ||
+      small_or_in->shape[1] != out->shape[1])
+    return st_error_set(ST_ESHAPE, "%s: batch or channels differ", op);
+  if (st_tensor_numel(small_or_in) == 0 || st_tensor_numel(out) == 0)
+    return st_error_set(ST_ESHAPE, "%s: empty tensor", op);
+  return ST_OK;
+}
+
+int st_resize_bilinear_fwd(st_backend *be, const st_tensor *x, st_tensor *y) {
+  ST__TRY(check_resize("resize_bilinear_fwd", x, y));
+  return ST__SLOT(be, resize_bilinear_fwd, be, x, y);
+}
+
+int st_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
+                           st_tensor *dx) {
+  ST__TRY(check_resize("resize_bilinear_bwd", dx, dy));
+  return ST__SLOT(be, resize_bilinear_bwd, be, dy, dx);
+}
+
+static int check_label_map(const char *op, const char *what,
+                           const st_tensor *map, st_dtype dt,
+                           const st_tensor *logits) {
+  ST__TRY(check_tensor(op, what, map, dt, 3));
+  if (map->shape[0] != logits->shape[0] || map->shape[1] != logits->shape[2] ||
+      map->shape[2] != logits->shape[3])
+    return st_error_set(ST_ESHAPE, "%s: %s does not match the logits' N,H,W",
+                        op, what);
+  return ST_OK;
+}
+
+int st_weighted_ce(st_backend *be, const st_tensor *logits,
+                   const st_tensor *label, const st_tensor *weight,
+                   float *loss, st_tensor *dlogits) {
+  const char *op = "weighted_ce";
+  ST__TRY(check_tensor(op, "logits", logits, ST_F32, 4));
+  ST__TRY(check_label_map(op, "label", label, ST_U8, logits));
+  ST__TRY(check_label_map(op, "weight", weight, ST_F32, logits));
+  if (logits->shape[1] < 1 || logits->shape[1] > 256)
+    return st_error_set(ST_ESHAPE, "%s: %lld classes (1..256 supported)", op,
+                        (long long)logits->shape[1]);
+  if (dlogits) {
+    ST__TRY(check_tensor(op, "dlogits", dlogits, ST_F32, 4));
+    ST__TRY(check_same(op, "logits/dlogits", logits, dlogits));
+  }
+  if (!loss)
+    return st_error_set(ST_EINVAL, "%s: loss pointer is NULL", op);
+  return ST__SLOT(be, weighted_ce, be, logits, label, weight, loss, dlogits);
+}
+
+int st_argmax_channels(st_backend *be, const st_tensor *logits,
+                       st_tensor *labels) {
+  const char *op = "argmax_channels";
+  ST__TRY(check_tensor(op, "logits", logits, ST_F32, 4));
+  ST__TRY(check_label_map(op, "labels", labels, ST_U8, logits));
+  if (logits->shape[1] < 1 || logits->shape[1] > 256)
+    return st_error_set(ST_ESHAPE, "%s: %lld classes (1..256 supported)", op,
+                        (long long)logits->shape[1]);
+  return ST__SLOT(be, argmax_channels, be, logits, labels);
+}
+
+int st_confusion_counts(st_backend *be, const st_tensor *pred,
+                        const st_tensor *label, int num_classes,
+                        int64_t *counts) {
+  const char *op = "confusion_counts";
+  if (!pred || !label || !counts || !pred->data || !label->data)
+    return st_error_set(ST_EINVAL, "%s: missing argument", op);
+  if (pred->dtype != ST_U8 || label->dtype != ST_U8)
+    return st_error_set(ST_EDTYPE, "%s: pred and label must be U8", op);
+  ST__TRY(check_same(op, "pred/label", pred, label));
+  if (num_classes < 1 || num_classes > 256)
+    return st_error_set(ST_EINVAL, "%s: %d classes", op, num_classes);
+  return ST__SLOT(be, confusion_counts, be, pred, label, num_classes, counts);
+}
+
+double st_miou_from_counts(const int64_t *counts, int num_classes) {
+  double sum = 0.0;
+  int present = 0;
+  for (int k = 0; k < num_classes; k++) {
+    int64_t inter = counts[(size_t)k * num_classes + k];
+    int64_t row = 0, col = 0;
+    for (int j = 0; j < num_classes; j++) {
+      row += counts[(size_t)k * num_classes + j];
+      col += counts[(size_t)j * num_classes + k];
+    }
+    int64_t uni = row + col - inter;
+    if (uni > 0) {
+      sum += (double)inter / (double)uni;
+      present++;
+    }
+  }
+  return present ? sum / present : 1.0;
+}
+
+int st_adam_step(st_backend *be, const st_adam_params *p, int64_t step,
+                 st_tensor *param, const st_tensor *grad, st_tensor *m,
+                 st_tensor *v) {
+  const char *op = "adam_step";
+  if (step < 1)
+    return st_error_set(ST_EINVAL, "%s: step %lld (1-based)", op,
+                        (long long)step);
+  ST__TRY(check_unary(op, param, grad));
+  ST__TRY(check_unary(op, param, m));
+  ST__TRY(check_unary(op, param, v));
+  return ST__SLOT(be, adam_step, be, p, step, param, grad, m, v);
+}
+
+int st_cast(st_backend *be, const st_tensor *src, st_tensor *dst) {
+  const char *op = "cast";
+  if (!src || !dst || !src->data || !dst->data)
+    return st_error_set(ST_EINVAL, "%s: missing tensor", op);
+  if (!((src->dtype == ST_F32 && dst->dtype == ST_F16) ||
+        (src->dtype == ST_F16 && dst->dtype == ST_F32)))
+    return st_error_set(ST_EDTYPE, "%s: %s to %s not supported", op,
+                        st_dtype_name(src->dtype), st_dtype_name(dst->dtype));
+  if (st_tensor_numel(src) != st_tensor_numel(dst))
+    return st_error_set(ST_ESHAPE, "%s: element counts differ", op);
+  return ST__SLOT(be, cast, be, src, dst);
+}
+
+int st_copy(st_backend *be, const st_tensor *src, st_tensor *dst) {
+  if (!src || !dst || !src->data || !dst->data)
+    return st_error_set(ST_EINVAL, "copy: missing tensor");
+  if (src->dtype != dst->dtype ||
+      st_tensor_numel(src) != st_tensor_numel(dst))
+    return st_error_set(ST_ESHAPE, "copy: dtype or element count differs");
+  return ST__SLOT(be, copy, be, src, dst);
+}
+
+int st_fill(st_backend *be, st_tensor *t, float value) {
+  if (!t || !t->data || t->dtype != ST_F32)
+    return st_error_set(ST_EINVAL, "fill: needs an F32 tensor");
+  return ST__SLOT(be, fill, be, t, value);
+}
+
+int st_image_to_tensor(st_backend *be, const st_tensor *image,
+                       const int channel_order[3], const float mean[3],
+                       const float std_[3], st_tensor *y) {
+  const char *op = "image_to_tensor";
+  ST__TRY(check_tensor(op, "image", image, ST_U8, 3));
+  ST__TRY(check_tensor(op, "y", y, ST_F32, 4));
+  if (image->shape[2] != 3)
+    return st_error_set(ST_ESHAPE, "%s: image must be [H,W,3]", op);
+  ST__TRY(check_shape4(op, "y", y, 1, 3, image->shape[0], image->shape[1]));
+  for (int c = 0; c < 3; c++) {
+    if (channel_order[c] < 0 || channel_order[c] > 2)
+      return st_error_set(ST_EINVAL, "%s: bad channel order", op);
+    if (std_[c] == 0.0f)
+      return st_error_set(ST_EINVAL, "%s: std of channel %d is zero", op, c);
+  }
+  return ST__SLOT(be, image_to_tensor, be, image, channel_order, mean, std_,
+                  y);
+}

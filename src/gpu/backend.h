@@ -1,0 +1,188 @@
+/* Compute backends: one op table behind an opaque context.
+ *
+ * A backend context owns an execution resource (a thread team on the CPU, a
+ * stream with its library handles on CUDA) and the memory its tensors live
+ * in. Callers only use the st_* wrappers below: they check dtypes and shapes
+ * once, for every backend, and then dispatch through the context's table
+ * (backend_impl.h). Nothing above src/gpu/ sees oneDNN or CUDA headers.
+ *
+ * Conventions for every op:
+ *  - activations are F32 NCHW, contiguous, in the backend's memory;
+ *  - outputs are written, never accumulated, unless a `beta` says otherwise;
+ *  - an output may alias an input only where the op says "in place allowed";
+ *  - ops are asynchronous on backends with streams: st_backend_sync() waits;
+ *  - a failure returns a negative ST_E* code and records a detail line.
+ */
+#ifndef ST_GPU_BACKEND_H
+#define ST_GPU_BACKEND_H
+
+#include <stdint.h>
+
+#include "gpu/tensor.h"
+
+typedef struct st_backend st_backend;
+
+typedef enum st_backend_kind {
+  ST_BACKEND_CPU = 0,
+  ST_BACKEND_CUDA,
+  ST_BACKEND_AUTO, /* CUDA when a device answers, otherwise the CPU */
+} st_backend_kind;
+
+typedef struct st_backend_options {
+  st_backend_kind kind;
+  int threads;       /* CPU worker threads; 0 = all online cores */
+  int device;        /* CUDA device ordinal */
+  int deterministic; /* 1: deterministic algorithms only */
+} st_backend_options;
+
+/* Parses "cpu", "cuda" or "auto". */
+int st_backend_kind_from_name(const char *name, st_backend_kind *out);
+
+/* Creates a context. With ST_BACKEND_AUTO and no usable CUDA device it logs
+ * one line and returns a CPU context. */
+int st_backend_new(const st_backend_options *opts, st_backend **out);
+/* Frees a context; every tensor allocated on it must be freed first.
+ * Accepts NULL. */
+void st_backend_free(st_backend *be);
+/* "cpu" or "cuda". */
+const char *st_backend_name(const st_backend *be);
+st_backend_kind st_backend_get_kind(const st_backend *be);
+/* 1 when tensors of this backend are directly addressable by host code. */
+int st_backend_is_host(const st_backend *be);
+
+/* Raw memory of the backend (used by st_tensor_alloc). */
+int st_backend_alloc(st_backend *be, size_t bytes, void **out);
+void st_backend_release(st_backend *be, void *ptr);
+/* Copies between host memory and a tensor of this backend; sizes must
+ * match the tensor's byte size. */
+int st_tensor_upload(st_backend *be, st_tensor *dst, const void *host,
+                     size_t bytes);
+int st_tensor_download(st_backend *be, const st_tensor *src, void *host,
+                       size_t bytes);
+/* Waits for all work queued on the context. */
+int st_backend_sync(st_backend *be);
+
+/* ---- ops ---------------------------------------------------------------- */
+
+typedef enum st_activation {
+  ST_ACT_NONE = 0,
+  ST_ACT_RELU,
+} st_activation;
+
+typedef struct st_conv2d_params {
+  int stride[2];   /* [h, w] */
+  int pad[2];      /* [h, w], symmetric: top=bottom, left=right */
+  int dilation[2]; /* [h, w], 1 = dense */
+  int groups;      /* input and output channels split into this many groups */
+} st_conv2d_params;
+
+/* Output extent of a convolution along one axis. */
+int64_t st_conv2d_out_size(int64_t in, int64_t kernel, int stride, int pad,
+                           int dilation);
+
+/* y = act(conv(x, w) + bias + beta * y).
+ * x [N,Cin,H,W], w [Cout,Cin/groups,KH,KW], bias [Cout] or NULL,
+ * y [N,Cout,OH,OW]. beta is 0 (overwrite) or 1 (fused residual add). */
+int st_conv2d_fwd(st_backend *be, const st_conv2d_params *p,
+                  const st_tensor *x, const st_tensor *w,
+                  const st_tensor *bias, st_activation act, float beta,
+                  st_tensor *y);
+/* dx = conv_transpose(dy, w): the gradient of conv2d_fwd with respect to x
+ * (no bias, no activation, beta 0). */
+int st_conv2d_bwd_data(st_backend *be, const st_conv2d_params *p,
+                       const st_tensor *dy, const st_tensor *w, st_tensor *dx);
+/* dw = gradient w.r.t. w, db = sum of dy over N,H,W (db may be NULL). */
+int st_conv2d_bwd_weights(st_backend *be, const st_conv2d_params *p,
+                          const st_tensor *x, const st_tensor *dy,
+                          st_tensor *dw, st_tensor *db);
+
+/* Batch normalisation with the statistics of the current input (biased
+ * variance over N,H,W, as PyTorch in training mode), affine, then act.
+ * x,y [N,C,H,W]; gamma, beta_ [C]; saves mean [C] and invstd [C] =
+ * 1/sqrt(var+eps) for the backward pass. In place allowed (y == x). */
+int st_batchnorm_fwd(st_backend *be, const st_tensor *x, const st_tensor *gamma,
+                     const st_tensor *beta_, float eps, st_activation act,
+                     st_tensor *y, st_tensor *mean, st_tensor *invstd);
+/* Backward of st_batchnorm_fwd. y is the forward output (its sign is the
+ * ReLU mask when act is ST_ACT_RELU). dx may be NULL when the input needs no
+ * gradient; dgamma/dbeta may be NULL when the affine parameters are frozen. */
+int st_batchnorm_bwd(st_backend *be, const st_tensor *x, const st_tensor *y,
+                     const st_tensor *dy, const st_tensor *gamma,
+                     const st_tensor *mean, const st_tensor *invstd,
+                     st_activation act, st_tensor *dx, st_tensor *dgamma,
+                     st_tensor *dbeta);
+
+/* y = max(x, 0); in place allowed. */
+int st_relu_fwd(st_backend *be, const st_tensor *x, st_tensor *y);
+/* dx = dy * (y > 0); in place allowed (dx == dy). */
+int st_relu_bwd(st_backend *be, const st_tensor *y, const st_tensor *dy,
+                st_tensor *dx);
+/* y = a + b, same shapes; in place allowed (y == a or y == b). */
+int st_add(st_backend *be, const st_tensor *a, const st_tensor *b,
+           st_tensor *y);
+/* y = cat([a, b], dim=1). */
+int st_concat_channels(st_backend *be, const st_tensor *a, const st_tensor *b,
+                       st_tensor *y);
+/* Backward of concat: da = dy[:, :Ca], db = dy[:, Ca:]; either may be NULL. */
+int st_split_channels(st_backend *be, const st_tensor *dy, st_tensor *da,
+                      st_tensor *db);
+/* y = x[:, :, ::stride, ::stride]; y's extents must be ceil(H/stride) etc. */
+int st_subsample(st_backend *be, const st_tensor *x, int stride, st_tensor *y);
+/* dx = zeros with dx[:, :, ::stride, ::stride] = dy. */
+int st_subsample_bwd(st_backend *be, const st_tensor *dy, int stride,
+                     st_tensor *dx);
+/* Bilinear resize to y's H,W, align_corners=False (PyTorch F.interpolate
+ * with size=). */
+int st_resize_bilinear_fwd(st_backend *be, const st_tensor *x, st_tensor *y);
+/* Gradient of st_resize_bilinear_fwd: dx from dy (dx's H,W are the input's). */
+int st_resize_bilinear_bwd(st_backend *be, const st_tensor *dy, st_tensor *dx);
+
+/* loss = mean over N,H,W of -weight * log_softmax(logits, dim=1)[label].
+ * logits [N,C,H,W] F32, label [N,H,W] U8 (< C), weight [N,H,W] F32.
+ * The loss is written to host memory. dlogits [N,C,H,W] receives the
+ * gradient of the loss when not NULL (fused backward). */
+int st_weighted_ce(st_backend *be, const st_tensor *logits,
+                   const st_tensor *label, const st_tensor *weight,
+                   float *loss, st_tensor *dlogits);
+/* labels[n,h,w] = argmax over c of logits[n,c,h,w] (first maximum wins);
+ * logits F32 [N,C,H,W] with C <= 256, labels U8 [N,H,W]. */
+int st_argmax_channels(st_backend *be, const st_tensor *logits,
+                       st_tensor *labels);
+/* counts[label * num_classes + pred] += 1 for every pixel; pred and label
+ * U8 of equal shape; counts is host memory of num_classes^2 entries, which
+ * the op zeroes first. Values >= num_classes are an ST_ERANGE error. */
+int st_confusion_counts(st_backend *be, const st_tensor *pred,
+                        const st_tensor *label, int num_classes,
+                        int64_t *counts);
+/* Mean IoU over classes whose union is non-empty (1.0 when none is): the
+ * reference's miou() from a confusion matrix. Host only. */
+double st_miou_from_counts(const int64_t *counts, int num_classes);
+
+typedef struct st_adam_params {
+  float lr;    /* learning rate */
+  float beta1; /* first moment decay, 0.9 */
+  float beta2; /* second moment decay, 0.999 */
+  float eps;   /* added to the bias-corrected sqrt(v), 1e-8 */
+} st_adam_params;
+/* One Adam step in PyTorch's single-tensor formulation (no weight decay,
+ * no amsgrad). step is the 1-based step count after this update. param,
+ * grad, m, v are F32 of equal shape. */
+int st_adam_step(st_backend *be, const st_adam_params *p, int64_t step,
+                 st_tensor *param, const st_tensor *grad, st_tensor *m,
+                 st_tensor *v);
+
+/* Element conversions between F32 and F16 tensors of equal shape. */
+int st_cast(st_backend *be, const st_tensor *src, st_tensor *dst);
+/* Copies src into dst (same dtype and element count). */
+int st_copy(st_backend *be, const st_tensor *src, st_tensor *dst);
+/* Sets every element of an F32 tensor. */
+int st_fill(st_backend *be, st_tensor *t, float value);
+
+/* Frame to network input: image U8 [H,W,3] RGB -> y F32 [1,3,H,W] with
+ * y[c] = (pixel[channel_order[c]] - mean[c]) / std[c]. channel_order is
+ * {2,1,0} for BGR input, {0,1,2} for RGB. */
+int st_image_to_tensor(st_backend *be, const st_tensor *image,
+                       const int channel_order[3], const float mean[3],
+                       const float std_[3], st_tensor *y);
+
+#endif

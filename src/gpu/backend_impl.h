@@ -1,0 +1,93 @@
+/* The op table every backend fills in (see backend.h for the semantics of
+ * each op). The public wrappers in backend.c have already checked dtypes,
+ * ranks and shapes, so a slot only does the work. A NULL slot means the
+ * backend does not implement that op and the wrapper reports ST_ENOTSUP. */
+#ifndef ST_GPU_BACKEND_IMPL_H
+#define ST_GPU_BACKEND_IMPL_H
+
+#include "gpu/backend.h"
+
+typedef struct st_backend_ops {
+  const char *name;
+  st_backend_kind kind;
+  int host_memory; /* 1: tensor data is host-addressable */
+
+  /* lifecycle and memory */
+  void (*free)(st_backend *be);
+  int (*alloc)(st_backend *be, size_t bytes, void **out);
+  void (*release)(st_backend *be, void *ptr);
+  int (*upload)(st_backend *be, void *dst, const void *host, size_t bytes);
+  int (*download)(st_backend *be, void *host, const void *src, size_t bytes);
+  int (*sync)(st_backend *be);
+
+  /* convolutions */
+  int (*conv2d_fwd)(st_backend *be, const st_conv2d_params *p,
+                    const st_tensor *x, const st_tensor *w,
+                    const st_tensor *bias, st_activation act, float beta,
+                    st_tensor *y);
+  int (*conv2d_bwd_data)(st_backend *be, const st_conv2d_params *p,
+                         const st_tensor *dy, const st_tensor *w,
+                         st_tensor *dx);
+  int (*conv2d_bwd_weights)(st_backend *be, const st_conv2d_params *p,
+                            const st_tensor *x, const st_tensor *dy,
+                            st_tensor *dw, st_tensor *db);
+  /* normalisation and elementwise */
+  int (*batchnorm_fwd)(st_backend *be, const st_tensor *x,
+                       const st_tensor *gamma, const st_tensor *beta_,
+                       float eps, st_activation act, st_tensor *y,
+                       st_tensor *mean, st_tensor *invstd);
+  int (*batchnorm_bwd)(st_backend *be, const st_tensor *x, const st_tensor *y,
+                       const st_tensor *dy, const st_tensor *gamma,
+                       const st_tensor *mean, const st_tensor *invstd,
+                       st_activation act, st_tensor *dx, st_tensor *dgamma,
+                       st_tensor *dbeta);
+  int (*relu_fwd)(st_backend *be, const st_tensor *x, st_tensor *y);
+  int (*relu_bwd)(st_backend *be, const st_tensor *y, const st_tensor *dy,
+                  st_tensor *dx);
+  int (*add)(st_backend *be, const st_tensor *a, const st_tensor *b,
+             st_tensor *y);
+  /* layout */
+  int (*concat_channels)(st_backend *be, const st_tensor *a,
+                         const st_tensor *b, st_tensor *y);
+  int (*split_channels)(st_backend *be, const st_tensor *dy, st_tensor *da,
+                        st_tensor *db);
+  int (*subsample)(st_backend *be, const st_tensor *x, int stride,
+                   st_tensor *y);
+  int (*subsample_bwd)(st_backend *be, const st_tensor *dy, int stride,
+                       st_tensor *dx);
+  int (*resize_bilinear_fwd)(st_backend *be, const st_tensor *x, st_tensor *y);
+  int (*resize_bilinear_bwd)(st_backend *be, const st_tensor *dy,
+                             st_tensor *dx);
+  /* loss, metrics, optimiser */
+  int (*weighted_ce)(st_backend *be, const st_tensor *logits,
+                     const st_tensor *label, const st_tensor *weight,
+                     float *loss, st_tensor *dlogits);
+  int (*argmax_channels)(st_backend *be, const st_tensor *logits,
+                         st_tensor *labels);
+  int (*confusion_counts)(st_backend *be, const st_tensor *pred,
+                          const st_tensor *label, int num_classes,
+                          int64_t *counts);
+  int (*adam_step)(st_backend *be, const st_adam_params *p, int64_t step,
+                   st_tensor *param, const st_tensor *grad, st_tensor *m,
+                   st_tensor *v);
+  /* conversions */
+  int (*cast)(st_backend *be, const st_tensor *src, st_tensor *dst);
+  int (*copy)(st_backend *be, const st_tensor *src, st_tensor *dst);
+  int (*fill)(st_backend *be, st_tensor *t, float value);
+  int (*image_to_tensor)(st_backend *be, const st_tensor *image,
+                         const int channel_order[3], const float mean[3],
+                         const float std_[3], st_tensor *y);
+} st_backend_ops;
+
+/* Every backend context starts with this header. */
+struct st_backend {
+  const st_backend_ops *ops; /* the backend's op table */
+  st_backend_options opts;   /* options it was created with */
+};
+
+/* Constructors of the built-in backends. */
+int st__backend_cpu_new(const st_backend_options *opts, st_backend **out);
+/* Defined by the CUDA target when it is built (ST_HAVE_CUDA). */
+int st__backend_cuda_new(const st_backend_options *opts, st_backend **out);
+
+#endif

@@ -1,0 +1,96 @@
+/* The CPU backend: host memory, an OpenMP team, oneDNN convolutions. It is
+ * the reference every other backend is compared with. */
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/error.h"
+#include "gpu/cpu/cpu_impl.h"
+
+static void cpu_free(st_backend *be) {
+  st_cpu_backend *cpu = st__cpu(be);
+  st__cpu_conv_cache_free(cpu);
+  free(cpu);
+}
+
+static int cpu_alloc(st_backend *be, size_t bytes, void **out) {
+  (void)be;
+  size_t rounded = (bytes + ST_HOST_ALIGN_BYTES - 1) / ST_HOST_ALIGN_BYTES *
+                   ST_HOST_ALIGN_BYTES;
+  void *p = aligned_alloc(ST_HOST_ALIGN_BYTES,
+                          rounded ? rounded : ST_HOST_ALIGN_BYTES);
+  if (!p)
+    return st_error_set(ST_ENOMEM, "cpu: cannot allocate %zu bytes", bytes);
+  memset(p, 0, bytes);
+  *out = p;
+  return ST_OK;
+}
+
+static void cpu_release(st_backend *be, void *ptr) {
+  (void)be;
+  free(ptr);
+}
+
+static int cpu_memcpy(st_backend *be, void *dst, const void *src,
+                      size_t bytes) {
+  (void)be;
+  if (bytes)
+    memmove(dst, src, bytes);
+  return ST_OK;
+}
+
+static const st_backend_ops cpu_ops = {
+    .name = "cpu",
+    .kind = ST_BACKEND_CPU,
+    .host_memory = 1,
+    .free = cpu_free,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .upload = cpu_memcpy,
+    .download = cpu_memcpy,
+    .sync = NULL, /* every CPU op completes before it returns */
+    .conv2d_fwd = st__cpu_conv2d_fwd,
+    .conv2d_bwd_data = st__cpu_conv2d_bwd_data,
+    .conv2d_bwd_weights = st__cpu_conv2d_bwd_weights,
+    .batchnorm_fwd = st__cpu_batchnorm_fwd,
+    .batchnorm_bwd = st__cpu_batchnorm_bwd,
+    .relu_fwd = st__cpu_relu_fwd,
+    .relu_bwd = st__cpu_relu_bwd,
+    .add = st__cpu_add,
+    .concat_channels = st__cpu_concat_channels,
+    .split_channels = st__cpu_split_channels,
+    .subsample = st__cpu_subsample,
+    .subsample_bwd = st__cpu_subsample_bwd,
+    .resize_bilinear_fwd = st__cpu_resize_bilinear_fwd,
+    .resize_bilinear_bwd = st__cpu_resize_bilinear_bwd,
+    .weighted_ce = st__cpu_weighted_ce,
+    .argmax_channels = st__cpu_argmax_channels,
+    .confusion_counts = st__cpu_confusion_counts,
+    .adam_step = st__cpu_adam_step,
+    .cast = st__cpu_cast,
+    .copy = st__cpu_copy,
+    .fill = st__cpu_fill,
+    .image_to_tensor = st__cpu_image_to_tensor,
+};
+
+int st__backend_cpu_new(const st_backend_options *opts, st_backend **out) {
+  *out = NULL;
+  st_cpu_backend *cpu = calloc(1, sizeof *cpu);
+  if (!cpu)
+    return st_error_set(ST_ENOMEM, "cpu backend: out of memory");
+  cpu->base.ops = &cpu_ops;
+  cpu->base.opts = *opts;
+  cpu->base.opts.kind = ST_BACKEND_CPU;
+  int threads = opts->threads;
+  if (threads <= 0) {
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    threads = online > 0 ? (int)online : 1;
+  }
+  cpu->threads = threads;
+  /* oneDNN's OpenMP runtime sizes its team from the calling thread's
+   * max-threads setting, so set it to the context's team size. */
+  omp_set_num_threads(threads);
+  *out = &cpu->base;
+  return ST_OK;
+}
