@@ -1,0 +1,422 @@
+/* shadowtutor-model: the command-line face of the compute core.
+ *
+ *   forward --config C --weights W --input IN --out OUT
+ *   distill --config C --weights W --input IN --steps N [--lr X] [--full]
+ *           --out W2
+ *   bench   --config C [--height H --width W] [--iters N]
+ * Common: [--backend cpu|cuda|auto] [--threads N].
+ *
+ * A bad file, flag or shape prints one line on stderr and exits with 2. */
+#include <errno.h>
+#include <stdarg.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "base/error.h"
+#include "models/config.h"
+#include "models/safetensors.h"
+#include "models/student.h"
+
+enum { EXIT_USAGE = 2, BENCH_DEFAULT_ITERS = 5, BENCH_MAX_ITERS = 1000 };
+enum { BENCH_DEFAULT_HEIGHT = 720, BENCH_DEFAULT_WIDTH = 1280 };
+/* The largest frame the tool accepts on each side, in pixels. */
+enum { MAX_FRAME_SIDE = 8192, MAX_STEPS = 100000 };
+
+typedef struct options {
+  const char *command;
+  const char *config, *weights, *input, *out, *backend;
+  int steps, iters, height, width, threads, full;
+  double lr; /* < 0: from the config */
+} options;
+
+static void usage(FILE *f) {
+  fputs("usage:\n"
+        "  shadowtutor-model forward --config STUDENT.json --weights "
+        "W.safetensors --input IN.safetensors --out OUT.safetensors\n"
+        "  shadowtutor-model distill --config STUDENT.json --weights "
+        "W.safetensors --input IN.safetensors --steps N [--lr 0.01] [--full] "
+        "--out W2.safetensors\n"
+        "  shadowtutor-model bench --config STUDENT.json [--height 720 "
+        "--width 1280] [--iters N]\n"
+        "options for every command: [--backend cpu|cuda|auto] [--threads N]\n",
+        f);
+}
+
+static int fail(int code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int fail(int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("shadowtutor-model: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  return code;
+}
+
+/* One line for a failed library call, with its detail. */
+static int fail_status(int rc, const char *what) {
+  const char *detail = st_error_detail();
+  return fail(rc == ST_ENOMEM || rc == ST_EBACKEND ? 1 : EXIT_USAGE,
+              "%s: %s%s%s", what, st_strerror(rc), *detail ? ": " : "",
+              detail);
+}
+
+static int parse_int(const char *flag, const char *text, int lo, int hi,
+                     int *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(text, &end, 10);
+  if (errno || *end || end == text || v < lo || v > hi)
+    return fail(EXIT_USAGE, "%s expects an integer in [%d, %d], got '%s'",
+                flag, lo, hi, text);
+  *out = (int)v;
+  return 0;
+}
+
+static int parse_args(int argc, char **argv, options *o) {
+  memset(o, 0, sizeof *o);
+  o->lr = -1.0;
+  o->steps = -1;
+  o->iters = BENCH_DEFAULT_ITERS;
+  o->height = BENCH_DEFAULT_HEIGHT;
+  o->width = BENCH_DEFAULT_WIDTH;
+  o->backend = "cpu";
+  if (argc < 2) {
+    usage(stderr);
+    return EXIT_USAGE;
+  }
+  o->command = argv[1];
+  if (!strcmp(o->command, "-h") || !strcmp(o->command, "--help")) {
+    usage(stdout);
+    exit(0);
+  }
+  for (int i = 2; i < argc; i++) {
+    const char *flag = argv[i];
+    if (!strcmp(flag, "--full")) {
+      o->full = 1;
+      continue;
+    }
+    if (i + 1 >= argc)
+      return fail(EXIT_USAGE, "%s needs a value (or unknown flag)", flag);
+    const char *val = argv[++i];
+    int rc = 0;
+    if (!strcmp(flag, "--config"))
+      o->config = val;
+    else if (!strcmp(flag, "--weights"))
+      o->weights = val;
+    else if (!strcmp(flag, "--input"))
+      o->input = val;
+    else if (!strcmp(flag, "--out"))
+      o->out = val;
+    else if (!strcmp(flag, "--backend"))
+      o->backend = val;
+    else if (!strcmp(flag, "--steps"))
+      rc = parse_int(flag, val, 0, MAX_STEPS, &o->steps);
+    else if (!strcmp(flag, "--iters"))
+      rc = parse_int(flag, val, 1, BENCH_MAX_ITERS, &o->iters);
+    else if (!strcmp(flag, "--height"))
+      rc = parse_int(flag, val, 1, MAX_FRAME_SIDE, &o->height);
+    else if (!strcmp(flag, "--width"))
+      rc = parse_int(flag, val, 1, MAX_FRAME_SIDE, &o->width);
+    else if (!strcmp(flag, "--threads"))
+      rc = parse_int(flag, val, 0, 1024, &o->threads);
+    else if (!strcmp(flag, "--lr")) {
+      char *end;
+      errno = 0;
+      o->lr = strtod(val, &end);
+      if (errno || *end || end == val || !(o->lr > 0.0) || !isfinite(o->lr))
+        return fail(EXIT_USAGE, "--lr expects a positive number, got '%s'",
+                    val);
+    } else
+      return fail(EXIT_USAGE, "unknown flag '%s' (try --help)", flag);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+static int need(const char *value, const char *flag) {
+  if (value)
+    return 0;
+  return fail(EXIT_USAGE, "%s is required", flag);
+}
+
+/* Everything a command works with; freed by session_close. */
+typedef struct session {
+  st_student_config cfg;
+  st_backend *be;
+  st_student *student;
+  st_safetensors *input;
+} session;
+
+static void session_close(session *s) {
+  st_safetensors_free(s->input);
+  st_student_free(s->student);
+  st_backend_free(s->be);
+}
+
+static int session_open(const options *o, session *s, int need_weights) {
+  memset(s, 0, sizeof *s);
+  int rc;
+  if ((rc = need(o->config, "--config")))
+    return rc;
+  if (need_weights && (rc = need(o->weights, "--weights")))
+    return rc;
+  if ((rc = st_student_config_load(o->config, &s->cfg)))
+    return fail_status(rc, "config");
+  if (o->lr > 0.0)
+    s->cfg.lr = (float)o->lr;
+  if (o->full) {
+    s->cfg.trainable_full = 1;
+    s->cfg.trainable_count = 0;
+  }
+  st_backend_options bo = {.threads = o->threads};
+  if ((rc = st_backend_kind_from_name(o->backend, &bo.kind)))
+    return fail_status(rc, "--backend");
+  if ((rc = st_backend_new(&bo, &s->be)))
+    return fail_status(rc, "backend");
+  if ((rc = st_student_new_from_config(s->be, &s->cfg, &s->student)))
+    return fail_status(rc, "student");
+  if (o->weights) {
+    st_safetensors *w = NULL;
+    if ((rc = st_safetensors_open(o->weights, &w)))
+      return fail_status(rc, "--weights");
+    rc = st_student_load(s->student, w, o->weights);
+    st_safetensors_free(w);
+    if (rc)
+      return fail_status(rc, "--weights");
+  }
+  return 0;
+}
+
+/* Reads a tensor of the input file with the expected dtype and rank. */
+static int input_tensor(session *s, const options *o, const char *name,
+                        st_dtype dt, int ndim, st_tensor *out) {
+  int rc = st_safetensors_read(s->input, name, out);
+  if (rc)
+    return fail_status(rc, o->input);
+  if (out->dtype != dt || out->ndim != ndim ||
+      (ndim == 3 && out->shape[2] != 3)) {
+    char shape[96];
+    fail(EXIT_USAGE, "%s: tensor '%s' is %s %s, expected %s %s", o->input,
+         name, st_dtype_name(out->dtype),
+         st_tensor_shape_str(out, shape, sizeof shape), st_dtype_name(dt),
+         ndim == 3 ? "[H,W,3]" : "[H,W]");
+    st_tensor_free(out);
+    return EXIT_USAGE;
+  }
+  return 0;
+}
+
+static int cmd_forward(const options *o) {
+  session s;
+  st_tensor image = {0}, logits_host = {0};
+  int rc = session_open(o, &s, 1);
+  if (!rc)
+    rc = need(o->input, "--input");
+  if (!rc)
+    rc = need(o->out, "--out");
+  if (!rc && (rc = st_safetensors_open(o->input, &s.input)))
+    rc = fail_status(rc, "--input");
+  if (!rc)
+    rc = input_tensor(&s, o, "image", ST_U8, 3, &image);
+  const st_tensor *logits = NULL;
+  if (!rc && (rc = st_student_forward(s.student, &image, &logits)))
+    rc = fail_status(rc, "forward");
+  if (!rc) {
+    /* Written as [C,H,W]: the batch of one is implicit. */
+    const int64_t shape[3] = {logits->shape[1], logits->shape[2],
+                              logits->shape[3]};
+    if ((rc = st_tensor_alloc(NULL, &logits_host, ST_F32, 3, shape)) ||
+        (rc = st_backend_sync(s.be)) ||
+        (rc = st_tensor_download(s.be, logits, logits_host.data,
+                                 st_tensor_nbytes(&logits_host))))
+      rc = fail_status(rc, "forward");
+  }
+  if (!rc) {
+    st_named_tensor named = {.name = "logits", .tensor = &logits_host};
+    if ((rc = st_safetensors_write(o->out, &named, 1, NULL)))
+      rc = fail_status(rc, "--out");
+  }
+  st_tensor_free(&image);
+  st_tensor_free(&logits_host);
+  session_close(&s);
+  return rc;
+}
+
+static int cmd_distill(const options *o) {
+  session s;
+  st_tensor image = {0}, label = {0}, weight = {0};
+  int rc = session_open(o, &s, 1);
+  if (!rc)
+    rc = need(o->input, "--input");
+  if (!rc)
+    rc = need(o->out, "--out");
+  if (!rc && o->steps < 0)
+    rc = fail(EXIT_USAGE, "--steps is required");
+  if (!rc && (rc = st_safetensors_open(o->input, &s.input)))
+    rc = fail_status(rc, "--input");
+  if (!rc)
+    rc = input_tensor(&s, o, "image", ST_U8, 3, &image);
+  if (!rc)
+    rc = input_tensor(&s, o, "label", ST_U8, 2, &label);
+  if (!rc)
+    rc = input_tensor(&s, o, "weight", ST_F32, 2, &weight);
+  if (!rc && (label.shape[0] != image.shape[0] ||
+              label.shape[1] != image.shape[1] ||
+              !st_tensor_same_shape(&label, &weight)))
+    rc = fail(EXIT_USAGE, "%s: image, label and weight sizes differ",
+              o->input);
+  if (!rc && (rc = st_student_set_example(s.student, &image, &label, &weight)))
+    rc = fail_status(rc, "--input");
+  for (int k = 1; !rc && k <= o->steps; k++) {
+    float loss;
+    double miou;
+    if ((rc = st_student_train_step(s.student, &loss, &miou))) {
+      rc = fail_status(rc, "distill");
+      break;
+    }
+    printf("{\"step\":%d,\"loss\":%.9g,\"miou\":%.9g}\n", k, (double)loss,
+           miou);
+    fflush(stdout);
+  }
+  if (!rc && (rc = st_student_save(s.student, o->out)))
+    rc = fail_status(rc, "--out");
+  st_tensor_free(&image);
+  st_tensor_free(&label);
+  st_tensor_free(&weight);
+  session_close(&s);
+  return rc;
+}
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static double peak_rss_mb(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static int cmd_bench(const options *o) {
+  session s;
+  st_tensor image = {0}, label = {0}, weight = {0};
+  double *times = NULL;
+  int rc = session_open(o, &s, 0);
+  const int64_t h = o->height, w = o->width;
+  const int64_t img_shape[3] = {h, w, 3}, map_shape[2] = {h, w};
+  if (!rc && ((rc = st_tensor_alloc(NULL, &image, ST_U8, 3, img_shape)) ||
+              (rc = st_tensor_alloc(NULL, &label, ST_U8, 2, map_shape)) ||
+              (rc = st_tensor_alloc(NULL, &weight, ST_F32, 2, map_shape))))
+    rc = fail_status(rc, "bench");
+  if (!rc && !(times = calloc((size_t)o->iters, sizeof *times)))
+    rc = fail(1, "bench: out of memory");
+  if (rc)
+    goto done;
+  /* A deterministic pseudo-random frame and label map. */
+  uint32_t x = 2463534242u;
+  uint8_t *px = image.data, *lb = label.data;
+  float *wt = weight.data;
+  for (int64_t i = 0; i < h * w * 3; i++) {
+    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+    px[i] = (uint8_t)x;
+  }
+  for (int64_t i = 0; i < h * w; i++) {
+    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+    lb[i] = (uint8_t)(x % (uint32_t)s.cfg.num_classes);
+    wt[i] = (x >> 8) % 10 < 3 ? 5.0f : 1.0f;
+  }
+  const st_tensor *logits;
+  /* Warm-up plans the buffers and creates the primitives. */
+  if ((rc = st_student_forward(s.student, &image, &logits)) ||
+      (rc = st_backend_sync(s.be))) {
+    rc = fail_status(rc, "bench forward");
+    goto done;
+  }
+  for (int i = 0; i < o->iters; i++) {
+    double t0 = now_ms();
+    if ((rc = st_student_forward(s.student, &image, &logits)) ||
+        (rc = st_backend_sync(s.be))) {
+      rc = fail_status(rc, "bench forward");
+      goto done;
+    }
+    times[i] = now_ms() - t0;
+  }
+  double infer_ms = median(times, o->iters);
+  double infer_rss = peak_rss_mb();
+  float loss;
+  if ((rc = st_student_set_example(s.student, &image, &label, &weight)) ||
+      (rc = st_student_train_step(s.student, &loss, NULL))) {
+    rc = fail_status(rc, "bench distill");
+    goto done;
+  }
+  for (int i = 0; i < o->iters; i++) {
+    double t0 = now_ms();
+    /* Each step runs its own forward: the previous step changed the
+     * weights. */
+    if ((rc = st_student_train_step(s.student, &loss, NULL)) ||
+        (rc = st_backend_sync(s.be))) {
+      rc = fail_status(rc, "bench distill");
+      goto done;
+    }
+    times[i] = now_ms() - t0;
+  }
+  double step_ms = median(times, o->iters);
+  double step_rss = peak_rss_mb();
+  printf("backend %s, %lldx%lld, %d iterations, %lld trainable of %lld "
+         "parameters\n",
+         st_backend_name(s.be), (long long)h, (long long)w, o->iters,
+         (long long)st_student_param_count(s.student, 1),
+         (long long)st_student_param_count(s.student, 0));
+  printf("inference          median %8.1f ms   peak RSS %7.1f MB\n", infer_ms,
+         infer_rss);
+  printf("distillation step  median %8.1f ms   peak RSS %7.1f MB\n", step_ms,
+         step_rss);
+  printf("{\"backend\":\"%s\",\"height\":%lld,\"width\":%lld,\"iters\":%d,"
+         "\"infer_ms_median\":%.3f,\"infer_peak_rss_mb\":%.1f,"
+         "\"distill_step_ms_median\":%.3f,\"distill_peak_rss_mb\":%.1f,"
+         "\"full\":%s}\n",
+         st_backend_name(s.be), (long long)h, (long long)w, o->iters,
+         infer_ms, infer_rss, step_ms, step_rss,
+         s.cfg.trainable_full ? "true" : "false");
+done:
+  free(times);
+  st_tensor_free(&image);
+  st_tensor_free(&label);
+  st_tensor_free(&weight);
+  session_close(&s);
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  options o;
+  int rc = parse_args(argc, argv, &o);
+  if (rc)
+    return rc;
+  if (!strcmp(o.command, "forward"))
+    return cmd_forward(&o);
+  if (!strcmp(o.command, "distill"))
+    return cmd_distill(&o);
+  if (!strcmp(o.command, "bench"))
+    return cmd_bench(&o);
+  return fail(EXIT_USAGE, "unknown command '%s' (forward, distill, bench)",
+              o.command);
+}
