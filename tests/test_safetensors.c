@@ -50,8 +50,8 @@ static void expect_reject_image(const uint8_t *buf, size_t len,
              st_err_name(code));
   assert_null(st);
   if (strncmp(detail, label, strlen(label)) != 0 || !strstr(detail, needle))
-    fail_msg("%s: detail '%s' does not name the label and '%s'", label,
-             detail, needle);
+    fail_msg("%s: detail '%s' does not name the label and '%s'", label, detail,
+             needle);
 }
 
 static void expect_reject(const char *label, const char *header,
@@ -127,15 +127,15 @@ static void test_round_trip(void **state) {
   st_tensor t_empty = st_tensor_view(NULL, ST_F32, 3, s_empty);
   /* Given out of order: the writer sorts by name. */
   const st_named_tensor named[RT_COUNT] = {
-      {"w_f32", &t_w},   {"u8_odd", &t_u8},       {"h_f16", &t_h},
-      {"i32", &t_i32},   {"i64", &t_i64},         {"scalar", &t_scalar},
+      {"w_f32", &t_w},    {"u8_odd", &t_u8}, {"h_f16", &t_h},
+      {"i32", &t_i32},    {"i64", &t_i64},   {"scalar", &t_scalar},
       {"empty", &t_empty}};
-  const char *const sorted_names[RT_COUNT] = {
-      "empty", "h_f16", "i32", "i64", "scalar", "u8_odd", "w_f32"};
+  const char *const sorted_names[RT_COUNT] = {"empty",  "h_f16",  "i32",  "i64",
+                                              "scalar", "u8_odd", "w_f32"};
   /* Byte ranges in the data block that back-to-back layout implies. */
   const long long want_offsets[RT_COUNT][2] = {
       {0, 0}, {0, 10}, {10, 26}, {26, 50}, {50, 54}, {54, 61}, {61, 109}};
-  const st_tensor *by_sorted[RT_COUNT] = {&t_empty, &t_h,      &t_i32, &t_i64,
+  const st_tensor *by_sorted[RT_COUNT] = {&t_empty,  &t_h,  &t_i32, &t_i64,
                                           &t_scalar, &t_u8, &t_w};
   const char *const md[] = {"format", "pt", "step", "12", NULL};
 
@@ -156,13 +156,12 @@ static void test_round_trip(void **state) {
   json_error_t jerr;
   json_t *hdr = json_loadb(raw + PREFIX_BYTES, header_len, 0, &jerr);
   assert_non_null(hdr);
-  assert_string_equal(
-      json_string_value(json_object_get(
-          json_object_get(hdr, "__metadata__"), "step")),
-      "12");
+  assert_string_equal(json_string_value(json_object_get(
+                          json_object_get(hdr, "__metadata__"), "step")),
+                      "12");
   for (int i = 0; i < RT_COUNT; i++) {
-    json_t *off = json_object_get(json_object_get(hdr, sorted_names[i]),
-                                  "data_offsets");
+    json_t *off =
+        json_object_get(json_object_get(hdr, sorted_names[i]), "data_offsets");
     assert_int_equal(json_integer_value(json_array_get(off, 0)),
                      want_offsets[i][0]);
     assert_int_equal(json_integer_value(json_array_get(off, 1)),
@@ -321,20 +320,17 @@ static void test_reference_file(void **state) {
       /* Exact: the expected values are the stored ones widened to double. */
       switch (got.dtype) {
       case ST_F32:
-        assert_true(((const float *)got.data)[k] ==
-                    (float)json_real_value(v));
+        assert_true(((const float *)got.data)[k] == (float)json_real_value(v));
         break;
       case ST_F16:
         assert_true(st_f16_to_f32(((const uint16_t *)got.data)[k]) ==
                     (float)json_real_value(v));
         break;
       case ST_U8:
-        assert_int_equal(((const uint8_t *)got.data)[k],
-                         json_integer_value(v));
+        assert_int_equal(((const uint8_t *)got.data)[k], json_integer_value(v));
         break;
       case ST_I32:
-        assert_int_equal(((const int32_t *)got.data)[k],
-                         json_integer_value(v));
+        assert_int_equal(((const int32_t *)got.data)[k], json_integer_value(v));
         break;
       case ST_I64:
         assert_true(((const int64_t *)got.data)[k] == json_integer_value(v));
@@ -384,8 +380,8 @@ static void test_reject_huge_header_length(void **state) {
   }
   /* Exactly at the limit is allowed by it, then fails as truncated. */
   size_t len;
-  uint8_t *buf = image_build(ST_SAFETENSORS_MAX_HEADER_BYTES, "{}", NULL, 16,
-                             &len);
+  uint8_t *buf =
+      image_build(ST_SAFETENSORS_MAX_HEADER_BYTES, "{}", NULL, 16, &len);
   expect_reject_image(buf, len, "limit-header", ST_EFORMAT,
                       "runs past the end");
   free(buf);
@@ -427,14 +423,16 @@ static const bad_case BAD_CASES[] = {
     {"bad-dtype",
      "{\"a\":{\"dtype\":\"Q7\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
      ST_EDTYPE, "unknown dtype 'Q7'"},
-    {"bf16", "{\"a\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]}}",
-     4, ST_EDTYPE, "dtype BF16 is not supported"},
+    {"bf16",
+     "{\"a\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]}}", 4,
+     ST_EDTYPE, "dtype BF16 is not supported"},
     {"f64", "{\"a\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}",
      8, ST_EDTYPE, "dtype F64 is not supported"},
-    {"i8", "{\"a\":{\"dtype\":\"I8\",\"shape\":[4],\"data_offsets\":[0,4]}}",
-     4, ST_EDTYPE, "dtype I8 is not supported"},
-    {"bool", "{\"a\":{\"dtype\":\"BOOL\",\"shape\":[4],\"data_offsets\":[0,4]}}",
-     4, ST_EDTYPE, "dtype BOOL is not supported"},
+    {"i8", "{\"a\":{\"dtype\":\"I8\",\"shape\":[4],\"data_offsets\":[0,4]}}", 4,
+     ST_EDTYPE, "dtype I8 is not supported"},
+    {"bool",
+     "{\"a\":{\"dtype\":\"BOOL\",\"shape\":[4],\"data_offsets\":[0,4]}}", 4,
+     ST_EDTYPE, "dtype BOOL is not supported"},
     {"size-mismatch",
      "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", 4,
      ST_ESHAPE, "size mismatch"},
@@ -473,8 +471,9 @@ static const bad_case BAD_CASES[] = {
      "{\"a\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],"
      "\"data_offsets\":[0,1]}}",
      1, ST_ESHAPE, "rank 9 is above the limit"},
-    {"offsets-one", "{\"a\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0]}}",
-     0, ST_EFORMAT, "data_offsets is not two non-negative integers"},
+    {"offsets-one",
+     "{\"a\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0]}}", 0,
+     ST_EFORMAT, "data_offsets is not two non-negative integers"},
     {"offsets-negative",
      "{\"a\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[-4,-4]}}", 0,
      ST_EFORMAT, "data_offsets is not two non-negative integers"},

@@ -14,6 +14,9 @@
 #define LOGITS_RTOL 1e-4
 #define DISTILLED_RTOL 1e-3
 #define WEIGHTS_RTOL 1e-3
+/* Adam moves every weight by about lr per step whatever its gradient's size,
+ * so a weight's error is a fraction of lr (0.01): allow 1 % of one step. */
+#define WEIGHTS_ATOL 1e-4
 
 static const char *const sizes[] = {"student_37x59.safetensors",
                                     "student_45x83.safetensors"};
@@ -122,7 +125,7 @@ static void test_score_matches_reference_miou(void **state) {
 
 static void assert_distilled_weights(st_backend *be, st_student *s,
                                      const st_safetensors *fx) {
-  int compared = 0;
+  int compared = 0, mismatched = 0;
   for (size_t i = 0; i < st_student_tensor_count(s); i++) {
     char key[128], mkey[128];
     const char *name = st_student_tensor_name(s, i);
@@ -138,9 +141,11 @@ static void assert_distilled_weights(st_backend *be, st_student *s,
     for (int64_t e = 0; e < st_tensor_numel(&want); e++) {
       if (!m[e])
         continue;
-      if (!(fabs(g[e] - w[e]) <= WEIGHTS_RTOL * fabs(w[e]) + 1e-5))
-        fail_msg("%s[%lld]: got %.9g want %.9g", name, (long long)e, g[e],
-                 w[e]);
+      if (!(fabs(g[e] - w[e]) <= WEIGHTS_RTOL * fabs(w[e]) + WEIGHTS_ATOL)) {
+        print_message("%s[%lld]: got %.9g want %.9g\n", name, (long long)e,
+                      g[e], w[e]);
+        mismatched++;
+      }
       compared++;
     }
     st_tensor_free(&got);
@@ -149,6 +154,7 @@ static void assert_distilled_weights(st_backend *be, st_student *s,
   }
   /* Most of the 103,465 trainable parameters carry a real gradient. */
   assert_true(compared > 90000);
+  assert_int_equal(mismatched, 0);
 }
 
 static void run_distill(st_backend *be, st_student *s, const example *ex,

@@ -267,7 +267,7 @@ static int parse_distill(const char *label, json_t *distill,
                          st_student_config *c) {
   if (!distill)
     return ST_OK;
-  double x;
+  double x = 0.0;
   int present;
   int rc = read_number(label, distill, "threshold", "distill.threshold", &x,
                        &present);
@@ -285,7 +285,7 @@ static int parse_distill(const char *label, json_t *distill,
   if ((rc = read_number(label, distill, "lr", "distill.lr", &x, &present)))
     return rc;
   if (present) {
-    float lr;
+    float lr = 0.0f;
     if ((rc = to_float(label, "distill.lr", x, &lr)))
       return rc;
     /* Tested after rounding, so a rate that rounds to 0 is rejected too. */

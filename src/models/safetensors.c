@@ -41,24 +41,24 @@ enum { ST_ST_HEADER_ALIGN_BYTES = 8 };
 static const char METADATA_KEY[] = "__metadata__";
 
 typedef struct st_entry {
-  const char *name;            /* borrowed from the JSON header */
-  st_dtype dtype;              /* element type */
-  int ndim;                    /* rank, 0..ST_MAX_DIMS */
-  int64_t shape[ST_MAX_DIMS];  /* extents; trailing entries are 1 */
-  uint64_t begin;              /* byte offset into the data block */
-  uint64_t end;                /* one past the last byte */
+  const char *name;           /* borrowed from the JSON header */
+  st_dtype dtype;             /* element type */
+  int ndim;                   /* rank, 0..ST_MAX_DIMS */
+  int64_t shape[ST_MAX_DIMS]; /* extents; trailing entries are 1 */
+  uint64_t begin;             /* byte offset into the data block */
+  uint64_t end;               /* one past the last byte */
 } st_entry;
 
 struct st_safetensors {
-  char *label;                 /* file path or buffer label, for errors */
-  uint8_t *file;               /* owned image of the whole file */
-  const uint8_t *data;         /* start of the data block inside file */
-  size_t data_bytes;           /* length of the data block */
-  json_t *header;              /* parsed header; owns names and metadata */
-  json_t *metadata;            /* borrowed "__metadata__" object or NULL */
-  st_entry *entries;           /* ordered by data offset */
-  const st_entry **by_name;    /* the same entries ordered by name */
-  size_t count;                /* number of tensors */
+  char *label;              /* file path or buffer label, for errors */
+  uint8_t *file;            /* owned image of the whole file */
+  const uint8_t *data;      /* start of the data block inside file */
+  size_t data_bytes;        /* length of the data block */
+  json_t *header;           /* parsed header; owns names and metadata */
+  json_t *metadata;         /* borrowed "__metadata__" object or NULL */
+  st_entry *entries;        /* ordered by data offset */
+  const st_entry **by_name; /* the same entries ordered by name */
+  size_t count;             /* number of tensors */
 };
 
 /* ---- dtypes ---------------------------------------------------------------*/
@@ -67,9 +67,8 @@ struct st_safetensors {
  * uses one is a valid file we cannot load, which deserves a different
  * message from a misspelt dtype. */
 static const char *const FOREIGN_DTYPES[] = {
-    "BOOL", "I8",      "I16",     "U16",    "U32",      "U64",
-    "BF16", "F64",     "F8_E5M2", "F8_E4M3", "F8_E8M0", "F4",
-    "F6_E2M3", "F6_E3M2", "C64"};
+    "BOOL",    "I8",      "I16",     "U16", "U32",     "U64",     "BF16", "F64",
+    "F8_E5M2", "F8_E4M3", "F8_E8M0", "F4",  "F6_E2M3", "F6_E3M2", "C64"};
 
 static int dtype_parse(const char *label, const char *tensor, const char *name,
                        st_dtype *out) {
@@ -87,9 +86,8 @@ static int dtype_parse(const char *label, const char *tensor, const char *name,
                           "(F32, F16, U8, I32 and I64 are)",
                           label, tensor, name);
   }
-  return st_error_set(ST_EDTYPE,
-                      "%s: tensor '%s': unknown dtype '%s'", label, tensor,
-                      name);
+  return st_error_set(ST_EDTYPE, "%s: tensor '%s': unknown dtype '%s'", label,
+                      tensor, name);
 }
 
 /* Bytes of a tensor, with every multiplication checked. Each prefix of the
@@ -210,14 +208,13 @@ static int entry_parse(const char *label, const char *name, json_t *value,
                         label, name, (unsigned long long)e->begin,
                         (unsigned long long)e->end);
   if (e->end - e->begin != nbytes)
-    return st_error_set(ST_ESHAPE,
-                        "%s: tensor '%s': data_offsets [%llu,%llu] hold %llu "
-                        "bytes but %s %s needs %llu (size mismatch)",
-                        label, name, (unsigned long long)e->begin,
-                        (unsigned long long)e->end,
-                        (unsigned long long)(e->end - e->begin),
-                        st_dtype_name(e->dtype), shape_str,
-                        (unsigned long long)nbytes);
+    return st_error_set(
+        ST_ESHAPE,
+        "%s: tensor '%s': data_offsets [%llu,%llu] hold %llu "
+        "bytes but %s %s needs %llu (size mismatch)",
+        label, name, (unsigned long long)e->begin, (unsigned long long)e->end,
+        (unsigned long long)(e->end - e->begin), st_dtype_name(e->dtype),
+        shape_str, (unsigned long long)nbytes);
   if (e->end > data_bytes)
     return st_error_set(ST_EFORMAT,
                         "%s: tensor '%s': data_offsets [%llu,%llu] run past "
@@ -235,9 +232,8 @@ static int metadata_check(const char *label, json_t *md) {
   json_t *value;
   json_object_foreach(md, key, value) {
     if (!json_is_string(value))
-      return st_error_set(ST_EFORMAT,
-                          "%s: %s value of '%s' is not a string", label,
-                          METADATA_KEY, key);
+      return st_error_set(ST_EFORMAT, "%s: %s value of '%s' is not a string",
+                          label, METADATA_KEY, key);
   }
   return ST_OK;
 }
@@ -275,9 +271,8 @@ static int tiling_check(const st_safetensors *st) {
       return st_error_set(ST_EFORMAT,
                           "%s: hole of %llu bytes in the data block before "
                           "tensor '%s' at %llu",
-                          st->label,
-                          (unsigned long long)(e->begin - expected), e->name,
-                          (unsigned long long)e->begin);
+                          st->label, (unsigned long long)(e->begin - expected),
+                          e->name, (unsigned long long)e->begin);
     expected = e->end;
   }
   if (expected != st->data_bytes)
@@ -341,7 +336,7 @@ static int parse_owned(uint8_t *file, size_t len, const char *label,
                           (size_t)header_bytes, JSON_REJECT_DUPLICATES, &jerr);
   if (!st->header) {
     rc = json_error_code(&jerr) == json_error_out_of_memory ? ST_ENOMEM
-                                                              : ST_EFORMAT;
+                                                            : ST_EFORMAT;
     rc = st_error_set(rc, "%s: header is not valid JSON: %s (byte %d)", label,
                       jerr.text, jerr.position);
     goto err;
@@ -369,8 +364,8 @@ static int parse_owned(uint8_t *file, size_t len, const char *label,
       st->metadata = value;
       continue;
     }
-    rc = entry_parse(label, key, value, st->data_bytes,
-                     &st->entries[st->count]);
+    rc =
+        entry_parse(label, key, value, st->data_bytes, &st->entries[st->count]);
     if (rc)
       goto err;
     st->count++;
@@ -477,8 +472,7 @@ const char *st_safetensors_name(const st_safetensors *st, size_t index) {
   return index < st->count ? st->entries[index].name : NULL;
 }
 
-static const st_entry *entry_find(const st_safetensors *st,
-                                  const char *name) {
+static const st_entry *entry_find(const st_safetensors *st, const char *name) {
   st_entry key = {.name = name};
   const st_entry *keyp = &key;
   const st_entry **hit = bsearch(&keyp, st->by_name, st->count,
@@ -514,8 +508,7 @@ int st_safetensors_read(const st_safetensors *st, const char *name,
   return ST_OK;
 }
 
-const char *st_safetensors_metadata(const st_safetensors *st,
-                                    const char *key) {
+const char *st_safetensors_metadata(const st_safetensors *st, const char *key) {
   if (!st->metadata)
     return NULL;
   return json_string_value(json_object_get(st->metadata, key));
@@ -564,14 +557,15 @@ static int tensor_entry_new(const char *path, const st_named_tensor *nt,
   int ok = entry && shape && offsets;
   for (int i = 0; ok && i < nt->tensor->ndim; i++)
     ok = json_array_append_new(shape, json_integer(nt->tensor->shape[i])) == 0;
-  ok = ok &&
-       json_array_append_new(offsets, json_integer((json_int_t)begin)) == 0 &&
-       json_array_append_new(offsets,
-                             json_integer((json_int_t)(begin + nbytes))) == 0 &&
-       json_object_set_new(entry, "dtype",
-                           json_string(st_dtype_name(nt->tensor->dtype))) == 0 &&
-       json_object_set(entry, "shape", shape) == 0 &&
-       json_object_set(entry, "data_offsets", offsets) == 0;
+  ok =
+      ok &&
+      json_array_append_new(offsets, json_integer((json_int_t)begin)) == 0 &&
+      json_array_append_new(offsets,
+                            json_integer((json_int_t)(begin + nbytes))) == 0 &&
+      json_object_set_new(entry, "dtype",
+                          json_string(st_dtype_name(nt->tensor->dtype))) == 0 &&
+      json_object_set(entry, "shape", shape) == 0 &&
+      json_object_set(entry, "data_offsets", offsets) == 0;
   json_decref(shape);
   json_decref(offsets);
   if (!ok) {
@@ -606,8 +600,8 @@ static int header_build(const char *path, const st_named_tensor *sorted,
       goto err;
     for (size_t i = 0; metadata_kv[i]; i += 2) {
       if (!metadata_kv[i + 1]) {
-        rc = st_error_set(ST_EINVAL, "%s: metadata key '%s' has no value",
-                          path, metadata_kv[i]);
+        rc = st_error_set(ST_EINVAL, "%s: metadata key '%s' has no value", path,
+                          metadata_kv[i]);
         goto err;
       }
       if (json_object_get(md, metadata_kv[i])) {
@@ -617,9 +611,8 @@ static int header_build(const char *path, const st_named_tensor *sorted,
       }
       json_t *value = json_string(metadata_kv[i + 1]);
       if (!value) {
-        rc = st_error_set(ST_EINVAL,
-                          "%s: metadata value of '%s' is not UTF-8", path,
-                          metadata_kv[i]);
+        rc = st_error_set(ST_EINVAL, "%s: metadata value of '%s' is not UTF-8",
+                          path, metadata_kv[i]);
         goto err;
       }
       if ((rc = json_put(path, md, metadata_kv[i], value)))
@@ -638,8 +631,7 @@ static int header_build(const char *path, const st_named_tensor *sorted,
 
   dumped = json_dumps(root, JSON_COMPACT);
   if (!dumped) {
-    rc = st_error_set(ST_ENOMEM, "%s: out of memory encoding the header",
-                      path);
+    rc = st_error_set(ST_ENOMEM, "%s: out of memory encoding the header", path);
     goto err;
   }
   size_t len = strlen(dumped);
@@ -647,14 +639,13 @@ static int header_build(const char *path, const st_named_tensor *sorted,
                   ST_ST_HEADER_ALIGN_BYTES * ST_ST_HEADER_ALIGN_BYTES;
   if (padded > ST_SAFETENSORS_MAX_HEADER_BYTES) {
     rc = st_error_set(ST_ERANGE,
-                      "%s: header of %zu bytes exceeds the limit of %u",
-                      path, padded, ST_SAFETENSORS_MAX_HEADER_BYTES);
+                      "%s: header of %zu bytes exceeds the limit of %u", path,
+                      padded, ST_SAFETENSORS_MAX_HEADER_BYTES);
     goto err;
   }
   char *grown = realloc(dumped, padded + 1);
   if (!grown) {
-    rc = st_error_set(ST_ENOMEM, "%s: out of memory padding the header",
-                      path);
+    rc = st_error_set(ST_ENOMEM, "%s: out of memory padding the header", path);
     goto err;
   }
   dumped = grown;
@@ -689,8 +680,8 @@ static int tensors_check(const char *path, const st_named_tensor *sorted,
                           path, nt->name);
     for (int d = 0; d < t->ndim; d++)
       if (t->shape[d] < 0)
-        return st_error_set(ST_ESHAPE, "%s: tensor '%s' has extent %lld",
-                            path, nt->name, (long long)t->shape[d]);
+        return st_error_set(ST_ESHAPE, "%s: tensor '%s' has extent %lld", path,
+                            nt->name, (long long)t->shape[d]);
     if (checked_nbytes(t->dtype, t->ndim, t->shape, &nbytes[i]))
       return st_error_set(ST_ESHAPE, "%s: tensor '%s' byte size overflows",
                           path, nt->name);
@@ -709,8 +700,14 @@ int st_safetensors_write(const char *path, const st_named_tensor *tensors,
   char *tmp_path = NULL;
   char *header = NULL;
   size_t header_bytes = 0;
-  st_named_tensor *sorted = malloc((count ? count : 1) * sizeof *sorted);
-  uint64_t *nbytes = malloc((count ? count : 1) * sizeof *nbytes);
+  st_named_tensor *sorted = NULL;
+  uint64_t *nbytes = NULL;
+  if (count && !tensors) {
+    rc = st_error_set(ST_EINVAL, "%s: %zu tensors but no list", path, count);
+    goto err;
+  }
+  sorted = calloc(count ? count : 1, sizeof *sorted);
+  nbytes = calloc(count ? count : 1, sizeof *nbytes);
   if (!sorted || !nbytes) {
     rc = st_error_set(ST_ENOMEM, "%s: out of memory", path);
     goto err;
@@ -774,8 +771,7 @@ int st_safetensors_write(const char *path, const st_named_tensor *tensors,
   return ST_OK;
 
 err_io:
-  rc = st_error_set(ST_EIO, "%s: write failed: %s", tmp_path,
-                    strerror(errno));
+  rc = st_error_set(ST_EIO, "%s: write failed: %s", tmp_path, strerror(errno));
 err:
   if (fd >= 0)
     close(fd);

@@ -669,11 +669,11 @@ static int conv_run(st_backend *be, const conv_key *k,
    * max-threads setting, which another library may have changed. */
   if (omp_get_max_threads() != cpu->threads)
     omp_set_num_threads(cpu->threads);
-  struct st_cpu_conv_cache *c;
+  struct st_cpu_conv_cache *c = NULL;
   int rc = cache_open(cpu, &c);
   if (rc)
     return rc;
-  conv_entry *e;
+  conv_entry *e = NULL;
   rc = cache_get(c, k, &e);
   if (rc)
     return rc;

@@ -1,21 +1,158 @@
-/* Temporary: replaced by the implementation being written now. */
+/* The CPU backend's ops other than convolutions: plain C loops the compiler
+ * vectorises, spread over the context's OpenMP team.
+ *
+ * The ops run on 720p frames, so each touches memory once or twice: batch
+ * norm works channel by channel so its passes over a channel hit cache,
+ * bilinear resizing is separable with taps computed once per call, the
+ * cross-entropy keeps a pixel tile's exponentials in the gradient buffer
+ * between its passes, and the backward of resizing owns whole input rows per
+ * task so it needs no atomics. Statistics and losses accumulate in double.
+ * The wrappers in backend.c have checked dtypes and shapes already; these
+ * functions only do the work (semantics: backend.h).
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "base/error.h"
 #include "gpu/cpu/cpu_impl.h"
+
+/* Below this many elements an op runs on the calling thread alone: waking
+ * the team costs more than the work. */
+#define ST_CPU_PARALLEL_MIN_ELEMS 32768
+/* Pixels per tile in the per-pixel reductions over channels (cross-entropy,
+ * argmax): C rows of this many floats stay in L1/L2 between passes. */
+#define ST_CPU_PIXEL_TILE 512
+/* Rows per task in bilinear resizing (output rows forward, input rows
+ * backward), so that a handful of planes still splits evenly over a team. */
+#define ST_CPU_RESIZE_ROWS_PER_TASK 32
+/* Up to this many classes the confusion counts use one stack histogram per
+ * thread (32 x 32 int64 = 8 KiB); beyond it they are counted serially. */
+#define ST_CPU_CONFUSION_LOCAL_CLASSES 32
+/* Bytes per task when copying large buffers with the team. */
+#define ST_CPU_COPY_CHUNK_BYTES (1u << 20)
+/* Significant decimal digits that always round-trip a float. */
+#define ST_FLOAT_ROUNDTRIP_DIGITS 9
+
+/* Team size for an op over `work` elements. */
+static int team(st_backend *be, int64_t work) {
+  return work >= ST_CPU_PARALLEL_MIN_ELEMS ? st__cpu(be)->threads : 1;
+}
+
+static int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* ---- batch normalisation -------------------------------------------------- */
+
+static double sum_f32(const float *restrict p, int64_t n) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; i++)
+    s += p[i];
+  return s;
+}
+
+static double sum_sq_dev_f32(const float *restrict p, int64_t n, double mu) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; i++) {
+    double d = (double)p[i] - mu;
+    s += d * d;
+  }
+  return s;
+}
+
+/* y = x * a + b, then ReLU when asked; x and y may be the same buffer. */
+static void affine_f32(const float *x, float *y, int64_t n, float a, float b,
+                       int relu) {
+  if (relu) {
+    for (int64_t i = 0; i < n; i++) {
+      float v = x[i] * a + b;
+      y[i] = v > 0.0f ? v : 0.0f;
+    }
+  } else {
+    for (int64_t i = 0; i < n; i++)
+      y[i] = x[i] * a + b;
+  }
+}
 
 int st__cpu_batchnorm_fwd(st_backend *be, const st_tensor *x,
                           const st_tensor *gamma, const st_tensor *beta_,
                           float eps, st_activation act, st_tensor *y,
                           st_tensor *mean, st_tensor *invstd) {
-  (void)be;
-  (void)x;
-  (void)gamma;
-  (void)beta_;
-  (void)eps;
-  (void)act;
-  (void)y;
-  (void)mean;
-  (void)invstd;
-  return st_error_set(ST_ENOTSUP, "st__cpu_batchnorm_fwd: not built yet");
+  const int64_t n = x->shape[0], c = x->shape[1];
+  const int64_t hw = x->shape[2] * x->shape[3], count = n * hw;
+  const float *xd = x->data, *gd = gamma->data, *bd = beta_->data;
+  float *yd = y->data, *md = mean->data, *sd = invstd->data;
+  const int relu = act == ST_ACT_RELU;
+
+  /* One channel per iteration: its N planes are read three times (mean,
+   * variance, normalise), mostly from cache. Two passes in double give the
+   * statistics PyTorch gets from its double accumulators, also when the
+   * mean is large against the spread. */
+#pragma omp parallel for num_threads(team(be, n * c * hw)) schedule(static)
+  for (int64_t ch = 0; ch < c; ch++) {
+    double sum = 0.0;
+    for (int64_t b = 0; b < n; b++)
+      sum += sum_f32(xd + (b * c + ch) * hw, hw);
+    const double mu = count ? sum / (double)count : 0.0;
+    double sq = 0.0;
+    for (int64_t b = 0; b < n; b++)
+      sq += sum_sq_dev_f32(xd + (b * c + ch) * hw, hw, mu);
+    const double var = count ? sq / (double)count : 0.0;
+    const float mean_f = (float)mu;
+    const float invstd_f = (float)(1.0 / sqrt(var + (double)eps));
+    md[ch] = mean_f;
+    sd[ch] = invstd_f;
+    /* PyTorch folds the affine into y = x * alpha + shift with float
+     * alpha = invstd * gamma; doing the same keeps us within an ulp. */
+    const float alpha = invstd_f * gd[ch];
+    const float shift = bd[ch] - mean_f * alpha;
+    for (int64_t b = 0; b < n; b++)
+      affine_f32(xd + (b * c + ch) * hw, yd + (b * c + ch) * hw, hw, alpha,
+                 shift, relu);
+  }
+  return ST_OK;
+}
+
+/* Sums of the (ReLU-masked) upstream gradient g and of g * (x - mu). */
+static void bn_grad_sums(const float *restrict x, const float *restrict y,
+                         const float *restrict dy, int64_t n, double mu,
+                         int relu, double *sum_g, double *sum_gx) {
+  double sg = 0.0, sgx = 0.0;
+  if (relu) {
+#pragma omp simd reduction(+ : sg, sgx)
+    for (int64_t i = 0; i < n; i++) {
+      float g = y[i] > 0.0f ? dy[i] : 0.0f;
+      sg += g;
+      sgx += (double)g * ((double)x[i] - mu);
+    }
+  } else {
+#pragma omp simd reduction(+ : sg, sgx)
+    for (int64_t i = 0; i < n; i++) {
+      sg += dy[i];
+      sgx += (double)dy[i] * ((double)x[i] - mu);
+    }
+  }
+  *sum_g += sg;
+  *sum_gx += sgx;
+}
+
+/* dx = (g - mean_g - (x - mean) * k) * scale; dx may alias dy. */
+static void bn_grad_input(const float *x, const float *y, const float *dy,
+                          float *dx, int64_t n, float mean, float mean_g,
+                          float k, float scale, int relu) {
+  if (relu) {
+    for (int64_t i = 0; i < n; i++) {
+      float g = y[i] > 0.0f ? dy[i] : 0.0f;
+      dx[i] = (g - mean_g - (x[i] - mean) * k) * scale;
+    }
+  } else {
+    for (int64_t i = 0; i < n; i++)
+      dx[i] = (dy[i] - mean_g - (x[i] - mean) * k) * scale;
+  }
 }
 
 int st__cpu_batchnorm_bwd(st_backend *be, const st_tensor *x,
@@ -23,170 +160,615 @@ int st__cpu_batchnorm_bwd(st_backend *be, const st_tensor *x,
                           const st_tensor *gamma, const st_tensor *mean,
                           const st_tensor *invstd, st_activation act,
                           st_tensor *dx, st_tensor *dgamma, st_tensor *dbeta) {
-  (void)be;
-  (void)x;
-  (void)y;
-  (void)dy;
-  (void)gamma;
-  (void)mean;
-  (void)invstd;
-  (void)act;
-  (void)dx;
-  (void)dgamma;
-  (void)dbeta;
-  return st_error_set(ST_ENOTSUP, "st__cpu_batchnorm_bwd: not built yet");
+  const int64_t n = x->shape[0], c = x->shape[1];
+  const int64_t hw = x->shape[2] * x->shape[3], count = n * hw;
+  const float *xd = x->data, *yd = y->data, *dyd = dy->data;
+  const float *gd = gamma->data, *md = mean->data, *sd = invstd->data;
+  float *dxd = dx ? dx->data : NULL;
+  float *dgd = dgamma ? dgamma->data : NULL;
+  float *dbd = dbeta ? dbeta->data : NULL;
+  const int relu = act == ST_ACT_RELU;
+
+#pragma omp parallel for num_threads(team(be, n * c * hw)) schedule(static)
+  for (int64_t ch = 0; ch < c; ch++) {
+    const float mean_f = md[ch], inv = sd[ch];
+    double sum_g = 0.0, sum_gx = 0.0;
+    for (int64_t b = 0; b < n; b++) {
+      const int64_t off = (b * c + ch) * hw;
+      bn_grad_sums(xd + off, yd + off, dyd + off, hw, (double)mean_f, relu,
+                   &sum_g, &sum_gx);
+    }
+    if (dgd)
+      dgd[ch] = (float)(sum_gx * inv);
+    if (dbd)
+      dbd[ch] = (float)sum_g;
+    if (!dxd || count == 0)
+      continue;
+    /* Training-mode batch norm: the mean and the variance depend on x, which
+     * adds the two projection terms to the plain scale by invstd * gamma. */
+    const float mean_g = (float)(sum_g / (double)count);
+    const float k = (float)(sum_gx * inv * inv / (double)count);
+    const float scale = inv * gd[ch];
+    for (int64_t b = 0; b < n; b++) {
+      const int64_t off = (b * c + ch) * hw;
+      bn_grad_input(xd + off, yd + off, dyd + off, dxd + off, hw, mean_f,
+                    mean_g, k, scale, relu);
+    }
+  }
+  return ST_OK;
 }
 
+/* ---- elementwise ---------------------------------------------------------- */
+
 int st__cpu_relu_fwd(st_backend *be, const st_tensor *x, st_tensor *y) {
-  (void)be;
-  (void)x;
-  (void)y;
-  return st_error_set(ST_ENOTSUP, "st__cpu_relu_fwd: not built yet");
+  const int64_t n = st_tensor_numel(x);
+  const float *xd = x->data;
+  float *yd = y->data;
+#pragma omp parallel for simd num_threads(team(be, n)) schedule(simd : static)
+  for (int64_t i = 0; i < n; i++)
+    yd[i] = xd[i] > 0.0f ? xd[i] : 0.0f;
+  return ST_OK;
 }
 
 int st__cpu_relu_bwd(st_backend *be, const st_tensor *y, const st_tensor *dy,
                      st_tensor *dx) {
-  (void)be;
-  (void)y;
-  (void)dy;
-  (void)dx;
-  return st_error_set(ST_ENOTSUP, "st__cpu_relu_bwd: not built yet");
+  const int64_t n = st_tensor_numel(y);
+  const float *yd = y->data, *dyd = dy->data;
+  float *dxd = dx->data;
+#pragma omp parallel for simd num_threads(team(be, n)) schedule(simd : static)
+  for (int64_t i = 0; i < n; i++)
+    dxd[i] = yd[i] > 0.0f ? dyd[i] : 0.0f;
+  return ST_OK;
 }
 
 int st__cpu_add(st_backend *be, const st_tensor *a, const st_tensor *b,
                 st_tensor *y) {
-  (void)be;
-  (void)a;
-  (void)b;
-  (void)y;
-  return st_error_set(ST_ENOTSUP, "st__cpu_add: not built yet");
+  const int64_t n = st_tensor_numel(a);
+  const float *ad = a->data, *bd = b->data;
+  float *yd = y->data;
+#pragma omp parallel for simd num_threads(team(be, n)) schedule(simd : static)
+  for (int64_t i = 0; i < n; i++)
+    yd[i] = ad[i] + bd[i];
+  return ST_OK;
 }
+
+/* ---- layout --------------------------------------------------------------- */
 
 int st__cpu_concat_channels(st_backend *be, const st_tensor *a,
                             const st_tensor *b, st_tensor *y) {
-  (void)be;
-  (void)a;
-  (void)b;
-  (void)y;
-  return st_error_set(ST_ENOTSUP, "st__cpu_concat_channels: not built yet");
+  const int64_t n = a->shape[0], ca = a->shape[1], cb = b->shape[1];
+  const int64_t hw = a->shape[2] * a->shape[3], cy = ca + cb;
+  const float *ad = a->data, *bd = b->data;
+  float *yd = y->data;
+#pragma omp parallel for num_threads(team(be, n * cy * hw)) schedule(static)
+  for (int64_t plane = 0; plane < n * cy; plane++) {
+    const int64_t img = plane / cy, ch = plane % cy;
+    const float *src = ch < ca ? ad + (img * ca + ch) * hw
+                               : bd + (img * cb + ch - ca) * hw;
+    memcpy(yd + plane * hw, src, (size_t)hw * sizeof(float));
+  }
+  return ST_OK;
 }
 
 int st__cpu_split_channels(st_backend *be, const st_tensor *dy, st_tensor *da,
                            st_tensor *db) {
-  (void)be;
-  (void)dy;
-  (void)da;
-  (void)db;
-  return st_error_set(ST_ENOTSUP, "st__cpu_split_channels: not built yet");
+  const int64_t n = dy->shape[0], cy = dy->shape[1];
+  const int64_t hw = dy->shape[2] * dy->shape[3];
+  const int64_t ca = da ? da->shape[1] : cy - db->shape[1], cb = cy - ca;
+  const float *dyd = dy->data;
+  float *dad = da ? da->data : NULL, *dbd = db ? db->data : NULL;
+#pragma omp parallel for num_threads(team(be, n * cy * hw)) schedule(static)
+  for (int64_t plane = 0; plane < n * cy; plane++) {
+    const int64_t img = plane / cy, ch = plane % cy;
+    float *dst = ch < ca ? (dad ? dad + (img * ca + ch) * hw : NULL)
+                         : (dbd ? dbd + (img * cb + ch - ca) * hw : NULL);
+    if (dst)
+      memcpy(dst, dyd + plane * hw, (size_t)hw * sizeof(float));
+  }
+  return ST_OK;
 }
 
 int st__cpu_subsample(st_backend *be, const st_tensor *x, int stride,
                       st_tensor *y) {
-  (void)be;
-  (void)x;
-  (void)stride;
-  (void)y;
-  return st_error_set(ST_ENOTSUP, "st__cpu_subsample: not built yet");
+  const int64_t planes = x->shape[0] * x->shape[1];
+  const int64_t ih = x->shape[2], iw = x->shape[3];
+  const int64_t oh = y->shape[2], ow = y->shape[3];
+  const float *xd = x->data;
+  float *yd = y->data;
+#pragma omp parallel for collapse(2) num_threads(team(be, planes * ih * iw)) \
+    schedule(static)
+  for (int64_t p = 0; p < planes; p++) {
+    for (int64_t r = 0; r < oh; r++) {
+      const float *restrict src = xd + (p * ih + r * stride) * iw;
+      float *restrict dst = yd + (p * oh + r) * ow;
+      for (int64_t j = 0; j < ow; j++)
+        dst[j] = src[j * stride];
+    }
+  }
+  return ST_OK;
 }
 
 int st__cpu_subsample_bwd(st_backend *be, const st_tensor *dy, int stride,
                           st_tensor *dx) {
-  (void)be;
-  (void)dy;
-  (void)stride;
-  (void)dx;
-  return st_error_set(ST_ENOTSUP, "st__cpu_subsample_bwd: not built yet");
+  const int64_t planes = dx->shape[0] * dx->shape[1];
+  const int64_t ih = dx->shape[2], iw = dx->shape[3];
+  const int64_t oh = dy->shape[2], ow = dy->shape[3];
+  const float *dyd = dy->data;
+  float *dxd = dx->data;
+  /* Each dx row is written exactly once: zeros, then the kept columns. */
+#pragma omp parallel for collapse(2) num_threads(team(be, planes * ih * iw)) \
+    schedule(static)
+  for (int64_t p = 0; p < planes; p++) {
+    for (int64_t r = 0; r < ih; r++) {
+      float *restrict dst = dxd + (p * ih + r) * iw;
+      memset(dst, 0, (size_t)iw * sizeof(float));
+      if (r % stride)
+        continue;
+      const float *restrict src = dyd + (p * oh + r / stride) * ow;
+      for (int64_t j = 0; j < ow; j++)
+        dst[j * stride] = src[j];
+    }
+  }
+  return ST_OK;
+}
+
+/* ---- bilinear resize (align_corners=False) -------------------------------- */
+
+/* One output position's two source positions and their weights. */
+typedef struct resize_tap {
+  int64_t i0, i1; /* source indices, i0 <= i1, both nondecreasing in dst */
+  float l0, l1;   /* weights of i0 and i1, l0 + l1 = 1 */
+} resize_tap;
+
+/* PyTorch's compute_source_index_and_lambda with a float scale in / out:
+ * src = (dst + 0.5) * scale - 0.5 clamped at 0, all in float, so indices
+ * and weights are the ones F.interpolate uses. */
+static void resize_taps(int64_t in, int64_t out, resize_tap *taps) {
+  const float scale = (float)in / (float)out;
+  for (int64_t o = 0; o < out; o++) {
+    resize_tap *t = &taps[o];
+    if (in == out) {
+      *t = (resize_tap){o, o, 1.0f, 0.0f};
+      continue;
+    }
+    float src = scale * ((float)o + 0.5f) - 0.5f;
+    if (src < 0.0f)
+      src = 0.0f;
+    t->i0 = (int64_t)src;
+    t->i1 = t->i0 + (t->i0 < in - 1 ? 1 : 0);
+    float l1 = src - (float)t->i0;
+    t->l1 = l1 < 0.0f ? 0.0f : (l1 > 1.0f ? 1.0f : l1);
+    t->l0 = 1.0f - t->l1;
+  }
+}
+
+/* One source row interpolated along W to the output width. */
+static void resize_row_w(const float *restrict src,
+                         const resize_tap *restrict tw, int64_t ow,
+                         float *restrict out) {
+  for (int64_t j = 0; j < ow; j++)
+    out[j] = src[tw[j].i0] * tw[j].l0 + src[tw[j].i1] * tw[j].l1;
+}
+
+/* Two cached W-interpolated rows: consecutive output rows of an upsample
+ * share their source rows, so each source row is interpolated about once. */
+typedef struct resize_row_cache {
+  float *row[2];
+  int64_t tag[2]; /* source row held by each buffer, -1 for none */
+} resize_row_cache;
+
+/* The W-interpolated source row `want`, computed into the buffer that does
+ * not hold `keep` (the other row the caller needs) when not cached. */
+static const float *resize_cached_row(resize_row_cache *cache,
+                                      const float *plane, int64_t iw,
+                                      const resize_tap *tw, int64_t ow,
+                                      int64_t want, int64_t keep) {
+  for (int k = 0; k < 2; k++)
+    if (cache->tag[k] == want)
+      return cache->row[k];
+  int slot = cache->tag[0] == keep ? 1 : 0;
+  resize_row_w(plane + want * iw, tw, ow, cache->row[slot]);
+  cache->tag[slot] = want;
+  return cache->row[slot];
 }
 
 int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
                                 st_tensor *y) {
-  (void)be;
-  (void)x;
-  (void)y;
-  return st_error_set(ST_ENOTSUP, "st__cpu_resize_bilinear_fwd: not built yet");
+  const int64_t planes = x->shape[0] * x->shape[1];
+  const int64_t ih = x->shape[2], iw = x->shape[3];
+  const int64_t oh = y->shape[2], ow = y->shape[3];
+  const int threads = team(be, planes * oh * ow);
+  /* One block: taps for both axes, then two row buffers per thread. */
+  const size_t tap_bytes = (size_t)(oh + ow) * sizeof(resize_tap);
+  float *scratch = malloc(tap_bytes + (size_t)threads * 2 * (size_t)ow *
+                                          sizeof(float));
+  if (!scratch)
+    return st_error_set(ST_ENOMEM, "resize_bilinear_fwd: no scratch memory");
+  resize_tap *th = (resize_tap *)scratch, *tw = th + oh;
+  float *rows = (float *)(tw + ow);
+  resize_taps(ih, oh, th);
+  resize_taps(iw, ow, tw);
+
+  const float *xd = x->data;
+  float *yd = y->data;
+  const int64_t blocks =
+      (oh + ST_CPU_RESIZE_ROWS_PER_TASK - 1) / ST_CPU_RESIZE_ROWS_PER_TASK;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t task = 0; task < planes * blocks; task++) {
+    const int64_t p = task / blocks;
+    const int64_t r0 = (task % blocks) * ST_CPU_RESIZE_ROWS_PER_TASK;
+    const int64_t r1 = min_i64(r0 + ST_CPU_RESIZE_ROWS_PER_TASK, oh);
+    float *mine = rows + (size_t)omp_get_thread_num() * 2 * (size_t)ow;
+    resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
+    const float *plane = xd + p * ih * iw;
+    for (int64_t r = r0; r < r1; r++) {
+      const resize_tap t = th[r];
+      const float *restrict a =
+          resize_cached_row(&cache, plane, iw, tw, ow, t.i0, t.i1);
+      const float *restrict b =
+          resize_cached_row(&cache, plane, iw, tw, ow, t.i1, t.i0);
+      float *restrict dst = yd + (p * oh + r) * ow;
+      for (int64_t j = 0; j < ow; j++)
+        dst[j] = a[j] * t.l0 + b[j] * t.l1;
+    }
+  }
+  free(scratch);
+  return ST_OK;
 }
 
 int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
                                 st_tensor *dx) {
-  (void)be;
-  (void)dy;
-  (void)dx;
-  return st_error_set(ST_ENOTSUP, "st__cpu_resize_bilinear_bwd: not built yet");
+  const int64_t planes = dx->shape[0] * dx->shape[1];
+  const int64_t ih = dx->shape[2], iw = dx->shape[3];
+  const int64_t oh = dy->shape[2], ow = dy->shape[3];
+  const int threads = team(be, planes * oh * ow);
+  /* Taps of both axes, the output-row range feeding each input row, and
+   * one accumulator row per thread. */
+  const size_t tap_bytes = (size_t)(oh + ow) * sizeof(resize_tap);
+  const size_t range_bytes = (size_t)ih * 2 * sizeof(int64_t);
+  char *scratch = malloc(tap_bytes + range_bytes +
+                         (size_t)threads * (size_t)ow * sizeof(float));
+  if (!scratch)
+    return st_error_set(ST_ENOMEM, "resize_bilinear_bwd: no scratch memory");
+  resize_tap *th = (resize_tap *)scratch, *tw = th + oh;
+  int64_t *range = (int64_t *)(scratch + tap_bytes);
+  float *accs = (float *)(scratch + tap_bytes + range_bytes);
+  resize_taps(ih, oh, th);
+  resize_taps(iw, ow, tw);
+  /* Output rows that read input row r all have i0 in {r-1, r}; since i0
+   * and i1 grow with the output row, they form one contiguous range:
+   * from the first row with i1 >= r to the last with i0 <= r. */
+  for (int64_t r = 0, lo = 0, hi = 0; r < ih; r++) {
+    while (lo < oh && th[lo].i1 < r)
+      lo++;
+    while (hi < oh && th[hi].i0 <= r)
+      hi++;
+    range[2 * r] = lo;
+    range[2 * r + 1] = hi;
+  }
+
+  const float *dyd = dy->data;
+  float *dxd = dx->data;
+  const int64_t blocks =
+      (ih + ST_CPU_RESIZE_ROWS_PER_TASK - 1) / ST_CPU_RESIZE_ROWS_PER_TASK;
+  /* Each task owns whole dx rows, so no two threads add to one element:
+   * gather dy rows along H into an accumulator (vectorised), then scatter
+   * it along W into the dx row. */
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t task = 0; task < planes * blocks; task++) {
+    const int64_t p = task / blocks;
+    const int64_t r0 = (task % blocks) * ST_CPU_RESIZE_ROWS_PER_TASK;
+    const int64_t r1 = min_i64(r0 + ST_CPU_RESIZE_ROWS_PER_TASK, ih);
+    float *restrict acc = accs + (size_t)omp_get_thread_num() * (size_t)ow;
+    const float *plane = dyd + p * oh * ow;
+    for (int64_t r = r0; r < r1; r++) {
+      memset(acc, 0, (size_t)ow * sizeof(float));
+      for (int64_t o = range[2 * r]; o < range[2 * r + 1]; o++) {
+        const float w = (th[o].i0 == r ? th[o].l0 : 0.0f) +
+                        (th[o].i1 == r ? th[o].l1 : 0.0f);
+        if (w == 0.0f)
+          continue;
+        const float *restrict src = plane + o * ow;
+        for (int64_t j = 0; j < ow; j++)
+          acc[j] += w * src[j];
+      }
+      float *restrict dst = dxd + (p * ih + r) * iw;
+      memset(dst, 0, (size_t)iw * sizeof(float));
+      for (int64_t j = 0; j < ow; j++) {
+        dst[tw[j].i0] += tw[j].l0 * acc[j];
+        dst[tw[j].i1] += tw[j].l1 * acc[j];
+      }
+    }
+  }
+  free(scratch);
+  return ST_OK;
 }
+
+/* ---- loss and metrics ----------------------------------------------------- */
 
 int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
                         const st_tensor *label, const st_tensor *weight,
                         float *loss, st_tensor *dlogits) {
-  (void)be;
-  (void)logits;
-  (void)label;
-  (void)weight;
-  (void)loss;
-  (void)dlogits;
-  return st_error_set(ST_ENOTSUP, "st__cpu_weighted_ce: not built yet");
+  const int64_t n = logits->shape[0], c = logits->shape[1];
+  const int64_t hw = logits->shape[2] * logits->shape[3], count = n * hw;
+  const float *xd = logits->data, *wd = weight->data;
+  const uint8_t *ld = label->data;
+  float *dd = dlogits ? dlogits->data : NULL;
+  if (count == 0) { /* the mean over no pixels: nothing to learn */
+    *loss = 0.0f;
+    return ST_OK;
+  }
+  const float inv_count = (float)(1.0 / (double)count);
+  const int64_t tiles = (hw + ST_CPU_PIXEL_TILE - 1) / ST_CPU_PIXEL_TILE;
+  double total = 0.0;
+  int64_t bad_pixels = 0;
+  int bad_label = -1;
+
+#pragma omp parallel for num_threads(team(be, count * c)) schedule(static) \
+    reduction(+ : total, bad_pixels) reduction(max : bad_label)
+  for (int64_t task = 0; task < n * tiles; task++) {
+    const int64_t img = task / tiles, p0 = (task % tiles) * ST_CPU_PIXEL_TILE;
+    const int64_t len = min_i64(ST_CPU_PIXEL_TILE, hw - p0);
+    const float *x = xd + img * c * hw + p0; /* channel k at x + k * hw */
+    const uint8_t *lab = ld + img * hw + p0;
+    const float *w = wd + img * hw + p0;
+    float *d = dd ? dd + img * c * hw + p0 : NULL;
+    float mx[ST_CPU_PIXEL_TILE], sum[ST_CPU_PIXEL_TILE];
+
+    /* log_softmax as PyTorch computes it: shift by the channel maximum so
+     * exp never overflows, then logp = x - max - log(sum exp). */
+    memcpy(mx, x, (size_t)len * sizeof(float));
+    for (int64_t k = 1; k < c; k++) {
+      const float *restrict xk = x + k * hw;
+      for (int64_t t = 0; t < len; t++)
+        mx[t] = xk[t] > mx[t] ? xk[t] : mx[t];
+    }
+    memset(sum, 0, (size_t)len * sizeof(float));
+    for (int64_t k = 0; k < c; k++) {
+      const float *restrict xk = x + k * hw;
+      if (d) { /* keep exp(x - max) for the gradient pass */
+        float *restrict dk = d + k * hw;
+        for (int64_t t = 0; t < len; t++) {
+          dk[t] = expf(xk[t] - mx[t]);
+          sum[t] += dk[t];
+        }
+      } else {
+        for (int64_t t = 0; t < len; t++)
+          sum[t] += expf(xk[t] - mx[t]);
+      }
+    }
+    for (int64_t t = 0; t < len; t++) {
+      const int l = lab[t];
+      if (l >= c) {
+        bad_pixels++;
+        bad_label = l > bad_label ? l : bad_label;
+        continue;
+      }
+      const float logp = x[l * hw + t] - mx[t] - logf(sum[t]);
+      total -= (double)w[t] * (double)logp;
+    }
+    if (!d)
+      continue;
+    /* dL/dx_k = w * (softmax_k - [k == label]) / count. */
+    for (int64_t t = 0; t < len; t++)
+      sum[t] = w[t] * inv_count / sum[t]; /* now the softmax scale */
+    for (int64_t k = 0; k < c; k++) {
+      float *restrict dk = d + k * hw;
+      for (int64_t t = 0; t < len; t++)
+        dk[t] *= sum[t];
+    }
+    for (int64_t t = 0; t < len; t++)
+      if (lab[t] < c)
+        d[lab[t] * hw + t] -= w[t] * inv_count;
+  }
+  if (bad_pixels)
+    return st_error_set(ST_ERANGE,
+                        "weighted_ce: label %d is not below the %lld classes "
+                        "(%lld pixels out of range)",
+                        bad_label, (long long)c, (long long)bad_pixels);
+  *loss = (float)(total / (double)count);
+  return ST_OK;
 }
 
 int st__cpu_argmax_channels(st_backend *be, const st_tensor *logits,
                             st_tensor *labels) {
-  (void)be;
-  (void)logits;
-  (void)labels;
-  return st_error_set(ST_ENOTSUP, "st__cpu_argmax_channels: not built yet");
+  const int64_t n = logits->shape[0], c = logits->shape[1];
+  const int64_t hw = logits->shape[2] * logits->shape[3];
+  const float *xd = logits->data;
+  uint8_t *od = labels->data;
+  const int64_t tiles = (hw + ST_CPU_PIXEL_TILE - 1) / ST_CPU_PIXEL_TILE;
+#pragma omp parallel for num_threads(team(be, n * c * hw)) schedule(static)
+  for (int64_t task = 0; task < n * tiles; task++) {
+    const int64_t img = task / tiles, p0 = (task % tiles) * ST_CPU_PIXEL_TILE;
+    const int64_t len = min_i64(ST_CPU_PIXEL_TILE, hw - p0);
+    const float *x = xd + img * c * hw + p0;
+    float best[ST_CPU_PIXEL_TILE];
+    int32_t idx[ST_CPU_PIXEL_TILE];
+    memcpy(best, x, (size_t)len * sizeof(float));
+    memset(idx, 0, (size_t)len * sizeof(int32_t));
+    for (int64_t k = 1; k < c; k++) {
+      const float *restrict xk = x + k * hw;
+      for (int64_t t = 0; t < len; t++) {
+        /* Strictly greater, so the first maximum wins; a NaN beats every
+         * number and the first NaN wins, as in torch.argmax. */
+        const float v = xk[t];
+        const int take = v > best[t] || (v != v && best[t] == best[t]);
+        best[t] = take ? v : best[t];
+        idx[t] = take ? (int32_t)k : idx[t];
+      }
+    }
+    uint8_t *out = od + img * hw + p0;
+    for (int64_t t = 0; t < len; t++)
+      out[t] = (uint8_t)idx[t];
+  }
+  return ST_OK;
 }
 
 int st__cpu_confusion_counts(st_backend *be, const st_tensor *pred,
                              const st_tensor *label, int num_classes,
                              int64_t *counts) {
-  (void)be;
-  (void)pred;
-  (void)label;
-  (void)num_classes;
-  (void)counts;
-  return st_error_set(ST_ENOTSUP, "st__cpu_confusion_counts: not built yet");
+  const int64_t n = st_tensor_numel(pred);
+  const uint8_t *pd = pred->data, *ld = label->data;
+  const int k = num_classes;
+  memset(counts, 0, (size_t)k * (size_t)k * sizeof(int64_t));
+  int64_t bad_pixels = 0;
+  int bad_value = -1;
+  if (k <= ST_CPU_CONFUSION_LOCAL_CLASSES) {
+#pragma omp parallel num_threads(team(be, n)) \
+    reduction(+ : bad_pixels) reduction(max : bad_value)
+    {
+      int64_t local[ST_CPU_CONFUSION_LOCAL_CLASSES *
+                    ST_CPU_CONFUSION_LOCAL_CLASSES];
+      memset(local, 0, (size_t)k * (size_t)k * sizeof(int64_t));
+#pragma omp for schedule(static) nowait
+      for (int64_t i = 0; i < n; i++) {
+        const int l = ld[i], p = pd[i];
+        if (l >= k || p >= k) {
+          const int worst = l > p ? l : p;
+          bad_pixels++;
+          bad_value = worst > bad_value ? worst : bad_value;
+          continue;
+        }
+        local[l * k + p]++;
+      }
+#pragma omp critical(st_cpu_confusion_merge)
+      for (int j = 0; j < k * k; j++)
+        counts[j] += local[j];
+    }
+  } else {
+    for (int64_t i = 0; i < n; i++) {
+      const int l = ld[i], p = pd[i];
+      if (l >= k || p >= k) {
+        const int worst = l > p ? l : p;
+        bad_pixels++;
+        bad_value = worst > bad_value ? worst : bad_value;
+        continue;
+      }
+      counts[(size_t)l * (size_t)k + (size_t)p]++;
+    }
+  }
+  if (bad_pixels)
+    return st_error_set(ST_ERANGE,
+                        "confusion_counts: value %d is not below the %d "
+                        "classes (%lld pixels out of range)",
+                        bad_value, k, (long long)bad_pixels);
+  return ST_OK;
+}
+
+/* ---- optimiser ------------------------------------------------------------ */
+
+/* The double a hyper-parameter was written as. PyTorch keeps lr, betas and
+ * eps as Python floats parsed from decimals such as 0.999, while our API
+ * carries them as floats: (double)0.999f is 1.3e-8 away from 0.999, which
+ * moves 1 - beta2^t by about 1e-5 relative at step 1. The shortest decimal
+ * that round-trips to the float is the literal the caller meant. */
+static double decimal_value(float f) {
+  char text[32];
+  for (int digits = 1; digits <= ST_FLOAT_ROUNDTRIP_DIGITS; digits++) {
+    snprintf(text, sizeof text, "%.*g", digits, (double)f);
+    if (strtof(text, NULL) == f)
+      return strtod(text, NULL);
+  }
+  return (double)f; /* NaN: no decimal round-trips */
 }
 
 int st__cpu_adam_step(st_backend *be, const st_adam_params *p, int64_t step,
                       st_tensor *param, const st_tensor *grad, st_tensor *m,
                       st_tensor *v) {
-  (void)be;
-  (void)p;
-  (void)step;
-  (void)param;
-  (void)grad;
-  (void)m;
-  (void)v;
-  return st_error_set(ST_ENOTSUP, "st__cpu_adam_step: not built yet");
+  const int64_t n = st_tensor_numel(param);
+  const double lr = decimal_value(p->lr), beta1 = decimal_value(p->beta1);
+  const double beta2 = decimal_value(p->beta2), eps = decimal_value(p->eps);
+  /* _single_tensor_adam (PyTorch 1.13): the scalars are doubles and enter
+   * each float tensor op rounded to float, in the order the ops run. */
+  const double bias_correction1 = 1.0 - pow(beta1, (double)step);
+  const double bias_correction2 = 1.0 - pow(beta2, (double)step);
+  const float neg_step_size = (float)-(lr / bias_correction1);
+  const float bias_correction2_sqrt = (float)sqrt(bias_correction2);
+  const float b1 = (float)beta1, one_minus_b1 = (float)(1.0 - beta1);
+  const float b2 = (float)beta2, one_minus_b2 = (float)(1.0 - beta2);
+  const float eps_f = (float)eps;
+  float *restrict pd = param->data, *restrict md = m->data,
+                  *restrict vd = v->data;
+  const float *restrict gd = grad->data;
+#pragma omp parallel for num_threads(team(be, n)) schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    const float g = gd[i];
+    const float mi = md[i] * b1 + one_minus_b1 * g;   /* mul_, add_ */
+    const float vi = vd[i] * b2 + one_minus_b2 * g * g; /* mul_, addcmul_ */
+    const float denom = sqrtf(vi) / bias_correction2_sqrt + eps_f;
+    pd[i] = pd[i] + neg_step_size * mi / denom; /* addcdiv_ */
+    md[i] = mi;
+    vd[i] = vi;
+  }
+  return ST_OK;
 }
 
+/* ---- conversions ---------------------------------------------------------- */
+
 int st__cpu_cast(st_backend *be, const st_tensor *src, st_tensor *dst) {
-  (void)be;
-  (void)src;
-  (void)dst;
-  return st_error_set(ST_ENOTSUP, "st__cpu_cast: not built yet");
+  const int64_t n = st_tensor_numel(src);
+  if (src->dtype == ST_F32) {
+    const float *s = src->data;
+    uint16_t *d = dst->data;
+#pragma omp parallel for num_threads(team(be, n)) schedule(static)
+    for (int64_t i = 0; i < n; i++)
+      d[i] = st_f32_to_f16(s[i]);
+  } else {
+    const uint16_t *s = src->data;
+    float *d = dst->data;
+#pragma omp parallel for num_threads(team(be, n)) schedule(static)
+    for (int64_t i = 0; i < n; i++)
+      d[i] = st_f16_to_f32(s[i]);
+  }
+  return ST_OK;
 }
 
 int st__cpu_copy(st_backend *be, const st_tensor *src, st_tensor *dst) {
-  (void)be;
-  (void)src;
-  (void)dst;
-  return st_error_set(ST_ENOTSUP, "st__cpu_copy: not built yet");
+  const size_t bytes = st_tensor_nbytes(src);
+  if (src->data == dst->data || bytes == 0)
+    return ST_OK;
+  const char *s = src->data;
+  char *d = dst->data;
+  const int64_t chunks =
+      (int64_t)((bytes + ST_CPU_COPY_CHUNK_BYTES - 1) / ST_CPU_COPY_CHUNK_BYTES);
+#pragma omp parallel for num_threads( \
+        team(be, (int64_t)(bytes / sizeof(float)))) schedule(static)
+  for (int64_t i = 0; i < chunks; i++) {
+    const size_t off = (size_t)i * ST_CPU_COPY_CHUNK_BYTES;
+    const size_t len = bytes - off < ST_CPU_COPY_CHUNK_BYTES
+                           ? bytes - off
+                           : ST_CPU_COPY_CHUNK_BYTES;
+    memcpy(d + off, s + off, len);
+  }
+  return ST_OK;
 }
 
 int st__cpu_fill(st_backend *be, st_tensor *t, float value) {
-  (void)be;
-  (void)t;
-  (void)value;
-  return st_error_set(ST_ENOTSUP, "st__cpu_fill: not built yet");
+  const int64_t n = st_tensor_numel(t);
+  float *d = t->data;
+#pragma omp parallel for simd num_threads(team(be, n)) schedule(simd : static)
+  for (int64_t i = 0; i < n; i++)
+    d[i] = value;
+  return ST_OK;
 }
 
 int st__cpu_image_to_tensor(st_backend *be, const st_tensor *image,
                             const int channel_order[3], const float mean[3],
                             const float std_[3], st_tensor *y) {
-  (void)be;
-  (void)image;
-  (void)channel_order;
-  (void)mean;
-  (void)std_;
-  (void)y;
-  return st_error_set(ST_ENOTSUP, "st__cpu_image_to_tensor: not built yet");
+  const int64_t h = image->shape[0], w = image->shape[1];
+  const uint8_t *img = image->data;
+  float *yd = y->data;
+  /* Subtract then divide in float, exactly as the reference's numpy. */
+#pragma omp parallel for num_threads(team(be, h * w * 3)) schedule(static)
+  for (int64_t r = 0; r < h; r++) {
+    const uint8_t *restrict src = img + r * w * 3;
+    for (int c = 0; c < 3; c++) {
+      const int from = channel_order[c];
+      const float mu = mean[c], sd = std_[c];
+      float *restrict dst = yd + (c * h + r) * w;
+      for (int64_t j = 0; j < w; j++)
+        dst[j] = ((float)src[j * 3 + from] - mu) / sd;
+    }
+  }
+  return ST_OK;
 }

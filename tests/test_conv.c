@@ -1,0 +1,582 @@
+/* Convolution ops (st_conv2d_fwd / _bwd_data / _bwd_weights) on every
+ * backend: values against PyTorch (tests/fixtures/gen_conv.py, computed in
+ * float64), backward ops against central finite differences of the forward,
+ * and repeated / interleaved calls against the backend's primitive cache.
+ *
+ * With ST_CONV_BENCH=1 in the environment the executable also times the
+ * student's convolutions at 720x1280 on the CPU backend and prints a table
+ * (not part of the pass/fail result). */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define CONV_FIXTURE "conv.safetensors"
+
+/* fp32 against a float64 reference: sums of at most a few hundred terms of
+ * magnitude <= 1 stay well inside these. */
+#define CONV_RTOL 1e-4
+#define CONV_ATOL 2e-5
+/* Weight and bias gradients sum over N*OH*OW positions (up to ~550 here). */
+#define CONV_GRAD_ATOL 1e-4
+
+/* Central finite differences on the probe loss L = sum(y * r). The
+ * convolution is linear, so the only error is fp32 rounding of y divided by
+ * the 2h step. */
+#define FD_STEP 1e-2
+#define FD_RTOL 1e-2
+#define FD_ATOL 2e-3
+/* Elements probed per tensor (plus the first and the last). */
+#define FD_PROBES 24
+/* A prime stride so the probes spread over channels, rows and borders. */
+#define FD_PROBE_STRIDE 7919
+
+static const char *const case_names[] = {
+    "k3s1", "k3s2_relu", "k1s2",  "k13",   "k31_sum",
+    "dil2", "g2_relu_sum", "dw_s2", "mixed",
+};
+#define CASE_COUNT (sizeof case_names / sizeof case_names[0])
+
+/* Index of each entry of the fixture's '<case>.params' vector. */
+enum {
+  PARAM_STRIDE_H,
+  PARAM_STRIDE_W,
+  PARAM_PAD_H,
+  PARAM_PAD_W,
+  PARAM_DIL_H,
+  PARAM_DIL_W,
+  PARAM_GROUPS,
+  PARAM_BIAS,
+  PARAM_RELU,
+  PARAM_BETA,
+  PARAM_COUNT
+};
+
+/* One fixture case, on the host. */
+typedef struct conv_case {
+  const char *name;
+  st_conv2d_params p;
+  int has_bias, relu, beta;
+  st_tensor x, w, b, y0, y, dy, dx, dw, db; /* b, db, y0 zero when absent */
+} conv_case;
+
+static st_tensor case_tensor(const st_safetensors *fx, const char *cname,
+                             const char *what) {
+  char name[128];
+  snprintf(name, sizeof name, "%s.%s", cname, what);
+  return st_test_fixture_tensor(fx, name);
+}
+
+static void case_load(const st_safetensors *fx, const char *cname,
+                      conv_case *c) {
+  memset(c, 0, sizeof *c);
+  c->name = cname;
+  st_tensor prm = case_tensor(fx, cname, "params");
+  assert_int_equal(prm.dtype, ST_I32);
+  assert_int_equal(st_tensor_numel(&prm), PARAM_COUNT);
+  const int32_t *v = prm.data;
+  c->p.stride[0] = v[PARAM_STRIDE_H];
+  c->p.stride[1] = v[PARAM_STRIDE_W];
+  c->p.pad[0] = v[PARAM_PAD_H];
+  c->p.pad[1] = v[PARAM_PAD_W];
+  c->p.dilation[0] = v[PARAM_DIL_H];
+  c->p.dilation[1] = v[PARAM_DIL_W];
+  c->p.groups = v[PARAM_GROUPS];
+  c->has_bias = v[PARAM_BIAS];
+  c->relu = v[PARAM_RELU];
+  c->beta = v[PARAM_BETA];
+  st_tensor_free(&prm);
+  c->x = case_tensor(fx, cname, "x");
+  c->w = case_tensor(fx, cname, "w");
+  c->y = case_tensor(fx, cname, "y");
+  c->dy = case_tensor(fx, cname, "dy");
+  c->dx = case_tensor(fx, cname, "dx");
+  c->dw = case_tensor(fx, cname, "dw");
+  if (c->has_bias) {
+    c->b = case_tensor(fx, cname, "b");
+    c->db = case_tensor(fx, cname, "db");
+  }
+  if (c->beta)
+    c->y0 = case_tensor(fx, cname, "y0");
+}
+
+static void case_free(conv_case *c) {
+  st_tensor *all[] = {&c->x, &c->w, &c->b,  &c->y,  &c->y0,
+                      &c->dy, &c->dx, &c->dw, &c->db};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+    st_tensor_free(all[i]);
+}
+
+static void assert_tensor_close(st_backend *be, const st_tensor *got,
+                                const st_tensor *want, double rtol,
+                                double atol, const char *cname,
+                                const char *what) {
+  assert_true(st_tensor_same_shape(got, want));
+  st_tensor h = st_test_to_host(be, got);
+  char label[128];
+  snprintf(label, sizeof label, "%s %s", cname, what);
+  st_test_assert_close(h.data, want->data, (size_t)st_tensor_numel(want), rtol,
+                       atol, label);
+  st_tensor_free(&h);
+}
+
+/* y = act(conv(x, w, b) + beta * y0) on the backend, with the case's own
+ * fusion flags unless `plain` asks for the bare convolution (+ bias). */
+static st_tensor run_forward(st_backend *be, const conv_case *c,
+                             const st_tensor *xh, const st_tensor *wh,
+                             const st_tensor *bh, int plain) {
+  st_tensor x = st_test_to_backend(be, xh);
+  st_tensor w = st_test_to_backend(be, wh);
+  st_tensor b = {0};
+  if (bh)
+    b = st_test_to_backend(be, bh);
+  int beta = plain ? 0 : c->beta;
+  st_tensor y;
+  if (beta)
+    y = st_test_to_backend(be, &c->y0);
+  else
+    ST_ASSERT_OK(st_tensor_alloc(be, &y, ST_F32, 4, c->y.shape));
+  st_activation act = (!plain && c->relu) ? ST_ACT_RELU : ST_ACT_NONE;
+  ST_ASSERT_OK(st_conv2d_fwd(be, &c->p, &x, &w, bh ? &b : NULL, act,
+                             beta ? 1.0f : 0.0f, &y));
+  st_tensor_free(&x);
+  st_tensor_free(&w);
+  st_tensor_free(&b);
+  return y;
+}
+
+static st_tensor run_bwd_data(st_backend *be, const conv_case *c) {
+  st_tensor dy = st_test_to_backend(be, &c->dy);
+  st_tensor w = st_test_to_backend(be, &c->w);
+  st_tensor dx;
+  ST_ASSERT_OK(st_tensor_alloc(be, &dx, ST_F32, 4, c->x.shape));
+  ST_ASSERT_OK(st_conv2d_bwd_data(be, &c->p, &dy, &w, &dx));
+  st_tensor_free(&dy);
+  st_tensor_free(&w);
+  return dx;
+}
+
+/* dw (and db when want_db) on the backend. */
+static void run_bwd_weights(st_backend *be, const conv_case *c, int want_db,
+                            st_tensor *dw, st_tensor *db) {
+  st_tensor x = st_test_to_backend(be, &c->x);
+  st_tensor dy = st_test_to_backend(be, &c->dy);
+  ST_ASSERT_OK(st_tensor_alloc(be, dw, ST_F32, 4, c->w.shape));
+  memset(db, 0, sizeof *db);
+  if (want_db)
+    ST_ASSERT_OK(st_tensor_alloc(be, db, ST_F32, 1, c->db.shape));
+  ST_ASSERT_OK(
+      st_conv2d_bwd_weights(be, &c->p, &x, &dy, dw, want_db ? db : NULL));
+  st_tensor_free(&x);
+  st_tensor_free(&dy);
+}
+
+/* ---- values against PyTorch -------------------------------------------- */
+
+static void test_forward(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
+  for (size_t i = 0; i < CASE_COUNT; i++) {
+    conv_case c;
+    case_load(fx, case_names[i], &c);
+    st_tensor y = run_forward(be, &c, &c.x, &c.w, c.has_bias ? &c.b : NULL, 0);
+    assert_tensor_close(be, &y, &c.y, CONV_RTOL, CONV_ATOL, c.name, "y");
+    st_tensor_free(&y);
+    case_free(&c);
+  }
+  st_safetensors_free(fx);
+}
+
+/* The fused ReLU and residual add must really be applied: on the fused cases
+ * the plain convolution differs from the fixture's y. */
+static void test_forward_fusions_matter(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
+  int fused = 0;
+  for (size_t i = 0; i < CASE_COUNT; i++) {
+    conv_case c;
+    case_load(fx, case_names[i], &c);
+    if (c.relu || c.beta) {
+      fused++;
+      st_tensor y =
+          run_forward(be, &c, &c.x, &c.w, c.has_bias ? &c.b : NULL, 1);
+      st_tensor h = st_test_to_host(be, &y);
+      const float *got = h.data, *want = c.y.data;
+      size_t differ = 0, n = (size_t)st_tensor_numel(&c.y);
+      for (size_t j = 0; j < n; j++)
+        differ += fabsf(got[j] - want[j]) > 1e-3f;
+      assert_true(differ > n / 4);
+      st_tensor_free(&h);
+      st_tensor_free(&y);
+    }
+    case_free(&c);
+  }
+  assert_true(fused >= 3);
+  st_safetensors_free(fx);
+}
+
+static void test_bwd_data(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
+  for (size_t i = 0; i < CASE_COUNT; i++) {
+    conv_case c;
+    case_load(fx, case_names[i], &c);
+    st_tensor dx = run_bwd_data(be, &c);
+    assert_tensor_close(be, &dx, &c.dx, CONV_RTOL, CONV_ATOL, c.name, "dx");
+    st_tensor_free(&dx);
+    case_free(&c);
+  }
+  st_safetensors_free(fx);
+}
+
+static void test_bwd_weights(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
+  for (size_t i = 0; i < CASE_COUNT; i++) {
+    conv_case c;
+    case_load(fx, case_names[i], &c);
+    st_tensor dw, db;
+    run_bwd_weights(be, &c, c.has_bias, &dw, &db);
+    assert_tensor_close(be, &dw, &c.dw, CONV_RTOL, CONV_GRAD_ATOL, c.name,
+                        "dw");
+    if (c.has_bias)
+      assert_tensor_close(be, &db, &c.db, CONV_RTOL, CONV_GRAD_ATOL, c.name,
+                          "db");
+    st_tensor_free(&dw);
+    st_tensor_free(&db);
+    /* Without the bias gradient the weight gradient is unchanged. */
+    if (c.has_bias) {
+      run_bwd_weights(be, &c, 0, &dw, &db);
+      assert_tensor_close(be, &dw, &c.dw, CONV_RTOL, CONV_GRAD_ATOL, c.name,
+                          "dw (no db)");
+      st_tensor_free(&dw);
+    }
+    case_free(&c);
+  }
+  st_safetensors_free(fx);
+}
+
+/* ---- finite differences ------------------------------------------------- */
+
+/* L = sum(conv(x, w, b) * r) in double, r = the case's dy. */
+static double probe_loss(st_backend *be, const conv_case *c,
+                         const st_tensor *xh, const st_tensor *wh,
+                         const st_tensor *bh) {
+  st_tensor y = run_forward(be, c, xh, wh, bh, 1);
+  st_tensor h = st_test_to_host(be, &y);
+  const float *yv = h.data, *r = c->dy.data;
+  double loss = 0.0;
+  for (int64_t i = 0; i < st_tensor_numel(&h); i++)
+    loss += (double)yv[i] * (double)r[i];
+  st_tensor_free(&h);
+  st_tensor_free(&y);
+  return loss;
+}
+
+/* Compares the analytic gradient `grad` (host) of the probe loss with
+ * respect to `param` (one of the case's host inputs, perturbed in place and
+ * restored) with central differences at FD_PROBES + 2 elements. */
+static void check_fd(st_backend *be, const conv_case *c, st_tensor *param,
+                     const st_tensor *grad, const char *what) {
+  const st_tensor *bias = c->has_bias ? &c->b : NULL;
+  float *v = param->data;
+  const float *g = grad->data;
+  int64_t n = st_tensor_numel(param);
+  for (int k = 0; k < FD_PROBES + 2; k++) {
+    int64_t i = k == 0 ? 0
+                : k == 1 ? n - 1
+                         : ((int64_t)k * FD_PROBE_STRIDE) % n;
+    float saved = v[i];
+    v[i] = saved + (float)FD_STEP;
+    double up = probe_loss(be, c, &c->x, &c->w, bias);
+    v[i] = saved - (float)FD_STEP;
+    double down = probe_loss(be, c, &c->x, &c->w, bias);
+    v[i] = saved;
+    /* The step actually taken in fp32, not the nominal one. */
+    double step = (double)(saved + (float)FD_STEP) -
+                  (double)(saved - (float)FD_STEP);
+    double fd = (up - down) / step;
+    double err = fabs(fd - (double)g[i]);
+    if (err > FD_ATOL + FD_RTOL * fabs(fd))
+      fail_msg("%s d%s[%lld]: analytic %.6g, finite difference %.6g", c->name,
+               what, (long long)i, (double)g[i], fd);
+  }
+  /* A gradient of zeros would pass only if the loss were flat. */
+  double gmax = 0.0;
+  for (int64_t i = 0; i < n; i++)
+    gmax = fmax(gmax, fabs((double)g[i]));
+  assert_true(gmax > 10 * FD_ATOL);
+}
+
+static void test_fd_backward(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
+  for (size_t i = 0; i < CASE_COUNT; i++) {
+    conv_case c;
+    case_load(fx, case_names[i], &c);
+    st_tensor dx = run_bwd_data(be, &c);
+    st_tensor dxh = st_test_to_host(be, &dx);
+    check_fd(be, &c, &c.x, &dxh, "x");
+    st_tensor dw, db;
+    run_bwd_weights(be, &c, c.has_bias, &dw, &db);
+    st_tensor dwh = st_test_to_host(be, &dw);
+    check_fd(be, &c, &c.w, &dwh, "w");
+    if (c.has_bias) {
+      st_tensor dbh = st_test_to_host(be, &db);
+      check_fd(be, &c, &c.b, &dbh, "b");
+      st_tensor_free(&dbh);
+    }
+    st_tensor_free(&dx);
+    st_tensor_free(&dxh);
+    st_tensor_free(&dw);
+    st_tensor_free(&db);
+    st_tensor_free(&dwh);
+    case_free(&c);
+  }
+  st_safetensors_free(fx);
+}
+
+/* ---- the primitive cache ------------------------------------------------ */
+
+static int same_bits(st_backend *be, const st_tensor *a, const st_tensor *b) {
+  st_tensor ha = st_test_to_host(be, a), hb = st_test_to_host(be, b);
+  int same = st_tensor_same_shape(&ha, &hb) &&
+             memcmp(ha.data, hb.data, st_tensor_nbytes(&ha)) == 0;
+  st_tensor_free(&ha);
+  st_tensor_free(&hb);
+  return same;
+}
+
+/* Repeated calls with the same shapes reuse the cached primitives and give
+ * identical bits; calls with two different shapes interleaved (on the same
+ * tensors each time, and on fresh tensors) do not disturb each other. */
+static void test_cache_reuse(void **state) {
+  enum { ROUNDS = 3 };
+  st_backend *be = st_test_backend(state);
+  st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
+  conv_case a, b;
+  case_load(fx, "g2_relu_sum", &a); /* grouped, fused ReLU and sum */
+  case_load(fx, "dw_s2", &b);       /* depthwise, strided, other sizes */
+
+  st_tensor ya0 = run_forward(be, &a, &a.x, &a.w, &a.b, 0);
+  st_tensor yb0 = run_forward(be, &b, &b.x, &b.w, &b.b, 0);
+  st_tensor dxa0 = run_bwd_data(be, &a);
+  st_tensor dxb0 = run_bwd_data(be, &b);
+  assert_tensor_close(be, &ya0, &a.y, CONV_RTOL, CONV_ATOL, a.name, "y");
+  assert_tensor_close(be, &yb0, &b.y, CONV_RTOL, CONV_ATOL, b.name, "y");
+
+  /* Same tensors every round, as a planned arena would pass them. */
+  st_tensor xa = st_test_to_backend(be, &a.x), wa = st_test_to_backend(be, &a.w);
+  st_tensor ba = st_test_to_backend(be, &a.b);
+  st_tensor xb = st_test_to_backend(be, &b.x), wb = st_test_to_backend(be, &b.w);
+  st_tensor bb = st_test_to_backend(be, &b.b);
+  st_tensor ya, yb;
+  ST_ASSERT_OK(st_tensor_alloc(be, &ya, ST_F32, 4, a.y.shape));
+  ST_ASSERT_OK(st_tensor_alloc(be, &yb, ST_F32, 4, b.y.shape));
+  for (int r = 0; r < ROUNDS; r++) {
+    /* beta = 1 adds into y, so reload the residual every round. */
+    ST_ASSERT_OK(st_tensor_upload(be, &ya, a.y0.data, st_tensor_nbytes(&a.y0)));
+    ST_ASSERT_OK(st_conv2d_fwd(be, &a.p, &xa, &wa, &ba, ST_ACT_RELU, 1.0f, &ya));
+    ST_ASSERT_OK(st_conv2d_fwd(be, &b.p, &xb, &wb, &bb, ST_ACT_NONE, 0.0f, &yb));
+    assert_true(same_bits(be, &ya, &ya0));
+    assert_true(same_bits(be, &yb, &yb0));
+  }
+  /* Fresh tensors (new addresses) through the same cached entries, with
+   * backward calls interleaved. */
+  for (int r = 0; r < ROUNDS; r++) {
+    st_tensor y1 = run_forward(be, &b, &b.x, &b.w, &b.b, 0);
+    st_tensor dx1 = run_bwd_data(be, &a);
+    st_tensor y2 = run_forward(be, &a, &a.x, &a.w, &a.b, 0);
+    st_tensor dx2 = run_bwd_data(be, &b);
+    assert_true(same_bits(be, &y1, &yb0));
+    assert_true(same_bits(be, &y2, &ya0));
+    assert_true(same_bits(be, &dx1, &dxa0));
+    assert_true(same_bits(be, &dx2, &dxb0));
+    st_tensor_free(&y1);
+    st_tensor_free(&dx1);
+    st_tensor_free(&y2);
+    st_tensor_free(&dx2);
+  }
+  st_tensor *all[] = {&ya0, &yb0, &dxa0, &dxb0, &xa, &wa, &ba,
+                      &xb,  &wb,  &bb,   &ya,   &yb};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+    st_tensor_free(all[i]);
+  case_free(&a);
+  case_free(&b);
+  st_safetensors_free(fx);
+}
+
+/* A context with its own team size gives the same values, and a context
+ * that never ran a convolution frees cleanly. */
+static void test_single_thread_context(void **state) {
+  st_backend *shared = st_test_backend(state);
+  st_backend_options opts = {.kind = st_backend_get_kind(shared),
+                             .threads = 1,
+                             .deterministic = 1};
+  st_backend *idle = NULL, *be = NULL;
+  ST_ASSERT_OK(st_backend_new(&opts, &idle));
+  st_backend_free(idle);
+  ST_ASSERT_OK(st_backend_new(&opts, &be));
+  st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
+  conv_case c;
+  case_load(fx, "k3s2_relu", &c);
+  st_tensor y = run_forward(be, &c, &c.x, &c.w, &c.b, 0);
+  assert_tensor_close(be, &y, &c.y, CONV_RTOL, CONV_ATOL, c.name, "y (1 thread)");
+  st_tensor dw, db;
+  run_bwd_weights(be, &c, 1, &dw, &db);
+  assert_tensor_close(be, &dw, &c.dw, CONV_RTOL, CONV_GRAD_ATOL, c.name,
+                      "dw (1 thread)");
+  assert_tensor_close(be, &db, &c.db, CONV_RTOL, CONV_GRAD_ATOL, c.name,
+                      "db (1 thread)");
+  st_tensor_free(&y);
+  st_tensor_free(&dw);
+  st_tensor_free(&db);
+  case_free(&c);
+  st_safetensors_free(fx);
+  st_backend_free(be);
+}
+
+/* ---- optional benchmark: the student's convolutions at 720x1280 --------- */
+
+typedef struct bench_shape {
+  const char *name;
+  int cin, h, w, cout, kh, kw, stride, pad_h, pad_w;
+  int relu, beta; /* fused as the student runs them */
+  int train;      /* also run backward (the distilled layers) */
+} bench_shape;
+
+static const bench_shape bench_shapes[] = {
+    {"in_conv1 3>8 k3s2", 3, 720, 1280, 8, 3, 3, 2, 1, 1, 0, 0, 0},
+    {"in_conv2 8>8 k3s2", 8, 360, 640, 8, 3, 3, 2, 1, 1, 0, 0, 0},
+    {"enc1.short 8>64 1x1s2", 8, 180, 320, 64, 1, 1, 2, 0, 0, 0, 0, 0},
+    {"enc1.long0 8>64 k3s2", 8, 180, 320, 64, 3, 3, 2, 1, 1, 1, 0, 0},
+    {"enc1.long2 64 1x3", 64, 90, 160, 64, 1, 3, 1, 0, 1, 0, 0, 0},
+    {"enc1.long3 64 3x1+sum", 64, 90, 160, 64, 3, 1, 1, 1, 0, 0, 1, 0},
+    {"enc2.long0 64 k3s2", 64, 90, 160, 64, 3, 3, 2, 1, 1, 1, 0, 0},
+    {"enc2.long2 64 1x3", 64, 45, 80, 64, 1, 3, 1, 0, 1, 0, 0, 0},
+    {"enc2.long3 64 3x1+sum", 64, 45, 80, 64, 3, 1, 1, 1, 0, 0, 1, 0},
+    {"enc3.short 64>128 1x1s2", 64, 45, 80, 128, 1, 1, 2, 0, 0, 0, 0, 0},
+    {"enc3.long0 64>128 k3s2", 64, 45, 80, 128, 3, 3, 2, 1, 1, 1, 0, 0},
+    {"enc3.long2 128 1x3", 128, 23, 40, 128, 1, 3, 1, 0, 1, 0, 0, 0},
+    {"enc3.long3 128 3x1+sum", 128, 23, 40, 128, 3, 1, 1, 1, 0, 0, 1, 0},
+    {"dec1.short 128>64 1x1", 128, 23, 40, 64, 1, 1, 1, 0, 0, 0, 0, 0},
+    {"dec1.long0 128>64 k3", 128, 23, 40, 64, 3, 3, 1, 1, 1, 1, 0, 0},
+    {"dec1.long2 64 1x3", 64, 23, 40, 64, 1, 3, 1, 0, 1, 0, 0, 0},
+    {"dec1.long3 64 3x1+sum", 64, 23, 40, 64, 3, 1, 1, 1, 0, 0, 1, 0},
+    {"dec2.short 128>32 1x1", 128, 45, 80, 32, 1, 1, 1, 0, 0, 0, 0, 1},
+    {"dec2.long0 128>32 k3", 128, 45, 80, 32, 3, 3, 1, 1, 1, 1, 0, 1},
+    {"dec2.long2 32 1x3", 32, 45, 80, 32, 1, 3, 1, 0, 1, 0, 0, 1},
+    {"dec2.long3 32 3x1+sum", 32, 45, 80, 32, 3, 1, 1, 1, 0, 0, 1, 1},
+    {"dec3.short 96>32 1x1", 96, 90, 160, 32, 1, 1, 1, 0, 0, 0, 0, 1},
+    {"dec3.long0 96>32 k3", 96, 90, 160, 32, 3, 3, 1, 1, 1, 1, 0, 1},
+    {"dec3.long2 32 1x3", 32, 90, 160, 32, 1, 3, 1, 0, 1, 0, 0, 1},
+    {"dec3.long3 32 3x1+sum", 32, 90, 160, 32, 3, 1, 1, 1, 0, 0, 1, 1},
+    {"out_conv1 32 k3", 32, 180, 320, 32, 3, 3, 1, 1, 1, 0, 0, 1},
+    {"out_conv2 32 k3", 32, 180, 320, 32, 3, 3, 1, 1, 1, 0, 0, 1},
+    {"out_conv3 32>9 1x1", 32, 180, 320, 9, 1, 1, 1, 0, 0, 0, 0, 1},
+};
+#define BENCH_WARMUP 2
+#define BENCH_REPS 5
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int bench_fail(const char *what) {
+  fprintf(stderr, "bench: %s: %s\n", what, st_error_detail());
+  return 1;
+}
+
+/* Times one shape: first call (builds the cache entry), then the mean of
+ * BENCH_REPS steady-state calls, for fwd and, for trained layers, the two
+ * backward ops. Adds the steady-state means to totals[3]. */
+static int bench_one(st_backend *be, const bench_shape *s, double totals[3]) {
+  st_conv2d_params p = {{s->stride, s->stride}, {s->pad_h, s->pad_w}, {1, 1}, 1};
+  int64_t oh = st_conv2d_out_size(s->h, s->kh, s->stride, s->pad_h, 1);
+  int64_t ow = st_conv2d_out_size(s->w, s->kw, s->stride, s->pad_w, 1);
+  st_tensor x, w, b, y, dx, dw, db;
+  int64_t wshape[4] = {s->cout, s->cin, s->kh, s->kw};
+  if (st_tensor_alloc4(be, &x, ST_F32, 1, s->cin, s->h, s->w) ||
+      st_tensor_alloc(be, &w, ST_F32, 4, wshape) ||
+      st_tensor_alloc(be, &b, ST_F32, 1, &wshape[0]) ||
+      st_tensor_alloc4(be, &y, ST_F32, 1, s->cout, oh, ow) ||
+      st_tensor_alloc4(be, &dx, ST_F32, 1, s->cin, s->h, s->w) ||
+      st_tensor_alloc(be, &dw, ST_F32, 4, wshape) ||
+      st_tensor_alloc(be, &db, ST_F32, 1, &wshape[0]))
+    return bench_fail("alloc");
+  st_test_fill_uniform(x.data, (size_t)st_tensor_numel(&x), 1, -1.0f, 1.0f);
+  st_test_fill_uniform(w.data, (size_t)st_tensor_numel(&w), 2, -0.1f, 0.1f);
+  st_test_fill_uniform(y.data, (size_t)st_tensor_numel(&y), 3, -1.0f, 1.0f);
+  st_activation act = s->relu ? ST_ACT_RELU : ST_ACT_NONE;
+  float beta = s->beta ? 1.0f : 0.0f;
+  double first[3] = {0}, mean[3] = {0};
+  for (int op = 0; op < (s->train ? 3 : 1); op++) {
+    for (int r = 0; r < 1 + BENCH_WARMUP + BENCH_REPS; r++) {
+      double t0 = now_ms();
+      int rc = op == 0   ? st_conv2d_fwd(be, &p, &x, &w, &b, act, beta, &y)
+               : op == 1 ? st_conv2d_bwd_data(be, &p, &y, &w, &dx)
+                         : st_conv2d_bwd_weights(be, &p, &x, &y, &dw, &db);
+      double t = now_ms() - t0;
+      if (rc)
+        return bench_fail(s->name);
+      if (r == 0)
+        first[op] = t;
+      else if (r > BENCH_WARMUP)
+        mean[op] += t / BENCH_REPS;
+    }
+    totals[op] += mean[op];
+  }
+  printf("%-26s %4lldx%-4lld %8.3f %8.3f", s->name, (long long)oh,
+         (long long)ow, mean[0], first[0]);
+  if (s->train)
+    printf(" %8.3f %8.3f", mean[1], mean[2]);
+  printf("\n");
+  st_tensor *all[] = {&x, &w, &b, &y, &dx, &dw, &db};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+    st_tensor_free(all[i]);
+  return 0;
+}
+
+static int run_bench(void) {
+  st_backend_options opts = {.kind = ST_BACKEND_CPU};
+  st_backend *be = NULL;
+  if (st_backend_new(&opts, &be))
+    return bench_fail("backend");
+  printf("student convolutions at 720x1280, N=1, cpu backend, ms per call "
+         "(mean of %d after %d warm-up)\n",
+         BENCH_REPS, BENCH_WARMUP);
+  printf("%-26s %9s %8s %8s %8s %8s\n", "layer", "out", "fwd", "1st fwd",
+         "bwd_dat", "bwd_w+b");
+  double totals[3] = {0};
+  int rc = 0;
+  for (size_t i = 0; i < sizeof bench_shapes / sizeof bench_shapes[0] && !rc;
+       i++)
+    rc = bench_one(be, &bench_shapes[i], totals);
+  printf("total: fwd %.2f ms, bwd_data %.2f ms, bwd_weights %.2f ms\n",
+         totals[0], totals[1], totals[2]);
+  st_backend_free(be);
+  return rc;
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_forward),
+      cmocka_unit_test(test_forward_fusions_matter),
+      cmocka_unit_test(test_bwd_data),
+      cmocka_unit_test(test_bwd_weights),
+      cmocka_unit_test(test_fd_backward),
+      cmocka_unit_test(test_cache_reuse),
+      cmocka_unit_test(test_single_thread_context),
+  };
+  int failed = st_test_run_on_backends("conv", tests,
+                                       sizeof tests / sizeof tests[0]);
+  const char *bench = getenv("ST_CONV_BENCH");
+  if (bench && *bench && strcmp(bench, "0") != 0)
+    failed += run_bench();
+  return failed ? 1 : 0;
+}
