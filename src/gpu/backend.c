@@ -2,8 +2,11 @@
  * dispatch through the context's op table. */
 #include "gpu/backend.h"
 
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/error.h"
 #include "gpu/backend_impl.h"
@@ -146,10 +149,104 @@ static int check_vec(const char *op, const char *what, const st_tensor *t,
       return st__rc;                                                           \
   } while (0)
 
+/* ---- op profile ----------------------------------------------------------
+ * With ST_PROFILE=1 in the environment every op's wall time is summed per
+ * op name (after a backend sync, so asynchronous backends are charged
+ * correctly) and a table is printed on stderr at exit. Off by default: the
+ * only cost then is one branch per op. */
+enum { PROFILE_MAX_OPS = 64 };
+
+typedef struct op_profile {
+  const char *name; /* op slot name */
+  long calls;       /* number of calls */
+  double total_ms;  /* summed wall time */
+} op_profile;
+
+static pthread_mutex_t profile_lock = PTHREAD_MUTEX_INITIALIZER;
+static op_profile profile[PROFILE_MAX_OPS];
+static int profile_count;
+static int profile_state = -1; /* -1 unknown, 0 off, 1 on */
+
+static int cmp_profile(const void *a, const void *b) {
+  double x = ((const op_profile *)a)->total_ms;
+  double y = ((const op_profile *)b)->total_ms;
+  return (x < y) - (x > y);
+}
+
+static void profile_report(void) {
+  pthread_mutex_lock(&profile_lock);
+  qsort(profile, (size_t)profile_count, sizeof profile[0], cmp_profile);
+  double all = 0.0;
+  for (int i = 0; i < profile_count; i++)
+    all += profile[i].total_ms;
+  fprintf(stderr, "%-22s %8s %11s %9s %6s\n", "op", "calls", "total ms",
+          "ms/call", "share");
+  for (int i = 0; i < profile_count; i++)
+    fprintf(stderr, "%-22s %8ld %11.1f %9.3f %5.1f%%\n", profile[i].name,
+            profile[i].calls, profile[i].total_ms,
+            profile[i].total_ms / (double)profile[i].calls,
+            all > 0.0 ? 100.0 * profile[i].total_ms / all : 0.0);
+  pthread_mutex_unlock(&profile_lock);
+}
+
+static int profile_enabled(void) {
+  if (profile_state < 0) {
+    pthread_mutex_lock(&profile_lock);
+    if (profile_state < 0) {
+      const char *v = getenv("ST_PROFILE");
+      profile_state = v && *v && strcmp(v, "0") != 0;
+      if (profile_state)
+        atexit(profile_report);
+    }
+    pthread_mutex_unlock(&profile_lock);
+  }
+  return profile_state;
+}
+
+static double profile_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void profile_add(const char *name, double ms) {
+  pthread_mutex_lock(&profile_lock);
+  int i = 0;
+  while (i < profile_count && strcmp(profile[i].name, name) != 0)
+    i++;
+  if (i == profile_count && profile_count < PROFILE_MAX_OPS)
+    profile[profile_count++] = (op_profile){.name = name};
+  if (i < profile_count) {
+    profile[i].calls++;
+    profile[i].total_ms += ms;
+  }
+  pthread_mutex_unlock(&profile_lock);
+}
+
+/* Ops never call other public ops, so one start time per thread is enough. */
+static _Thread_local double op_started_ms;
+
+static void profile_begin(void) {
+  if (profile_enabled())
+    op_started_ms = profile_now_ms();
+}
+
+static int profile_end(st_backend *be, const char *name, int rc) {
+  if (!profile_enabled())
+    return rc;
+  if (!rc && be->ops->sync)
+    rc = be->ops->sync(be);
+  profile_add(name, profile_now_ms() - op_started_ms);
+  return rc;
+}
+
+/* Dispatch to a slot; the comma operator orders begin, call, end. */
 #define ST__SLOT(be, slot, ...)                                                \
-  ((be)->ops->slot ? (be)->ops->slot(__VA_ARGS__)                              \
-                   : st_error_set(ST_ENOTSUP, "%s backend has no op '%s'",     \
-                                  (be)->ops->name, #slot))
+  (!(be)->ops->slot                                                            \
+       ? st_error_set(ST_ENOTSUP, "%s backend has no op '%s'",                 \
+                      (be)->ops->name, #slot)                                  \
+       : (profile_begin(),                                                     \
+          profile_end((be), #slot, (be)->ops->slot(__VA_ARGS__))))
 
 int64_t st_conv2d_out_size(int64_t in, int64_t kernel, int stride, int pad,
                            int dilation) {
