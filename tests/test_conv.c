@@ -35,7 +35,7 @@
 #define FD_PROBE_STRIDE 7919
 
 static const char *const case_names[] = {
-    "k3s1", "k3s2_relu", "k1s2",  "k13",   "k31_sum",
+    "k3s1", "k3s2_relu",   "k1s2",  "k13",   "k31_sum",
     "dil2", "g2_relu_sum", "dw_s2", "mixed",
 };
 #define CASE_COUNT (sizeof case_names / sizeof case_names[0])
@@ -104,16 +104,15 @@ static void case_load(const st_safetensors *fx, const char *cname,
 }
 
 static void case_free(conv_case *c) {
-  st_tensor *all[] = {&c->x, &c->w, &c->b,  &c->y,  &c->y0,
+  st_tensor *all[] = {&c->x,  &c->w,  &c->b,  &c->y, &c->y0,
                       &c->dy, &c->dx, &c->dw, &c->db};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
     st_tensor_free(all[i]);
 }
 
 static void assert_tensor_close(st_backend *be, const st_tensor *got,
-                                const st_tensor *want, double rtol,
-                                double atol, const char *cname,
-                                const char *what) {
+                                const st_tensor *want, double rtol, double atol,
+                                const char *cname, const char *what) {
   assert_true(st_tensor_same_shape(got, want));
   st_tensor h = st_test_to_host(be, got);
   char label[128];
@@ -286,7 +285,7 @@ static void check_fd(st_backend *be, const conv_case *c, st_tensor *param,
   const float *g = grad->data;
   int64_t n = st_tensor_numel(param);
   for (int k = 0; k < FD_PROBES + 2; k++) {
-    int64_t i = k == 0 ? 0
+    int64_t i = k == 0   ? 0
                 : k == 1 ? n - 1
                          : ((int64_t)k * FD_PROBE_STRIDE) % n;
     float saved = v[i];
@@ -296,8 +295,8 @@ static void check_fd(st_backend *be, const conv_case *c, st_tensor *param,
     double down = probe_loss(be, c, &c->x, &c->w, bias);
     v[i] = saved;
     /* The step actually taken in fp32, not the nominal one. */
-    double step = (double)(saved + (float)FD_STEP) -
-                  (double)(saved - (float)FD_STEP);
+    double step =
+        (double)(saved + (float)FD_STEP) - (double)(saved - (float)FD_STEP);
     double fd = (up - down) / step;
     double err = fabs(fd - (double)g[i]);
     if (err > FD_ATOL + FD_RTOL * fabs(fd))
@@ -369,9 +368,11 @@ static void test_cache_reuse(void **state) {
   assert_tensor_close(be, &yb0, &b.y, CONV_RTOL, CONV_ATOL, b.name, "y");
 
   /* Same tensors every round, as a planned arena would pass them. */
-  st_tensor xa = st_test_to_backend(be, &a.x), wa = st_test_to_backend(be, &a.w);
+  st_tensor xa = st_test_to_backend(be, &a.x),
+            wa = st_test_to_backend(be, &a.w);
   st_tensor ba = st_test_to_backend(be, &a.b);
-  st_tensor xb = st_test_to_backend(be, &b.x), wb = st_test_to_backend(be, &b.w);
+  st_tensor xb = st_test_to_backend(be, &b.x),
+            wb = st_test_to_backend(be, &b.w);
   st_tensor bb = st_test_to_backend(be, &b.b);
   st_tensor ya, yb;
   ST_ASSERT_OK(st_tensor_alloc(be, &ya, ST_F32, 4, a.y.shape));
@@ -379,8 +380,10 @@ static void test_cache_reuse(void **state) {
   for (int r = 0; r < ROUNDS; r++) {
     /* beta = 1 adds into y, so reload the residual every round. */
     ST_ASSERT_OK(st_tensor_upload(be, &ya, a.y0.data, st_tensor_nbytes(&a.y0)));
-    ST_ASSERT_OK(st_conv2d_fwd(be, &a.p, &xa, &wa, &ba, ST_ACT_RELU, 1.0f, &ya));
-    ST_ASSERT_OK(st_conv2d_fwd(be, &b.p, &xb, &wb, &bb, ST_ACT_NONE, 0.0f, &yb));
+    ST_ASSERT_OK(
+        st_conv2d_fwd(be, &a.p, &xa, &wa, &ba, ST_ACT_RELU, 1.0f, &ya));
+    ST_ASSERT_OK(
+        st_conv2d_fwd(be, &b.p, &xb, &wb, &bb, ST_ACT_NONE, 0.0f, &yb));
     assert_true(same_bits(be, &ya, &ya0));
     assert_true(same_bits(be, &yb, &yb0));
   }
@@ -400,8 +403,8 @@ static void test_cache_reuse(void **state) {
     st_tensor_free(&y2);
     st_tensor_free(&dx2);
   }
-  st_tensor *all[] = {&ya0, &yb0, &dxa0, &dxb0, &xa, &wa, &ba,
-                      &xb,  &wb,  &bb,   &ya,   &yb};
+  st_tensor *all[] = {&ya0, &yb0, &dxa0, &dxb0, &xa, &wa,
+                      &ba,  &xb,  &wb,   &bb,   &ya, &yb};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
     st_tensor_free(all[i]);
   case_free(&a);
@@ -409,13 +412,79 @@ static void test_cache_reuse(void **state) {
   st_safetensors_free(fx);
 }
 
+/* Direct convolution in double (N = 1, no groups, no dilation), an
+ * independent reference for shapes the fixture does not hold. */
+static void naive_conv(const st_conv2d_params *p, const st_tensor *x,
+                       const st_tensor *w, const st_tensor *b, st_tensor *y) {
+  const float *xv = x->data, *wv = w->data, *bv = b->data;
+  float *yv = y->data;
+  int64_t cin = x->shape[1], h = x->shape[2], wd = x->shape[3];
+  int64_t cout = w->shape[0], kh = w->shape[2], kw = w->shape[3];
+  int64_t oh = y->shape[2], ow = y->shape[3];
+  for (int64_t o = 0; o < cout; o++)
+    for (int64_t i = 0; i < oh; i++)
+      for (int64_t j = 0; j < ow; j++) {
+        double acc = bv[o];
+        for (int64_t c = 0; c < cin; c++)
+          for (int64_t u = 0; u < kh; u++)
+            for (int64_t v = 0; v < kw; v++) {
+              int64_t r = i * p->stride[0] - p->pad[0] + u;
+              int64_t q = j * p->stride[1] - p->pad[1] + v;
+              if (r >= 0 && r < h && q >= 0 && q < wd)
+                acc += (double)xv[(c * h + r) * wd + q] *
+                       (double)wv[((o * cin + c) * kh + u) * kw + v];
+            }
+        yv[(o * oh + i) * ow + j] = (float)acc;
+      }
+}
+
+/* More distinct shapes than the CPU backend's cache holds (96 entries), in
+ * two sweeps: entries are evicted and rebuilt, and every result still
+ * matches a direct computation. */
+static void test_cache_eviction(void **state) {
+  enum { SHAPES = 128, SWEEPS = 2, CIN = 2, COUT = 3, WIDTH = 5 };
+  st_backend *be = st_test_backend(state);
+  st_conv2d_params p = {{1, 1}, {1, 1}, {1, 1}, 1};
+  st_tensor w, b, wd, bd;
+  int64_t wshape[4] = {COUT, CIN, 3, 3}, bshape[1] = {COUT};
+  ST_ASSERT_OK(st_tensor_alloc(NULL, &w, ST_F32, 4, wshape));
+  ST_ASSERT_OK(st_tensor_alloc(NULL, &b, ST_F32, 1, bshape));
+  st_test_fill_uniform(w.data, (size_t)st_tensor_numel(&w), 11, -0.5f, 0.5f);
+  st_test_fill_uniform(b.data, COUT, 12, -0.5f, 0.5f);
+  wd = st_test_to_backend(be, &w);
+  bd = st_test_to_backend(be, &b);
+  for (int sweep = 0; sweep < SWEEPS; sweep++) {
+    for (int64_t h = 1; h <= SHAPES; h++) {
+      st_tensor x, want;
+      ST_ASSERT_OK(st_tensor_alloc4(NULL, &x, ST_F32, 1, CIN, h, WIDTH));
+      ST_ASSERT_OK(st_tensor_alloc4(NULL, &want, ST_F32, 1, COUT, h, WIDTH));
+      st_test_fill_uniform(x.data, (size_t)st_tensor_numel(&x), (uint64_t)h,
+                           -1.0f, 1.0f);
+      naive_conv(&p, &x, &w, &b, &want);
+      st_tensor xd = st_test_to_backend(be, &x), yd;
+      ST_ASSERT_OK(st_tensor_alloc4(be, &yd, ST_F32, 1, COUT, h, WIDTH));
+      ST_ASSERT_OK(
+          st_conv2d_fwd(be, &p, &xd, &wd, &bd, ST_ACT_NONE, 0.0f, &yd));
+      assert_tensor_close(be, &yd, &want, CONV_RTOL, CONV_ATOL, "eviction",
+                          "y");
+      st_tensor_free(&x);
+      st_tensor_free(&want);
+      st_tensor_free(&xd);
+      st_tensor_free(&yd);
+    }
+  }
+  st_tensor_free(&w);
+  st_tensor_free(&b);
+  st_tensor_free(&wd);
+  st_tensor_free(&bd);
+}
+
 /* A context with its own team size gives the same values, and a context
  * that never ran a convolution frees cleanly. */
 static void test_single_thread_context(void **state) {
   st_backend *shared = st_test_backend(state);
-  st_backend_options opts = {.kind = st_backend_get_kind(shared),
-                             .threads = 1,
-                             .deterministic = 1};
+  st_backend_options opts = {
+      .kind = st_backend_get_kind(shared), .threads = 1, .deterministic = 1};
   st_backend *idle = NULL, *be = NULL;
   ST_ASSERT_OK(st_backend_new(&opts, &idle));
   st_backend_free(idle);
@@ -424,7 +493,8 @@ static void test_single_thread_context(void **state) {
   conv_case c;
   case_load(fx, "k3s2_relu", &c);
   st_tensor y = run_forward(be, &c, &c.x, &c.w, &c.b, 0);
-  assert_tensor_close(be, &y, &c.y, CONV_RTOL, CONV_ATOL, c.name, "y (1 thread)");
+  assert_tensor_close(be, &y, &c.y, CONV_RTOL, CONV_ATOL, c.name,
+                      "y (1 thread)");
   st_tensor dw, db;
   run_bwd_weights(be, &c, 1, &dw, &db);
   assert_tensor_close(be, &dw, &c.dw, CONV_RTOL, CONV_GRAD_ATOL, c.name,
@@ -479,7 +549,7 @@ static const bench_shape bench_shapes[] = {
     {"out_conv3 32>9 1x1", 32, 180, 320, 9, 1, 1, 1, 0, 0, 0, 0, 1},
 };
 #define BENCH_WARMUP 2
-#define BENCH_REPS 5
+#define BENCH_REPS 7
 
 static double now_ms(void) {
   struct timespec ts;
@@ -492,11 +562,17 @@ static int bench_fail(const char *what) {
   return 1;
 }
 
-/* Times one shape: first call (builds the cache entry), then the mean of
- * BENCH_REPS steady-state calls, for fwd and, for trained layers, the two
- * backward ops. Adds the steady-state means to totals[3]. */
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* Times one shape: the first call (which builds the cache entry), then the
+ * median of BENCH_REPS steady-state calls, for fwd and, for trained layers,
+ * the two backward ops. Adds the medians to totals[3]. */
 static int bench_one(st_backend *be, const bench_shape *s, double totals[3]) {
-  st_conv2d_params p = {{s->stride, s->stride}, {s->pad_h, s->pad_w}, {1, 1}, 1};
+  st_conv2d_params p = {
+      {s->stride, s->stride}, {s->pad_h, s->pad_w}, {1, 1}, 1};
   int64_t oh = st_conv2d_out_size(s->h, s->kh, s->stride, s->pad_h, 1);
   int64_t ow = st_conv2d_out_size(s->w, s->kw, s->stride, s->pad_w, 1);
   st_tensor x, w, b, y, dx, dw, db;
@@ -514,27 +590,29 @@ static int bench_one(st_backend *be, const bench_shape *s, double totals[3]) {
   st_test_fill_uniform(y.data, (size_t)st_tensor_numel(&y), 3, -1.0f, 1.0f);
   st_activation act = s->relu ? ST_ACT_RELU : ST_ACT_NONE;
   float beta = s->beta ? 1.0f : 0.0f;
-  double first[3] = {0}, mean[3] = {0};
+  double first[3] = {0}, median[3] = {0}, t[BENCH_REPS];
   for (int op = 0; op < (s->train ? 3 : 1); op++) {
     for (int r = 0; r < 1 + BENCH_WARMUP + BENCH_REPS; r++) {
       double t0 = now_ms();
       int rc = op == 0   ? st_conv2d_fwd(be, &p, &x, &w, &b, act, beta, &y)
                : op == 1 ? st_conv2d_bwd_data(be, &p, &y, &w, &dx)
                          : st_conv2d_bwd_weights(be, &p, &x, &y, &dw, &db);
-      double t = now_ms() - t0;
+      double dt = now_ms() - t0;
       if (rc)
         return bench_fail(s->name);
       if (r == 0)
-        first[op] = t;
+        first[op] = dt;
       else if (r > BENCH_WARMUP)
-        mean[op] += t / BENCH_REPS;
+        t[r - 1 - BENCH_WARMUP] = dt;
     }
-    totals[op] += mean[op];
+    qsort(t, BENCH_REPS, sizeof t[0], cmp_double);
+    median[op] = t[BENCH_REPS / 2];
+    totals[op] += median[op];
   }
   printf("%-26s %4lldx%-4lld %8.3f %8.3f", s->name, (long long)oh,
-         (long long)ow, mean[0], first[0]);
+         (long long)ow, median[0], first[0]);
   if (s->train)
-    printf(" %8.3f %8.3f", mean[1], mean[2]);
+    printf(" %8.3f %8.3f", median[1], median[2]);
   printf("\n");
   st_tensor *all[] = {&x, &w, &b, &y, &dx, &dw, &db};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
@@ -548,7 +626,8 @@ static int run_bench(void) {
   if (st_backend_new(&opts, &be))
     return bench_fail("backend");
   printf("student convolutions at 720x1280, N=1, cpu backend, ms per call "
-         "(mean of %d after %d warm-up)\n",
+         "(median of %d after %d warm-up; 1st = first call, building the "
+         "primitives)\n",
          BENCH_REPS, BENCH_WARMUP);
   printf("%-26s %9s %8s %8s %8s %8s\n", "layer", "out", "fwd", "1st fwd",
          "bwd_dat", "bwd_w+b");
@@ -571,10 +650,11 @@ int main(void) {
       cmocka_unit_test(test_bwd_weights),
       cmocka_unit_test(test_fd_backward),
       cmocka_unit_test(test_cache_reuse),
+      cmocka_unit_test(test_cache_eviction),
       cmocka_unit_test(test_single_thread_context),
   };
-  int failed = st_test_run_on_backends("conv", tests,
-                                       sizeof tests / sizeof tests[0]);
+  int failed =
+      st_test_run_on_backends("conv", tests, sizeof tests / sizeof tests[0]);
   const char *bench = getenv("ST_CONV_BENCH");
   if (bench && *bench && strcmp(bench, "0") != 0)
     failed += run_bench();
