@@ -67,7 +67,7 @@ static void test_defaults_are_the_paper_values(void **state) {
   assert_int_equal(c.min_stride, 8);
   assert_int_equal(c.max_stride, 64);
   assert_int_equal(c.max_updates, 8);
-  assert_true(c.lr == 0.01f);
+  assert_true(c.lr == 0.01);
   assert_int_equal(c.trainable_full, 0);
   static const char *const want[] = {"dec2", "dec3", "out_conv1", "out_conv2",
                                      "out_conv3"};
@@ -138,7 +138,7 @@ static void test_every_field_is_read(void **state) {
               c.std[2] == 57.375f);
   assert_true(c.threshold == 0.65);
   assert_int_equal(c.max_updates, 0);
-  assert_true(c.lr == 0.001f);
+  assert_true(c.lr == 0.001);
   assert_int_equal(c.trainable_full, 0);
   assert_int_equal(c.trainable_count, 2);
   assert_string_equal(c.trainable[0], "out_conv3");
@@ -236,9 +236,6 @@ static const bad_case bad_cases[] = {
      "s.json: distill.max_updates must be an integer"},
     {"{'distill': {'lr': 0}}", ST_EINVAL, "s.json: distill.lr must be > 0"},
     {"{'distill': {'lr': -0.01}}", ST_EINVAL, "s.json: distill.lr must be > 0"},
-    {"{'distill': {'lr': 1e-60}}", ST_EINVAL, "s.json: distill.lr must be > 0"},
-    {"{'distill': {'lr': 1e60}}", ST_EINVAL,
-     "s.json: distill.lr is too large for a float"},
     {"{'distill': {'lr': null}}", ST_EFORMAT,
      "s.json: distill.lr must be a number"},
     {"{'distill': {'trainable': ['dec2', 'decoder']}}", ST_EINVAL,

@@ -309,7 +309,7 @@ int st_conv2d_bwd_weights(st_backend *be, const st_conv2d_params *p,
 }
 
 int st_batchnorm_fwd(st_backend *be, const st_tensor *x, const st_tensor *gamma,
-                     const st_tensor *beta_, float eps, st_activation act,
+                     const st_tensor *beta_, double eps, st_activation act,
                      st_tensor *y, st_tensor *mean, st_tensor *invstd) {
   const char *op = "batchnorm_fwd";
   ST__TRY(check_tensor(op, "x", x, ST_F32, 4));
@@ -320,7 +320,7 @@ int st_batchnorm_fwd(st_backend *be, const st_tensor *x, const st_tensor *gamma,
   ST__TRY(check_vec(op, "beta", beta_, c));
   ST__TRY(check_vec(op, "mean", mean, c));
   ST__TRY(check_vec(op, "invstd", invstd, c));
-  if (!(eps > 0.0f))
+  if (!(eps > 0.0))
     return st_error_set(ST_EINVAL, "%s: eps must be positive", op);
   return ST__SLOT(be, batchnorm_fwd, be, x, gamma, beta_, eps, act, y, mean,
                   invstd);

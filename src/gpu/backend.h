@@ -101,7 +101,7 @@ int st_conv2d_bwd_weights(st_backend *be, const st_conv2d_params *p,
  * x,y [N,C,H,W]; gamma, beta_ [C]; saves mean [C] and invstd [C] =
  * 1/sqrt(var+eps) for the backward pass. In place allowed (y == x). */
 int st_batchnorm_fwd(st_backend *be, const st_tensor *x, const st_tensor *gamma,
-                     const st_tensor *beta_, float eps, st_activation act,
+                     const st_tensor *beta_, double eps, st_activation act,
                      st_tensor *y, st_tensor *mean, st_tensor *invstd);
 /* Backward of st_batchnorm_fwd. y is the forward output (its sign is the
  * ReLU mask when act is ST_ACT_RELU). dx may be NULL when the input needs no
@@ -158,11 +158,13 @@ int st_confusion_counts(st_backend *be, const st_tensor *pred,
  * reference's miou() from a confusion matrix. Host only. */
 double st_miou_from_counts(const int64_t *counts, int num_classes);
 
+/* Hyper-parameters are doubles, as PyTorch keeps them (Python floats):
+ * (double)0.999f differs from 0.999 enough to move 1 - beta2^t. */
 typedef struct st_adam_params {
-  float lr;    /* learning rate */
-  float beta1; /* first moment decay, 0.9 */
-  float beta2; /* second moment decay, 0.999 */
-  float eps;   /* added to the bias-corrected sqrt(v), 1e-8 */
+  double lr;    /* learning rate */
+  double beta1; /* first moment decay, 0.9 */
+  double beta2; /* second moment decay, 0.999 */
+  double eps;   /* added to the bias-corrected sqrt(v), 1e-8 */
 } st_adam_params;
 /* One Adam step in PyTorch's single-tensor formulation (no weight decay,
  * no amsgrad). step is the 1-based step count after this update. param,

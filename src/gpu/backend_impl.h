@@ -34,7 +34,7 @@ typedef struct st_backend_ops {
   /* normalisation and elementwise */
   int (*batchnorm_fwd)(st_backend *be, const st_tensor *x,
                        const st_tensor *gamma, const st_tensor *beta_,
-                       float eps, st_activation act, st_tensor *y,
+                       double eps, st_activation act, st_tensor *y,
                        st_tensor *mean, st_tensor *invstd);
   int (*batchnorm_bwd)(st_backend *be, const st_tensor *x, const st_tensor *y,
                        const st_tensor *dy, const st_tensor *gamma,

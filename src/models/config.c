@@ -285,13 +285,9 @@ static int parse_distill(const char *label, json_t *distill,
   if ((rc = read_number(label, distill, "lr", "distill.lr", &x, &present)))
     return rc;
   if (present) {
-    float lr = 0.0f;
-    if ((rc = to_float(label, "distill.lr", x, &lr)))
-      return rc;
-    /* Tested after rounding, so a rate that rounds to 0 is rejected too. */
-    if (!(lr > 0.0f))
+    if (!(x > 0.0) || !isfinite(x))
       return st_error_set(ST_EINVAL, "%s: distill.lr must be > 0", label);
-    c->lr = lr;
+    c->lr = x;
   }
   json_t *trainable = json_object_get(distill, "trainable");
   if (trainable && (rc = parse_trainable(label, trainable, c)))

@@ -57,7 +57,7 @@
 #define ST_STUDENT_DEFAULT_MIN_STRIDE 8
 #define ST_STUDENT_DEFAULT_MAX_STRIDE 64
 #define ST_STUDENT_DEFAULT_MAX_UPDATES 8
-#define ST_STUDENT_DEFAULT_LR 0.01f
+#define ST_STUDENT_DEFAULT_LR 0.01
 /* Partial distillation trains the modules after dec1. */
 #define ST_STUDENT_DEFAULT_TRAINABLE                                           \
   { "dec2", "dec3", "out_conv1", "out_conv2", "out_conv3" }
@@ -73,7 +73,7 @@ typedef struct st_student_config {
   int min_stride;       /* frames between key frames, at least */
   int max_stride;       /* frames between key frames, at most */
   int max_updates;      /* Adam steps per key frame, >= 0 */
-  float lr;             /* Adam learning rate, > 0 */
+  double lr;            /* Adam learning rate, > 0 */
   int trainable_full;   /* 1: train every tensor (trainable_count is 0) */
   char trainable[ST_STUDENT_CONFIG_MAX_TRAINABLE]
                 [ST_STUDENT_MODULE_NAME_BYTES]; /* module names ("dec2"),

@@ -123,10 +123,10 @@ void st_student_options_default(st_student_options *o) {
   o->mean[2] = 123.675f;
   o->std_[0] = o->std_[1] = o->std_[2] = 1.0f;
   o->seed = 0;
-  o->adam.lr = 0.01f;
-  o->adam.beta1 = 0.9f;
-  o->adam.beta2 = 0.999f;
-  o->adam.eps = 1e-8f;
+  o->adam.lr = 0.01;
+  o->adam.beta1 = 0.9;
+  o->adam.beta2 = 0.999;
+  o->adam.eps = 1e-8;
 }
 
 const char *st_student_module_name(st_student_module m) {

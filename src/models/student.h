@@ -37,7 +37,7 @@ typedef enum st_student_module {
 } st_student_module;
 
 /* BatchNorm epsilon of the reference (PyTorch's default). */
-#define ST_STUDENT_BN_EPS 1e-5f
+#define ST_STUDENT_BN_EPS 1e-5
 
 typedef struct st_student st_student;
 

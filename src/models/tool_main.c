@@ -170,7 +170,7 @@ static int session_open(const options *o, session *s, int need_weights) {
   if ((rc = st_student_config_load(o->config, &s->cfg)))
     return fail_status(rc, "config");
   if (o->lr > 0.0)
-    s->cfg.lr = (float)o->lr;
+    s->cfg.lr = o->lr;
   if (o->full) {
     s->cfg.trainable_full = 1;
     s->cfg.trainable_count = 0;

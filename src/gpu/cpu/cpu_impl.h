@@ -35,7 +35,7 @@ int st__cpu_conv2d_bwd_weights(st_backend *be, const st_conv2d_params *p,
 /* cpu_ops.c */
 int st__cpu_batchnorm_fwd(st_backend *be, const st_tensor *x,
                           const st_tensor *gamma, const st_tensor *beta_,
-                          float eps, st_activation act, st_tensor *y,
+                          double eps, st_activation act, st_tensor *y,
                           st_tensor *mean, st_tensor *invstd);
 int st__cpu_batchnorm_bwd(st_backend *be, const st_tensor *x,
                           const st_tensor *y, const st_tensor *dy,

@@ -25,7 +25,7 @@
 #define ST_CPU_PARALLEL_MIN_ELEMS 32768
 /* Pixels per tile in the per-pixel reductions over channels (cross-entropy,
  * argmax): C rows of this many floats stay in L1/L2 between passes. */
-#define ST_CPU_PIXEL_TILE 512
+#define ST_CPU_PIXEL_TILE 2048
 /* Rows per task in bilinear resizing (output rows forward, input rows
  * backward), so that a handful of planes still splits evenly over a team. */
 #define ST_CPU_RESIZE_ROWS_PER_TASK 32
@@ -34,8 +34,6 @@
 #define ST_CPU_CONFUSION_LOCAL_CLASSES 32
 /* Bytes per task when copying large buffers with the team. */
 #define ST_CPU_COPY_CHUNK_BYTES (1u << 20)
-/* Significant decimal digits that always round-trip a float. */
-#define ST_FLOAT_ROUNDTRIP_DIGITS 9
 
 /* Team size for an op over `work` elements. */
 static int team(st_backend *be, int64_t work) {
@@ -43,6 +41,18 @@ static int team(st_backend *be, int64_t work) {
 }
 
 static int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* d where the ReLU output y is positive, else +0. A bit mask instead of a
+ * select keeps the gradient loops vectorised (GCC will not if-convert the
+ * select when it is mixed with double accumulators). */
+static inline float relu_mask(float y, float d) {
+  uint32_t bits;
+  memcpy(&bits, &d, sizeof bits);
+  bits &= -(uint32_t)(y > 0.0f);
+  float g;
+  memcpy(&g, &bits, sizeof g);
+  return g;
+}
 
 /* ---- batch normalisation -------------------------------------------------- */
 
@@ -64,34 +74,39 @@ static double sum_sq_dev_f32(const float *restrict p, int64_t n, double mu) {
   return s;
 }
 
-/* y = x * a + b, then ReLU when asked; x and y may be the same buffer. */
-static void affine_f32(const float *x, float *y, int64_t n, float a, float b,
+/* y = fma(x, a, b), then ReLU when asked; x and y may be the same buffer.
+ * a and b hold float values, so x * a is exact in double and the double sum
+ * rounded to float is the fused multiply-add PyTorch's vectorised kernels
+ * compute (barring rare double-rounding ties), without a libm fmaf call
+ * per element on CPUs built without FMA. */
+static void affine_f32(const float *x, float *y, int64_t n, double a, double b,
                        int relu) {
   if (relu) {
     for (int64_t i = 0; i < n; i++) {
-      float v = x[i] * a + b;
+      float v = (float)((double)x[i] * a + b);
       y[i] = v > 0.0f ? v : 0.0f;
     }
   } else {
     for (int64_t i = 0; i < n; i++)
-      y[i] = x[i] * a + b;
+      y[i] = (float)((double)x[i] * a + b);
   }
 }
 
 int st__cpu_batchnorm_fwd(st_backend *be, const st_tensor *x,
                           const st_tensor *gamma, const st_tensor *beta_,
-                          float eps, st_activation act, st_tensor *y,
+                          double eps, st_activation act, st_tensor *y,
                           st_tensor *mean, st_tensor *invstd) {
   const int64_t n = x->shape[0], c = x->shape[1];
   const int64_t hw = x->shape[2] * x->shape[3], count = n * hw;
   const float *xd = x->data, *gd = gamma->data, *bd = beta_->data;
   float *yd = y->data, *md = mean->data, *sd = invstd->data;
   const int relu = act == ST_ACT_RELU;
+  const double eps_d = eps;
 
   /* One channel per iteration: its N planes are read three times (mean,
-   * variance, normalise), mostly from cache. Two passes in double give the
-   * statistics PyTorch gets from its double accumulators, also when the
-   * mean is large against the spread. */
+   * variance, normalise), mostly from cache. The mean is PyTorch's (a
+   * double sum); the variance is a second pass in double, accurate also
+   * when the mean is large against the spread. */
 #pragma omp parallel for num_threads(team(be, n * c * hw)) schedule(static)
   for (int64_t ch = 0; ch < c; ch++) {
     double sum = 0.0;
@@ -101,15 +116,19 @@ int st__cpu_batchnorm_fwd(st_backend *be, const st_tensor *x,
     double sq = 0.0;
     for (int64_t b = 0; b < n; b++)
       sq += sum_sq_dev_f32(xd + (b * c + ch) * hw, hw, mu);
-    const double var = count ? sq / (double)count : 0.0;
+    /* PyTorch stores the sum of squares as a float and divides in float
+     * before 1/sqrt(var + eps) in double; rounding where it rounds gives
+     * the same invstd bits. */
+    const float var_f = count ? (float)sq / (float)count : 0.0f;
     const float mean_f = (float)mu;
-    const float invstd_f = (float)(1.0 / sqrt(var + (double)eps));
+    const float invstd_f = (float)(1.0 / sqrt((double)var_f + eps_d));
     md[ch] = mean_f;
     sd[ch] = invstd_f;
-    /* PyTorch folds the affine into y = x * alpha + shift with float
-     * alpha = invstd * gamma; doing the same keeps us within an ulp. */
+    /* PyTorch folds the affine into y = fma(x, alpha, shift) with float
+     * alpha = invstd * gamma and shift = fma(-mean, alpha, beta); the same
+     * roundings give the same bits. */
     const float alpha = invstd_f * gd[ch];
-    const float shift = bd[ch] - mean_f * alpha;
+    const float shift = (float)((double)bd[ch] - (double)mean_f * alpha);
     for (int64_t b = 0; b < n; b++)
       affine_f32(xd + (b * c + ch) * hw, yd + (b * c + ch) * hw, hw, alpha,
                  shift, relu);
@@ -125,7 +144,7 @@ static void bn_grad_sums(const float *restrict x, const float *restrict y,
   if (relu) {
 #pragma omp simd reduction(+ : sg, sgx)
     for (int64_t i = 0; i < n; i++) {
-      float g = y[i] > 0.0f ? dy[i] : 0.0f;
+      const float g = relu_mask(y[i], dy[i]);
       sg += g;
       sgx += (double)g * ((double)x[i] - mu);
     }
@@ -146,7 +165,7 @@ static void bn_grad_input(const float *x, const float *y, const float *dy,
                           float k, float scale, int relu) {
   if (relu) {
     for (int64_t i = 0; i < n; i++) {
-      float g = y[i] > 0.0f ? dy[i] : 0.0f;
+      const float g = relu_mask(y[i], dy[i]);
       dx[i] = (g - mean_g - (x[i] - mean) * k) * scale;
     }
   } else {
@@ -217,7 +236,7 @@ int st__cpu_relu_bwd(st_backend *be, const st_tensor *y, const st_tensor *dy,
   float *dxd = dx->data;
 #pragma omp parallel for simd num_threads(team(be, n)) schedule(simd : static)
   for (int64_t i = 0; i < n; i++)
-    dxd[i] = yd[i] > 0.0f ? dyd[i] : 0.0f;
+    dxd[i] = relu_mask(yd[i], dyd[i]);
   return ST_OK;
 }
 
@@ -320,9 +339,11 @@ typedef struct resize_tap {
   float l0, l1;   /* weights of i0 and i1, l0 + l1 = 1 */
 } resize_tap;
 
-/* PyTorch's compute_source_index_and_lambda with a float scale in / out:
- * src = (dst + 0.5) * scale - 0.5 clamped at 0, all in float, so indices
- * and weights are the ones F.interpolate uses. */
+/* PyTorch's compute_source_index_and_lambda (1.13, CPU): the scale is the
+ * float in / out, the source position (dst + 0.5) * scale - 0.5, clamped at
+ * 0, is evaluated in its accumulate type (double), and only the weight
+ * src - i0 is rounded to float; so indices and weights are bit for bit the
+ * ones F.interpolate(size=..., align_corners=False) uses. */
 static void resize_taps(int64_t in, int64_t out, resize_tap *taps) {
   const float scale = (float)in / (float)out;
   for (int64_t o = 0; o < out; o++) {
@@ -331,15 +352,22 @@ static void resize_taps(int64_t in, int64_t out, resize_tap *taps) {
       *t = (resize_tap){o, o, 1.0f, 0.0f};
       continue;
     }
-    float src = scale * ((float)o + 0.5f) - 0.5f;
-    if (src < 0.0f)
-      src = 0.0f;
-    t->i0 = (int64_t)src;
+    double src = (double)scale * ((double)o + 0.5) - 0.5;
+    if (src < 0.0)
+      src = 0.0;
+    t->i0 = min_i64((int64_t)src, in - 1);
     t->i1 = t->i0 + (t->i0 < in - 1 ? 1 : 0);
-    float l1 = src - (float)t->i0;
-    t->l1 = l1 < 0.0f ? 0.0f : (l1 > 1.0f ? 1.0f : l1);
+    const double l1 = src - (double)t->i0;
+    t->l1 = (float)(l1 < 0.0 ? 0.0 : (l1 > 1.0 ? 1.0 : l1));
     t->l0 = 1.0f - t->l1;
   }
+}
+
+/* fma(a, wa, b * wb): how PyTorch's FMA build evaluates t0 * w0 + t1 * w1.
+ * a * wa is exact in double, so rounding the double sum to float gives the
+ * fused result (barring rare double-rounding ties). */
+static inline float lerp2(float a, float wa, float b, float wb) {
+  return (float)((double)a * (double)wa + (double)(b * wb));
 }
 
 /* One source row interpolated along W to the output width. */
@@ -347,7 +375,7 @@ static void resize_row_w(const float *restrict src,
                          const resize_tap *restrict tw, int64_t ow,
                          float *restrict out) {
   for (int64_t j = 0; j < ow; j++)
-    out[j] = src[tw[j].i0] * tw[j].l0 + src[tw[j].i1] * tw[j].l1;
+    out[j] = lerp2(src[tw[j].i0], tw[j].l0, src[tw[j].i1], tw[j].l1);
 }
 
 /* Two cached W-interpolated rows: consecutive output rows of an upsample
@@ -377,7 +405,7 @@ int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
   const int64_t planes = x->shape[0] * x->shape[1];
   const int64_t ih = x->shape[2], iw = x->shape[3];
   const int64_t oh = y->shape[2], ow = y->shape[3];
-  const int threads = team(be, planes * oh * ow);
+  const int threads = team(be, planes * (ih * iw + oh * ow));
   /* One block: taps for both axes, then two row buffers per thread. */
   const size_t tap_bytes = (size_t)(oh + ow) * sizeof(resize_tap);
   float *scratch = malloc(tap_bytes + (size_t)threads * 2 * (size_t)ow *
@@ -409,7 +437,7 @@ int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
           resize_cached_row(&cache, plane, iw, tw, ow, t.i1, t.i0);
       float *restrict dst = yd + (p * oh + r) * ow;
       for (int64_t j = 0; j < ow; j++)
-        dst[j] = a[j] * t.l0 + b[j] * t.l1;
+        dst[j] = lerp2(a[j], t.l0, b[j], t.l1);
     }
   }
   free(scratch);
@@ -421,7 +449,7 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
   const int64_t planes = dx->shape[0] * dx->shape[1];
   const int64_t ih = dx->shape[2], iw = dx->shape[3];
   const int64_t oh = dy->shape[2], ow = dy->shape[3];
-  const int threads = team(be, planes * oh * ow);
+  const int threads = team(be, planes * (ih * iw + oh * ow));
   /* Taps of both axes, the output-row range feeding each input row, and
    * one accumulator row per thread. */
   const size_t tap_bytes = (size_t)(oh + ow) * sizeof(resize_tap);
@@ -486,6 +514,57 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
 
 /* ---- loss and metrics ----------------------------------------------------- */
 
+/* exp(x) for x <= 0 (a logit minus its channel maximum), written so the
+ * compiler vectorises it, which glibc's expf is not: Cody-Waite reduction
+ * x = n ln2 + r with |r| <= ln2/2, Cephes' degree-6 polynomial for e^r, and
+ * 2^n built in the exponent bits. Checked against exp() in double on every
+ * float in (ST_EXP_MIN_ARG, 0]: under 1 ulp. Below ST_EXP_MIN_ARG (where
+ * e^x is subnormal) it returns 0; NaN comes back as NaN, so a diverged
+ * network still shows a NaN loss. */
+#define ST_EXP_MIN_ARG -87.33654475f   /* ln(FLT_MIN) */
+#define ST_LOG2E 1.44269504088896341f
+#define ST_LN2_HI 0.693359375f         /* ln 2 split so n * hi is exact */
+#define ST_LN2_LO -2.12194440e-4f
+#define ST_ROUND_MAGIC 12582912.0f     /* 1.5 * 2^23: float round-to-nearest */
+#define ST_FLT_EXP_BIAS 127
+#define ST_FLT_MANT_BITS 23
+
+static inline uint32_t f32_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+static inline float f32_from_bits(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+static inline float exp_nonpos(float x) {
+  /* Selects are bit masks: GCC will not if-convert a float select whose
+   * arm multiplies (it could trap), and would leave the loop scalar. */
+  const uint32_t in_range = -(uint32_t)(x >= ST_EXP_MIN_ARG); /* not NaN */
+  const uint32_t is_nan = -(uint32_t)(x != x);
+  /* Clamped (NaN too) so that the integer conversion below is defined. */
+  const float xc = f32_from_bits((f32_bits(x) & in_range) |
+                                 (f32_bits(ST_EXP_MIN_ARG) & ~in_range));
+  const float n = (xc * ST_LOG2E + ST_ROUND_MAGIC) - ST_ROUND_MAGIC;
+  const float r = (xc - n * ST_LN2_HI) - n * ST_LN2_LO;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * (r * r) + r + 1.0f;
+  /* n is an integer in [-126, 0], so 2^n is a normal float. */
+  const float scale = f32_from_bits(
+      (uint32_t)((int32_t)n + ST_FLT_EXP_BIAS) << ST_FLT_MANT_BITS);
+  return f32_from_bits((f32_bits(e * scale) & in_range) |
+                       (f32_bits(x) & is_nan));
+}
+
 int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
                         const st_tensor *label, const st_tensor *weight,
                         float *loss, st_tensor *dlogits) {
@@ -528,13 +607,15 @@ int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
       const float *restrict xk = x + k * hw;
       if (d) { /* keep exp(x - max) for the gradient pass */
         float *restrict dk = d + k * hw;
+#pragma omp simd
         for (int64_t t = 0; t < len; t++) {
-          dk[t] = expf(xk[t] - mx[t]);
+          dk[t] = exp_nonpos(xk[t] - mx[t]);
           sum[t] += dk[t];
         }
       } else {
+#pragma omp simd
         for (int64_t t = 0; t < len; t++)
-          sum[t] += expf(xk[t] - mx[t]);
+          sum[t] += exp_nonpos(xk[t] - mx[t]);
       }
     }
     for (int64_t t = 0; t < len; t++) {
@@ -591,9 +672,9 @@ int st__cpu_argmax_channels(st_backend *be, const st_tensor *logits,
       for (int64_t t = 0; t < len; t++) {
         /* Strictly greater, so the first maximum wins; a NaN beats every
          * number and the first NaN wins, as in torch.argmax. */
-        const float v = xk[t];
-        const int take = v > best[t] || (v != v && best[t] == best[t]);
-        best[t] = take ? v : best[t];
+        const float v = xk[t], b = best[t];
+        const int32_t take = (v > b) | ((v != v) & (b == b));
+        best[t] = take ? v : b;
         idx[t] = take ? (int32_t)k : idx[t];
       }
     }
@@ -657,27 +738,11 @@ int st__cpu_confusion_counts(st_backend *be, const st_tensor *pred,
 
 /* ---- optimiser ------------------------------------------------------------ */
 
-/* The double a hyper-parameter was written as. PyTorch keeps lr, betas and
- * eps as Python floats parsed from decimals such as 0.999, while our API
- * carries them as floats: (double)0.999f is 1.3e-8 away from 0.999, which
- * moves 1 - beta2^t by about 1e-5 relative at step 1. The shortest decimal
- * that round-trips to the float is the literal the caller meant. */
-static double decimal_value(float f) {
-  char text[32];
-  for (int digits = 1; digits <= ST_FLOAT_ROUNDTRIP_DIGITS; digits++) {
-    snprintf(text, sizeof text, "%.*g", digits, (double)f);
-    if (strtof(text, NULL) == f)
-      return strtod(text, NULL);
-  }
-  return (double)f; /* NaN: no decimal round-trips */
-}
-
 int st__cpu_adam_step(st_backend *be, const st_adam_params *p, int64_t step,
                       st_tensor *param, const st_tensor *grad, st_tensor *m,
                       st_tensor *v) {
   const int64_t n = st_tensor_numel(param);
-  const double lr = decimal_value(p->lr), beta1 = decimal_value(p->beta1);
-  const double beta2 = decimal_value(p->beta2), eps = decimal_value(p->eps);
+  const double lr = p->lr, beta1 = p->beta1, beta2 = p->beta2, eps = p->eps;
   /* _single_tensor_adam (PyTorch 1.13): the scalars are doubles and enter
    * each float tensor op rounded to float, in the order the ops run. */
   const double bias_correction1 = 1.0 - pow(beta1, (double)step);
@@ -693,8 +758,12 @@ int st__cpu_adam_step(st_backend *be, const st_adam_params *p, int64_t step,
 #pragma omp parallel for num_threads(team(be, n)) schedule(static)
   for (int64_t i = 0; i < n; i++) {
     const float g = gd[i];
-    const float mi = md[i] * b1 + one_minus_b1 * g;   /* mul_, add_ */
-    const float vi = vd[i] * b2 + one_minus_b2 * g * g; /* mul_, addcmul_ */
+    /* mul_ rounds, then add_ and addcmul_ fuse their last multiply with
+     * the add (fmadd in PyTorch's vectorised kernels): the products are
+     * exact in double and the sum is rounded to float once more. */
+    const float mi = (float)((double)g * one_minus_b1 + (double)(md[i] * b1));
+    const float vi =
+        (float)((double)(one_minus_b2 * g) * g + (double)(vd[i] * b2));
     const float denom = sqrtf(vi) / bias_correction2_sqrt + eps_f;
     pd[i] = pd[i] + neg_step_size * mi / denom; /* addcdiv_ */
     md[i] = mi;
