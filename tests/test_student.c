@@ -233,6 +233,30 @@ static void test_best_snapshot_restores_weights(void **state) {
   st_student_free(s);
 }
 
+/* Algorithm 1 driving the real student: with an unreachable threshold it
+ * takes every step, and the student ends holding the best scored weights. */
+static void test_algorithm1_on_student(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_student *s = student_from_fixture(be);
+  example ex;
+  example_open(&ex, sizes[1]);
+  ST_ASSERT_OK(st_student_set_example(s, &ex.image, &ex.label, &ex.weight));
+  st_distill_learner l = st_student_learner(s);
+  const st_distill_params p = {.threshold = 0.999, .max_updates = 4};
+  st_distill_result r;
+  ST_ASSERT_OK(st_distill_run(&l, &p, &r));
+  assert_int_equal(r.steps, 4);
+  st_tensor first = st_test_fixture_tensor(ex.fx, "miou");
+  assert_float_equal(r.first_metric, ((float *)first.data)[0], 1e-6);
+  assert_true(r.metric >= r.first_metric);
+  double now;
+  ST_ASSERT_OK(st_student_score(s, &now));
+  assert_float_equal(now, r.metric, 0.0);
+  st_tensor_free(&first);
+  example_close(&ex);
+  st_student_free(s);
+}
+
 static void test_weight_file_errors(void **state) {
   st_backend *be = st_test_backend(state);
   st_student_options o;
@@ -305,6 +329,7 @@ int main(void) {
       cmocka_unit_test(test_partial_distillation_matches_reference),
       cmocka_unit_test(test_full_distillation_matches_reference),
       cmocka_unit_test(test_best_snapshot_restores_weights),
+      cmocka_unit_test(test_algorithm1_on_student),
       cmocka_unit_test(test_weight_file_errors),
       cmocka_unit_test(test_bad_inputs_rejected),
       cmocka_unit_test(test_save_load_round_trip),

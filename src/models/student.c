@@ -856,6 +856,28 @@ void st_student_reset_optimizer(st_student *s) {
   }
 }
 
+static int learner_score(void *ctx, double *metric) {
+  return st_student_score(ctx, metric);
+}
+
+static int learner_step(void *ctx, float *loss) {
+  return st_student_train_step(ctx, loss, NULL);
+}
+
+static int learner_save_best(void *ctx) { return st_student_save_best(ctx); }
+
+static int learner_restore_best(void *ctx) {
+  return st_student_restore_best(ctx);
+}
+
+st_distill_learner st_student_learner(st_student *s) {
+  return (st_distill_learner){.ctx = s,
+                              .score = learner_score,
+                              .step = learner_step,
+                              .save_best = learner_save_best,
+                              .restore_best = learner_restore_best};
+}
+
 int st_student_set_trainable(st_student *s, const st_student_module *mods,
                              int count, int full) {
   int want[ST_MOD_COUNT] = {0};

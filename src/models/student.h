@@ -120,5 +120,8 @@ int st_student_save_best(st_student *s);
 int st_student_restore_best(st_student *s);
 /* Forgets Adam moments and the step count. */
 void st_student_reset_optimizer(st_student *s);
+/* Algorithm 1's view of the student (models/distill.h): score, step and
+ * snapshots on the example last given to st_student_set_example. */
+st_distill_learner st_student_learner(st_student *s);
 
 #endif
