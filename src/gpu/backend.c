@@ -95,6 +95,41 @@ int st_backend_sync(st_backend *be) {
   return be->ops->sync ? be->ops->sync(be) : ST_OK;
 }
 
+void st_backend_get_stats(const st_backend *be, st_backend_stats *out) {
+  memset(out, 0, sizeof *out);
+  if (be->ops->stats)
+    be->ops->stats(be, out);
+}
+
+int st_event_new(st_backend *be, st_event **out) {
+  *out = NULL;
+  if (be->ops->event_new)
+    return be->ops->event_new(be, out);
+  st_event *ev = calloc(1, sizeof *ev);
+  if (!ev)
+    return st_error_set(ST_ENOMEM, "event: out of memory");
+  *out = ev;
+  return ST_OK;
+}
+
+int st_event_record(st_backend *be, st_event *ev) {
+  return be->ops->event_record ? be->ops->event_record(be, ev) : ST_OK;
+}
+
+int st_backend_wait_event(st_backend *waiter, st_event *ev) {
+  return waiter->ops->event_wait ? waiter->ops->event_wait(waiter, ev)
+                                 : ST_OK;
+}
+
+void st_event_free(st_event *ev) {
+  if (!ev)
+    return;
+  if (ev->ops && ev->ops->event_free)
+    ev->ops->event_free(ev);
+  else
+    free(ev);
+}
+
 /* ---- argument checks ---------------------------------------------------- */
 
 static int check_tensor(const char *op, const char *what, const st_tensor *t,

@@ -33,6 +33,8 @@ typedef struct st_backend_options {
   int threads;       /* CPU worker threads; 0 = all online cores */
   int device;        /* CUDA device ordinal */
   int deterministic; /* 1: deterministic algorithms only */
+  int conv_exhaustive; /* CUDA: time every cuDNN algorithm once per shape
+                          instead of trusting the heuristic */
 } st_backend_options;
 
 /* Parses "cpu", "cuda" or "auto". */
@@ -61,6 +63,27 @@ int st_tensor_download(st_backend *be, const st_tensor *src, void *host,
                        size_t bytes);
 /* Waits for all work queued on the context. */
 int st_backend_sync(st_backend *be);
+
+/* Memory accounting of a context. On CUDA the pool serves every tensor,
+ * workspace and scratch buffer; device_alloc_calls counts the cudaMalloc
+ * calls it made, which stay constant once a workload has warmed up. */
+typedef struct st_backend_stats {
+  int64_t device_alloc_calls; /* device allocations made (0 on the CPU) */
+  int64_t bytes_reserved;     /* bytes the pool holds from the device */
+  int64_t bytes_in_use;       /* bytes handed out and not yet released */
+} st_backend_stats;
+void st_backend_get_stats(const st_backend *be, st_backend_stats *out);
+
+/* Ordering between contexts of one device (a session's teacher stream and
+ * student stream): work queued on `waiter` after st_backend_wait_event runs
+ * only after the work queued on the recording context before
+ * st_event_record. On synchronous backends (the CPU) these are no-ops. */
+typedef struct st_event st_event;
+int st_event_new(st_backend *be, st_event **out);
+int st_event_record(st_backend *be, st_event *ev);
+int st_backend_wait_event(st_backend *waiter, st_event *ev);
+/* Accepts NULL. The event must not be pending in a wait. */
+void st_event_free(st_event *ev);
 
 /* ---- ops ---------------------------------------------------------------- */
 

@@ -19,6 +19,13 @@ typedef struct st_backend_ops {
   int (*upload)(st_backend *be, void *dst, const void *host, size_t bytes);
   int (*download)(st_backend *be, void *host, const void *src, size_t bytes);
   int (*sync)(st_backend *be);
+  /* optional: memory accounting (zeros when absent) */
+  void (*stats)(const st_backend *be, st_backend_stats *out);
+  /* optional: events (absent on synchronous backends) */
+  int (*event_new)(st_backend *be, st_event **out);
+  int (*event_record)(st_backend *be, st_event *ev);
+  int (*event_wait)(st_backend *be, st_event *ev);
+  void (*event_free)(st_event *ev);
 
   /* convolutions */
   int (*conv2d_fwd)(st_backend *be, const st_conv2d_params *p,
@@ -83,6 +90,12 @@ typedef struct st_backend_ops {
 struct st_backend {
   const st_backend_ops *ops; /* the backend's op table */
   st_backend_options opts;   /* options it was created with */
+};
+
+/* Every backend's event starts with this header; a synchronous backend's
+ * event is the bare header with ops NULL (nothing to wait for). */
+struct st_event {
+  const st_backend_ops *ops; /* backend that made it; NULL: synchronous */
 };
 
 /* Constructors of the built-in backends. */
