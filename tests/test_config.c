@@ -11,7 +11,7 @@
 #include "models/config.h"
 
 /* The repository's config/student.json, found from the fixture folder. */
-#define STUDENT_JSON_PATH ST_FIXTURE_DIR "/../../config/student.json"
+#define STUDENT_JSON_PATH st_test_fixture_path("../../config/student.json")
 
 enum { JSON_TEXT_BYTES = 1024 };
 
@@ -302,7 +302,7 @@ static void test_syntax_errors(void **state) {
 static void test_load_errors(void **state) {
   (void)state;
   st_student_config c;
-  const char *missing = ST_FIXTURE_DIR "/no-such-student.json";
+  const char *missing = st_test_fixture_path("no-such-student.json");
   assert_int_equal(st_student_config_load(missing, &c), ST_ENOENT);
   assert_true(strncmp(st_error_detail(), missing, strlen(missing)) == 0);
 

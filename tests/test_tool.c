@@ -14,6 +14,13 @@
 #error "ST_MODEL_TOOL must name the shadowtutor-model binary"
 #endif
 
+/* The binary under test: $ST_MODEL_TOOL when set (a copied tree), else the
+ * one this build made. */
+static const char *tool_path(void) {
+  const char *env = getenv("ST_MODEL_TOOL");
+  return env && *env ? env : ST_MODEL_TOOL;
+}
+
 enum { MAX_ARGS = 32, OUTPUT_BYTES = 1 << 16 };
 
 typedef struct run_result {
@@ -57,7 +64,7 @@ static void slurp(const char *path, char *dst, size_t cap) {
 
 /* Runs the tool with a NULL-terminated argument list. */
 static void run_tool(run_result *r, ...) {
-  const char *argv[MAX_ARGS] = {ST_MODEL_TOOL};
+  const char *argv[MAX_ARGS] = {tool_path()};
   int argc = 1;
   va_list ap;
   va_start(ap, r);
@@ -72,7 +79,7 @@ static void run_tool(run_result *r, ...) {
   if (pid == 0) {
     if (!freopen(out, "w", stdout) || !freopen(err, "w", stderr))
       _exit(127);
-    execv(ST_MODEL_TOOL, (char *const *)argv);
+    execv(tool_path(), (char *const *)argv);
     _exit(127);
   }
   int status = 0;
@@ -115,7 +122,7 @@ static int teardown(void **state) {
 
 static const char *config_path(void) {
   static char p[512];
-  snprintf(p, sizeof p, "%s/../../config/student.json", ST_FIXTURE_DIR);
+  snprintf(p, sizeof p, "%s/../../config/student.json", st_test_fixture_dir());
   return p;
 }
 

@@ -9,11 +9,22 @@
 #error "ST_FIXTURE_DIR must be defined by the build"
 #endif
 
+const char *st_test_fixture_dir(void) {
+  const char *env = getenv("ST_FIXTURE_DIR");
+  return env && *env ? env : ST_FIXTURE_DIR;
+}
+
 const char *st_test_fixture_path(const char *name) {
   static char path[1024];
-  snprintf(path, sizeof path, "%s/%s", ST_FIXTURE_DIR, name);
+  snprintf(path, sizeof path, "%s/%s", st_test_fixture_dir(), name);
   return path;
 }
+
+/* Tolerance floors of the backend the current test runs on. */
+static double rtol_floor, atol_floor;
+static int on_gpu;
+
+int st_test_on_gpu(void) { return on_gpu; }
 
 st_safetensors *st_test_fixture_open(const char *name) {
   st_safetensors *fx = NULL;
@@ -35,6 +46,8 @@ void st_test_assert_close(const float *got, const float *want, size_t n,
                           double rtol, double atol, const char *what) {
   size_t worst = 0;
   double worst_excess = -1.0;
+  rtol = rtol > rtol_floor ? rtol : rtol_floor;
+  atol = atol > atol_floor ? atol : atol_floor;
   size_t bad = 0;
   for (size_t i = 0; i < n; i++) {
     double g = got[i], w = want[i];
@@ -79,6 +92,9 @@ static backend_slot slots[2] = {{ST_BACKEND_CPU, NULL, ""},
 
 st_backend *st_test_backend(void **state) {
   backend_slot *slot = *state;
+  on_gpu = slot->kind == ST_BACKEND_CUDA;
+  rtol_floor = on_gpu ? ST_TEST_GPU_RTOL : 0.0;
+  atol_floor = on_gpu ? ST_TEST_GPU_ATOL : 0.0;
   if (!slot->be) {
     print_message("[  SKIPPED ] %s backend: %s\n",
                   slot->kind == ST_BACKEND_CUDA ? "cuda" : "cpu", slot->reason);

@@ -19,7 +19,10 @@
 #include "gpu/backend.h"
 #include "models/safetensors.h"
 
-/* Path of a file under tests/fixtures (static buffer). */
+/* The fixture folder: $ST_FIXTURE_DIR when set (tests run from a copied
+ * tree, e.g. on a GPU machine), else the source tree's tests/fixtures. */
+const char *st_test_fixture_dir(void);
+/* Path of a file under the fixture folder (static buffer). */
 const char *st_test_fixture_path(const char *name);
 /* Opens tests/fixtures/<name>; fails the test when it cannot. */
 st_safetensors *st_test_fixture_open(const char *name);
@@ -28,7 +31,11 @@ st_safetensors *st_test_fixture_open(const char *name);
 st_tensor st_test_fixture_tensor(const st_safetensors *fx, const char *name);
 
 /* Asserts |got - want| <= atol + rtol * |want| elementwise; on failure
- * prints the worst element and fails. */
+ * prints the worst element and fails. On a GPU backend the tolerances are
+ * raised to at least ST_TEST_GPU_RTOL / ST_TEST_GPU_ATOL: fp32 kernels there
+ * sum in other orders (TF32 stays off). */
+#define ST_TEST_GPU_RTOL 1e-3
+#define ST_TEST_GPU_ATOL 1e-5
 void st_test_assert_close(const float *got, const float *want, size_t n,
                           double rtol, double atol, const char *what);
 /* Asserts a call returned ST_OK, printing st_error_detail otherwise. */
@@ -45,8 +52,11 @@ void st_test_fill_uniform(float *x, size_t n, uint64_t seed, float lo,
                           float hi);
 
 /* Backend of a parameterised test; calls skip() (with the reason printed)
- * when that backend is not available on this machine. */
+ * when that backend is not available on this machine. Also selects the
+ * tolerance floor of st_test_assert_close for that backend. */
 st_backend *st_test_backend(void **state);
+/* 1 while the running test is on a GPU backend. */
+int st_test_on_gpu(void);
 /* A host tensor copied to the backend (or the same tensor on the CPU). */
 st_tensor st_test_to_backend(st_backend *be, const st_tensor *host);
 /* A host copy of a backend tensor. */

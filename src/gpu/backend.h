@@ -64,11 +64,12 @@ int st_tensor_download(st_backend *be, const st_tensor *src, void *host,
 /* Waits for all work queued on the context. */
 int st_backend_sync(st_backend *be);
 
-/* Memory accounting of a context. On CUDA the pool serves every tensor,
- * workspace and scratch buffer; device_alloc_calls counts the cudaMalloc
- * calls it made, which stay constant once a workload has warmed up. */
+/* Memory accounting of a context. alloc_calls counts the allocations the
+ * backend took from the system (cudaMalloc by the CUDA pool, which serves
+ * every tensor, workspace and scratch buffer; the heap for CPU tensors): it
+ * stays constant once a workload has warmed up. */
 typedef struct st_backend_stats {
-  int64_t device_alloc_calls; /* device allocations made (0 on the CPU) */
+  int64_t alloc_calls;        /* system allocations made so far */
   int64_t bytes_reserved;     /* bytes the pool holds from the device */
   int64_t bytes_in_use;       /* bytes handed out and not yet released */
 } st_backend_stats;

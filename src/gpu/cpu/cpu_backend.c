@@ -15,7 +15,7 @@ static void cpu_free(st_backend *be) {
 }
 
 static int cpu_alloc(st_backend *be, size_t bytes, void **out) {
-  (void)be;
+  st__cpu(be)->alloc_calls++;
   size_t rounded = (bytes + ST_HOST_ALIGN_BYTES - 1) / ST_HOST_ALIGN_BYTES *
                    ST_HOST_ALIGN_BYTES;
   void *p = aligned_alloc(ST_HOST_ALIGN_BYTES,
@@ -30,6 +30,10 @@ static int cpu_alloc(st_backend *be, size_t bytes, void **out) {
 static void cpu_release(st_backend *be, void *ptr) {
   (void)be;
   free(ptr);
+}
+
+static void cpu_stats(const st_backend *be, st_backend_stats *out) {
+  out->alloc_calls = ((const st_cpu_backend *)be)->alloc_calls;
 }
 
 static int cpu_memcpy(st_backend *be, void *dst, const void *src,
@@ -50,6 +54,7 @@ static const st_backend_ops cpu_ops = {
     .upload = cpu_memcpy,
     .download = cpu_memcpy,
     .sync = NULL, /* every CPU op completes before it returns */
+    .stats = cpu_stats,
     .conv2d_fwd = st__cpu_conv2d_fwd,
     .conv2d_bwd_data = st__cpu_conv2d_bwd_data,
     .conv2d_bwd_weights = st__cpu_conv2d_bwd_weights,

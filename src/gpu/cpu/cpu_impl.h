@@ -12,6 +12,7 @@ struct st_cpu_conv_cache; /* cpu_conv.c: oneDNN engine, stream, primitives */
 typedef struct st_cpu_backend {
   st_backend base;                     /* must be first */
   int threads;                         /* OpenMP team size for every op */
+  _Atomic long long alloc_calls;       /* tensor allocations from the heap */
   struct st_cpu_conv_cache *conv;      /* lazily created by cpu_conv.c */
 } st_cpu_backend;
 

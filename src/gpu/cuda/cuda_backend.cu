@@ -236,7 +236,7 @@ static int cuda_sync(st_backend *be) {
 
 static void cuda_stats(const st_backend *be, st_backend_stats *out) {
   const st_cuda_pool *p = ((const st_cuda_backend *)be)->pool;
-  out->device_alloc_calls = p->device_alloc_calls;
+  out->alloc_calls = p->device_alloc_calls;
   out->bytes_reserved = (int64_t)p->reserved;
   out->bytes_in_use = (int64_t)p->in_use;
 }

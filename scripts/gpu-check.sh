@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The GPU checks, as one prepared run for a machine with an NVIDIA GPU:
+# build with CUDA (unless --build-dir names a finished build), run every
+# test binary (their cuda/ cases run against the CPU's PyTorch fixtures),
+# run `shadowtutor-model bench --backend cuda` at 720x1280 and, when
+# PyTorch with CUDA is present, the same work in PyTorch, and print ratios.
+# Results (logs, JSON, summary) go to --out DIR.
+#
+#   scripts/gpu-check.sh --out DIR [--build-dir DIR] [--iters N]
+#                        [--height H --width W] [--libs DIR] [--ref DIR]
+#
+# --libs DIR   extra shared libraries (e.g. libdnnl, libjansson carried to a
+#              machine whose image lacks them); prepended to LD_LIBRARY_PATH
+# --ref DIR    folder holding shadowtutor_ref.py for the PyTorch side
+#              (default ../shared/reference beside the repository)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+out= build_dir= iters=20 height=720 width=1280 libs= ref=
+while (($#)); do
+  case $1 in
+    --out) out=$2; shift 2 ;;
+    --build-dir) build_dir=$2; shift 2 ;;
+    --iters) iters=$2; shift 2 ;;
+    --height) height=$2; shift 2 ;;
+    --width) width=$2; shift 2 ;;
+    --libs) libs=$2; shift 2 ;;
+    --ref) ref=$2; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[ -n "$out" ] || { echo "gpu-check: --out DIR is required" >&2; exit 2; }
+mkdir -p "$out"
+summary="$out/summary.txt"
+: > "$summary"
+say() { echo "$*" | tee -a "$summary"; }
+
+say "== gpu-check $(date -u +%FT%TZ)"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$summary"
+else
+  say "nvidia-smi not found"
+fi
+
+# Libraries: carried ones first, then cuDNN/cuBLAS from the CUDA Python
+# wheels when the system has none of its own.
+lib_path=${libs:+$(cd "$libs" && pwd)}
+if ! ldconfig -p 2>/dev/null | grep -q 'libcudnn\.so\.9'; then
+  for mod in nvidia.cudnn nvidia.cublas nvidia.cuda_runtime; do
+    d=$(python3 -c "import $mod, os; print(os.path.join(list($mod.__path__)[0], 'lib'))" 2>/dev/null || true)
+    [ -n "$d" ] && [ -d "$d" ] && lib_path=${lib_path:+$lib_path:}$d
+  done
+fi
+export LD_LIBRARY_PATH=${lib_path}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
+if [ -z "$build_dir" ]; then
+  build_dir=build-gpu
+  say "== building with CUDA into $build_dir"
+  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DST_CUDA=ON >"$out/build.log" 2>&1
+  cmake --build "$build_dir" -j "$(nproc)" >>"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+fi
+tool="$build_dir/shadowtutor-model"
+[ -x "$tool" ] || { echo "gpu-check: $tool is missing" >&2; exit 1; }
+
+say "== tests (every backend; cuda/ cases compare with the fixtures)"
+export ST_FIXTURE_DIR="$root/tests/fixtures" ST_MODEL_TOOL="$root/$tool"
+failed=0
+for t in "$build_dir"/tests/test_*; do
+  [ -x "$t" ] || continue
+  name=$(basename "$t")
+  if timeout 300 "$t" >"$out/$name.log" 2>&1; then status=ok; else status=FAILED; failed=1; fi
+  cuda_ok=$(grep -c '^\[       OK \] cuda/' "$out/$name.log" || true)
+  cuda_skip=$(grep -c '^\[  SKIPPED \] cuda/' "$out/$name.log" || true)
+  cuda_fail=$(grep -c '^\[  FAILED  \] cuda/' "$out/$name.log" || true)
+  say "$(printf '%-18s %-7s cuda: %3s passed %3s failed %3s skipped' "$name" "$status" "$cuda_ok" "$((cuda_fail / 2))" "$((cuda_skip / 2))")"
+done
+# A single log for reading back.
+cat "$out"/test_*.log > "$out/tests.log" 2>/dev/null || true
+rm -f "$out"/test_*.log
+
+say "== benchmark ${height}x${width}, $iters iterations"
+bench_args=(--config config/student.json --height "$height" --width "$width" --iters "$iters")
+"$tool" bench --backend cuda "${bench_args[@]}" | tee "$out/bench_cuda.txt" | tee -a "$summary"
+"$tool" bench --backend cuda --full "${bench_args[@]}" | tee "$out/bench_cuda_full.txt" | tee -a "$summary"
+
+torch_ok=$(python3 -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
+if [ "$torch_ok" = 1 ]; then
+  ref=${ref:-$root/../shared/reference}
+  export ST_REF_DIR=$ref
+  for mode in infer distill; do
+    python3 bench/torch_student_bench.py "$mode" --device cuda --height "$height" --width "$width" --iters "$iters" \
+      | tee "$out/torch_$mode.txt" | tee -a "$summary"
+  done
+  python3 - "$out" <<'PY' | tee -a "$summary"
+import json, sys
+out = sys.argv[1]
+def last_json(path):
+    lines = [l for l in open(path) if l.startswith('{')]
+    return json.loads(lines[-1])
+c = last_json(f'{out}/bench_cuda.txt')
+ti = last_json(f'{out}/torch_infer.txt')
+td = last_json(f'{out}/torch_distill.txt')
+rows = [('inference ms', c['infer_ms_median'], ti['infer_ms_median'], 'C <= 3 ms on H100-class'),
+        ('partial distill step ms', c['distill_step_ms_median'], td['distill_step_ms_median'],
+         'ratio <= 0.7 and C <= 13 ms')]
+print(f"{'metric':26} {'C':>9} {'PyTorch':>9} {'C/PyTorch':>10}  target")
+for name, cv, tv, target in rows:
+    print(f"{name:26} {cv:9.3f} {tv:9.3f} {cv / tv:10.2f}  {target}")
+PY
+else
+  say "PyTorch with CUDA not present: no PyTorch comparison"
+fi
+if [ "$failed" = 1 ]; then say "== some tests FAILED (see tests.log)"; exit 1; fi
+say "== all tests passed"

@@ -1,0 +1,204 @@
+/* Backend contexts as the server uses them: steady state without
+ * allocations, two contexts driven from two threads at once giving the
+ * results of serial runs, and events ordering work across contexts. Every
+ * test runs on every backend. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "models/student.h"
+#include "testutil.h"
+
+static const char *const inputs[2] = {"student_37x59.safetensors",
+                                      "student_45x83.safetensors"};
+
+typedef struct job {
+  st_backend *be;      /* context the job runs on (borrowed) */
+  const char *input;   /* fixture with image, label, weight */
+  st_tensor logits;    /* host copy of the logits after two steps */
+  float losses[2];     /* losses of the two steps */
+  int rc;              /* first failure, ST_OK otherwise */
+  char detail[256];    /* its detail line */
+} job;
+
+/* Forward, two Adam steps, forward again: everything a key frame does. */
+static void *job_run(void *arg) {
+  job *j = arg;
+  st_student *s = NULL;
+  st_safetensors *w = NULL, *in = NULL;
+  st_tensor image = {0}, label = {0}, weight = {0};
+  st_student_options o;
+  st_student_options_default(&o);
+  int rc = st_student_new(j->be, &o, &s);
+  if (!rc)
+    rc = st_safetensors_open(st_test_fixture_path("student_weights.safetensors"),
+                             &w);
+  if (!rc)
+    rc = st_student_load(s, w, "student_weights.safetensors");
+  if (!rc)
+    rc = st_safetensors_open(st_test_fixture_path(j->input), &in);
+  if (!rc)
+    rc = st_safetensors_read(in, "image", &image);
+  if (!rc)
+    rc = st_safetensors_read(in, "label", &label);
+  if (!rc)
+    rc = st_safetensors_read(in, "weight", &weight);
+  if (!rc)
+    rc = st_student_set_example(s, &image, &label, &weight);
+  for (int k = 0; k < 2 && !rc; k++)
+    rc = st_student_train_step(s, &j->losses[k], NULL);
+  const st_tensor *logits = NULL;
+  if (!rc)
+    rc = st_student_forward(s, &image, &logits);
+  if (!rc)
+    rc = st_tensor_alloc(NULL, &j->logits, ST_F32, logits->ndim,
+                         logits->shape);
+  if (!rc)
+    rc = st_backend_sync(j->be);
+  if (!rc)
+    rc = st_tensor_download(j->be, logits, j->logits.data,
+                            st_tensor_nbytes(logits));
+  j->rc = rc;
+  if (rc)
+    snprintf(j->detail, sizeof j->detail, "%s", st_error_detail());
+  st_tensor_free(&image);
+  st_tensor_free(&label);
+  st_tensor_free(&weight);
+  st_safetensors_free(w);
+  st_safetensors_free(in);
+  st_student_free(s);
+  return NULL;
+}
+
+static void assert_job_ok(const job *j) {
+  if (j->rc)
+    fail_msg("%s: %s: %s", j->input, st_strerror(j->rc), j->detail);
+}
+
+static void test_two_contexts_two_threads(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_backend_options opts = {.kind = st_backend_get_kind(be),
+                             .deterministic = 1};
+  /* Serial runs on the test's context. */
+  job serial[2];
+  memset(serial, 0, sizeof serial);
+  for (int i = 0; i < 2; i++) {
+    serial[i].be = be;
+    serial[i].input = inputs[i];
+    job_run(&serial[i]);
+    assert_job_ok(&serial[i]);
+  }
+  /* The same jobs at once, each on its own context and thread. */
+  st_backend *ctx[2] = {NULL, NULL};
+  job par[2];
+  memset(par, 0, sizeof par);
+  pthread_t th[2];
+  for (int i = 0; i < 2; i++) {
+    ST_ASSERT_OK(st_backend_new(&opts, &ctx[i]));
+    par[i].be = ctx[i];
+    par[i].input = inputs[i];
+  }
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(pthread_create(&th[i], NULL, job_run, &par[i]), 0);
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(pthread_join(th[i], NULL), 0);
+  for (int i = 0; i < 2; i++) {
+    assert_job_ok(&par[i]);
+    assert_memory_equal(par[i].losses, serial[i].losses,
+                        sizeof serial[i].losses);
+    assert_int_equal(st_tensor_nbytes(&par[i].logits),
+                     st_tensor_nbytes(&serial[i].logits));
+    assert_memory_equal(par[i].logits.data, serial[i].logits.data,
+                        st_tensor_nbytes(&serial[i].logits));
+    st_tensor_free(&par[i].logits);
+    st_tensor_free(&serial[i].logits);
+    st_backend_free(ctx[i]);
+  }
+}
+
+static void test_steady_state_allocates_nothing(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_student_options o;
+  st_student_options_default(&o);
+  st_student *s = NULL;
+  ST_ASSERT_OK(st_student_new(be, &o, &s));
+  st_safetensors *in = st_test_fixture_open(inputs[1]);
+  st_tensor image = st_test_fixture_tensor(in, "image");
+  st_tensor label = st_test_fixture_tensor(in, "label");
+  st_tensor weight = st_test_fixture_tensor(in, "weight");
+  const st_tensor *logits;
+  double miou;
+  float loss;
+  /* Warm-up: the first key frame plans buffers and builds primitives. */
+  ST_ASSERT_OK(st_student_forward(s, &image, &logits));
+  ST_ASSERT_OK(st_student_set_example(s, &image, &label, &weight));
+  ST_ASSERT_OK(st_student_score(s, &miou));
+  ST_ASSERT_OK(st_student_save_best(s));
+  ST_ASSERT_OK(st_student_train_step(s, &loss, NULL));
+  ST_ASSERT_OK(st_student_restore_best(s));
+  ST_ASSERT_OK(st_backend_sync(be));
+  st_backend_stats warm, after;
+  st_backend_get_stats(be, &warm);
+  assert_true(warm.alloc_calls > 0); /* the counter counts */
+  /* Three more key frames of the same size. */
+  for (int k = 0; k < 3; k++) {
+    ST_ASSERT_OK(st_student_forward(s, &image, &logits));
+    ST_ASSERT_OK(st_student_set_example(s, &image, &label, &weight));
+    ST_ASSERT_OK(st_student_score(s, &miou));
+    ST_ASSERT_OK(st_student_save_best(s));
+    ST_ASSERT_OK(st_student_train_step(s, &loss, &miou));
+    ST_ASSERT_OK(st_student_train_step(s, &loss, &miou));
+    ST_ASSERT_OK(st_student_restore_best(s));
+  }
+  ST_ASSERT_OK(st_backend_sync(be));
+  st_backend_get_stats(be, &after);
+  assert_int_equal(after.alloc_calls, warm.alloc_calls);
+  st_tensor_free(&image);
+  st_tensor_free(&label);
+  st_tensor_free(&weight);
+  st_safetensors_free(in);
+  st_student_free(s);
+}
+
+enum { EVENT_ELEMS = 1 << 22 };
+
+static void test_event_orders_contexts(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_backend_options opts = {.kind = st_backend_get_kind(be)};
+  st_backend *other = NULL;
+  ST_ASSERT_OK(st_backend_new(&opts, &other));
+  const int64_t shape[1] = {EVENT_ELEMS};
+  st_tensor a, b;
+  ST_ASSERT_OK(st_tensor_alloc(be, &a, ST_F32, 1, shape));
+  ST_ASSERT_OK(st_tensor_alloc(other, &b, ST_F32, 1, shape));
+  st_event *ev = NULL;
+  ST_ASSERT_OK(st_event_new(be, &ev));
+  for (int round = 1; round <= 3; round++) {
+    /* The producer writes, the consumer waits for it and copies. */
+    ST_ASSERT_OK(st_fill(be, &a, (float)round));
+    ST_ASSERT_OK(st_event_record(be, ev));
+    ST_ASSERT_OK(st_backend_wait_event(other, ev));
+    ST_ASSERT_OK(st_copy(other, &a, &b));
+    st_tensor host = st_test_to_host(other, &b);
+    const float *h = host.data;
+    for (int64_t i = 0; i < EVENT_ELEMS; i += EVENT_ELEMS / 64)
+      assert_float_equal(h[i], (float)round, 0.0);
+    assert_float_equal(h[EVENT_ELEMS - 1], (float)round, 0.0);
+    st_tensor_free(&host);
+  }
+  st_event_free(ev);
+  st_tensor_free(&a);
+  st_tensor_free(&b);
+  st_backend_free(other);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_two_contexts_two_threads),
+      cmocka_unit_test(test_steady_state_allocates_nothing),
+      cmocka_unit_test(test_event_orders_contexts),
+  };
+  return st_test_run_on_backends("backend", tests,
+                                 sizeof tests / sizeof tests[0]);
+}
