@@ -10,7 +10,8 @@
 #                        [--height H --width W] [--libs DIR] [--ref DIR]
 #
 # --libs DIR   extra shared libraries (e.g. libdnnl, libjansson carried to a
-#              machine whose image lacks them); prepended to LD_LIBRARY_PATH
+#              machine whose image lacks them), a folder or a .tar.xz made
+#              by scripts/gpu-pack.sh; prepended to LD_LIBRARY_PATH
 # --ref DIR    folder holding shadowtutor_ref.py for the PyTorch side
 #              (default ../shared/reference beside the repository)
 set -euo pipefail
@@ -44,8 +45,14 @@ else
   say "nvidia-smi not found"
 fi
 
-# Libraries: carried ones first, then cuDNN/cuBLAS from the CUDA Python
-# wheels when the system has none of its own.
+# Libraries: carried ones first (a folder, or an archive made by
+# scripts/gpu-pack.sh), then cuDNN/cuBLAS from the CUDA Python wheels when
+# the system has none of its own.
+if [ -n "$libs" ] && [ -f "$libs" ]; then
+  unpacked=$(mktemp -d)
+  tar -C "$unpacked" -xJf "$libs"
+  libs=$unpacked
+fi
 lib_path=${libs:+$(cd "$libs" && pwd)}
 if ! ldconfig -p 2>/dev/null | grep -q 'libcudnn\.so\.9'; then
   for mod in nvidia.cudnn nvidia.cublas nvidia.cuda_runtime; do

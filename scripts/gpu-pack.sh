@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Prepares a GPU check for a machine that cannot build the project (its
+# image lacks oneDNN, jansson, cmocka): builds with CUDA here for the given
+# architectures and packs into DIR the binaries, the non-CUDA shared
+# libraries they need (compressed) and the PyTorch reference, so that
+#   scripts/gpu-check.sh --out OUT --build-dir DIR/build --libs DIR/libs.tar.xz --ref DIR/ref
+# runs there. DIR should be ignored by git (e.g. listed in .git/info/exclude).
+#
+#   scripts/gpu-pack.sh DIR [CUDA_ARCHITECTURES]   (default 90: H100/H200)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:?usage: scripts/gpu-pack.sh DIR [CUDA_ARCHITECTURES]}
+archs=${2:-90}
+build=build-gpu-pack
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DST_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES="$archs" >/dev/null
+cmake --build "$build" -j "$(nproc)"
+rm -rf "$dir"
+mkdir -p "$dir/build/tests" "$dir/ref"
+cp "$build/shadowtutor-model" "$dir/build/"
+cp "$build"/tests/test_* "$dir/build/tests/" 2>/dev/null || true
+find "$dir/build/tests" -type f ! -perm -u+x -delete
+cp ../shared/reference/shadowtutor_ref.py "$dir/ref/"
+# Shared libraries outside libc and CUDA that the binaries load.
+libs=$(ldd "$dir/build/shadowtutor-model" "$dir"/build/tests/test_* |
+  awk '/=> \// {print $3}' | sort -u |
+  grep -E 'libdnnl|libjansson|libcmocka|libgomp|libOpenCL|libuv|libmsgpack' || true)
+staging=$(mktemp -d)
+for l in $libs; do cp -L "$l" "$staging/"; done
+tar -C "$staging" -cf - . | xz -T0 -6 > "$dir/libs.tar.xz"
+rm -rf "$staging"
+du -sh "$dir"
