@@ -186,8 +186,6 @@ static void cuda_free(st_backend *be) {
     cudaFreeHost(cu->pinned);
   if (cu->pinned_free)
     cudaEventDestroy(cu->pinned_free);
-  if (cu->cublas)
-    cublasDestroy(cu->cublas);
   if (cu->cudnn)
     cudnnDestroy(cu->cudnn);
   if (cu->stream)
@@ -342,10 +340,6 @@ static int cuda_init(st_cuda_backend *cu) {
       cudaEventCreateWithFlags(&cu->pinned_free, cudaEventDisableTiming));
   ST_CUDNN_TRY(cudnnCreate(&cu->cudnn));
   ST_CUDNN_TRY(cudnnSetStream(cu->cudnn, cu->stream));
-  ST_CUBLAS_TRY(cublasCreate(&cu->cublas));
-  ST_CUBLAS_TRY(cublasSetStream(cu->cublas, cu->stream));
-  // fp32 stays fp32: no TF32 tensor-core math behind the caller's back.
-  ST_CUBLAS_TRY(cublasSetMathMode(cu->cublas, CUBLAS_DEFAULT_MATH));
   return ST_OK;
 }
 

@@ -1,6 +1,6 @@
 /* The CUDA backend's context and the op functions its table points at.
  *
- * A context is one CUDA stream with its own cuDNN and cuBLAS handles, a
+ * A context is one CUDA stream with its own cuDNN handle, a
  * device memory pool (cudaMalloc only when the pool has no fitting block,
  * so a warmed-up workload allocates nothing), pinned host staging buffers,
  * and the cuDNN algorithm cache of cuda_conv.cu. Contexts share nothing
@@ -22,7 +22,6 @@
 #ifndef ST_GPU_CUDA_IMPL_H
 #define ST_GPU_CUDA_IMPL_H
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
@@ -34,7 +33,7 @@ extern "C" {
 /* Threads per block of the elementwise kernels. */
 #define ST_CUDA_BLOCK 256
 
-/* Every CUDA, cuDNN and cuBLAS call is checked; a failure names the call,
+/* Every CUDA and cuDNN call is checked; a failure names the call,
  * file and line and fails the op (and so the job), never the process. */
 #define ST_CUDA_TRY(call)                                                      \
   do {                                                                         \
@@ -50,14 +49,6 @@ extern "C" {
     if (st__s != CUDNN_STATUS_SUCCESS)                                         \
       return st_error_set(ST_EBACKEND, "%s failed: %s (%s:%d)", #call,         \
                           cudnnGetErrorString(st__s), __FILE__, __LINE__);     \
-  } while (0)
-
-#define ST_CUBLAS_TRY(call)                                                    \
-  do {                                                                         \
-    cublasStatus_t st__b = (call);                                             \
-    if (st__b != CUBLAS_STATUS_SUCCESS)                                        \
-      return st_error_set(ST_EBACKEND, "%s failed: %s (%s:%d)", #call,         \
-                          cublasGetStatusString(st__b), __FILE__, __LINE__);   \
   } while (0)
 
 /* After a kernel launch: launch errors (bad configuration) surface here. */
@@ -79,7 +70,6 @@ typedef struct st_cuda_backend {
   int device;                      /* CUDA device ordinal */
   cudaStream_t stream;             /* every op of the context runs here */
   cudnnHandle_t cudnn;             /* bound to stream */
-  cublasHandle_t cublas;           /* bound to stream */
   struct st_cuda_pool *pool;       /* device memory pool */
   void *pinned;                    /* host staging buffer (page-locked) */
   size_t pinned_bytes;             /* its size */
