@@ -43,8 +43,8 @@ static __global__ void relu_fwd_kernel(const float *x, float *y, int64_t n) {
 }
 
 // dx = y > 0 ? dy : +0. dx may equal dy.
-static __global__ void relu_bwd_kernel(const float *y, const float *dy, float *dx,
-                                int64_t n) {
+static __global__ void relu_bwd_kernel(const float *y, const float *dy,
+                                       float *dx, int64_t n) {
   for (int64_t i = ST_GRID_START; i < n; i += ST_GRID_STEP)
     dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
@@ -52,7 +52,7 @@ static __global__ void relu_bwd_kernel(const float *y, const float *dy, float *d
 // y = a + b. y may equal a or b: each element is read before it is written
 // by the same thread.
 static __global__ void add_kernel(const float *a, const float *b, float *y,
-                           int64_t n) {
+                                  int64_t n) {
   for (int64_t i = ST_GRID_START; i < n; i += ST_GRID_STEP)
     y[i] = __fadd_rn(a[i], b[i]);
 }
@@ -182,8 +182,8 @@ extern "C" int st__cuda_split_channels(st_backend *be, const st_tensor *dy,
 // y[p, r, j] = x[p, r * stride, j * stride] over planes p = n * C + c; one
 // thread per y element.
 static __global__ void subsample_kernel(const float *x, float *y, int64_t total,
-                                 int64_t ih, int64_t iw, int64_t oh,
-                                 int64_t ow, int stride) {
+                                        int64_t ih, int64_t iw, int64_t oh,
+                                        int64_t ow, int stride) {
   for (int64_t i = ST_GRID_START; i < total; i += ST_GRID_STEP) {
     const int64_t j = i % ow;
     const int64_t rest = i / ow;
@@ -196,9 +196,10 @@ static __global__ void subsample_kernel(const float *x, float *y, int64_t total,
 // dx[p, r, c] = dy[p, r / stride, c / stride] where both r and c are
 // multiples of stride, else 0; one thread per dx element, so every element
 // is written exactly once and no memset is needed.
-static __global__ void subsample_bwd_kernel(const float *dy, float *dx, int64_t total,
-                                     int64_t ih, int64_t iw, int64_t oh,
-                                     int64_t ow, int stride) {
+static __global__ void subsample_bwd_kernel(const float *dy, float *dx,
+                                            int64_t total, int64_t ih,
+                                            int64_t iw, int64_t oh, int64_t ow,
+                                            int stride) {
   for (int64_t i = ST_GRID_START; i < total; i += ST_GRID_STEP) {
     const int64_t c = i % iw;
     const int64_t rest = i / iw;
@@ -218,8 +219,8 @@ extern "C" int st__cuda_subsample(st_backend *be, const st_tensor *x,
   if (total == 0)
     return ST_OK;
   subsample_kernel<<<st__cuda_grid(total), ST_CUDA_BLOCK, 0, cu->stream>>>(
-      (const float *)x->data, (float *)y->data, total, x->shape[2],
-      x->shape[3], y->shape[2], y->shape[3], stride);
+      (const float *)x->data, (float *)y->data, total, x->shape[2], x->shape[3],
+      y->shape[2], y->shape[3], stride);
   ST_CUDA_LAUNCHED();
   return ST_OK;
 }
@@ -230,8 +231,7 @@ extern "C" int st__cuda_subsample_bwd(st_backend *be, const st_tensor *dy,
   const int64_t total = st_tensor_numel(dx);
   if (total == 0)
     return ST_OK;
-  subsample_bwd_kernel<<<st__cuda_grid(total), ST_CUDA_BLOCK, 0,
-                         cu->stream>>>(
+  subsample_bwd_kernel<<<st__cuda_grid(total), ST_CUDA_BLOCK, 0, cu->stream>>>(
       (const float *)dy->data, (float *)dx->data, total, dx->shape[2],
       dx->shape[3], dy->shape[2], dy->shape[3], stride);
   ST_CUDA_LAUNCHED();
@@ -255,23 +255,22 @@ __device__ static inline uint16_t f32_to_f16_bits(float f) {
 // payload bits as on the CPU (the hardware may canonicalise them).
 __device__ static inline float f16_bits_to_f32(uint16_t h) {
   if ((h & ST_F16_EXP_MASK) == ST_F16_EXP_MASK && (h & ST_F16_MANT_MASK)) {
-    const uint32_t bits = ((uint32_t)(h & ST_F16_SIGN_MASK) << 16) |
-                          ST_F32_EXP_MASK |
-                          ((uint32_t)(h & ST_F16_MANT_MASK)
-                           << ST_F16_TO_F32_MANT_SHIFT);
+    const uint32_t bits =
+        ((uint32_t)(h & ST_F16_SIGN_MASK) << 16) | ST_F32_EXP_MASK |
+        ((uint32_t)(h & ST_F16_MANT_MASK) << ST_F16_TO_F32_MANT_SHIFT);
     return __uint_as_float(bits);
   }
   return __half2float(__ushort_as_half(h));
 }
 
 static __global__ void cast_f32_to_f16_kernel(const float *src, uint16_t *dst,
-                                       int64_t n) {
+                                              int64_t n) {
   for (int64_t i = ST_GRID_START; i < n; i += ST_GRID_STEP)
     dst[i] = f32_to_f16_bits(src[i]);
 }
 
 static __global__ void cast_f16_to_f32_kernel(const uint16_t *src, float *dst,
-                                       int64_t n) {
+                                              int64_t n) {
   for (int64_t i = ST_GRID_START; i < n; i += ST_GRID_STEP)
     dst[i] = f16_bits_to_f32(src[i]);
 }
@@ -283,12 +282,10 @@ extern "C" int st__cuda_cast(st_backend *be, const st_tensor *src,
   if (n == 0)
     return ST_OK;
   if (src->dtype == ST_F32) {
-    cast_f32_to_f16_kernel<<<st__cuda_grid(n), ST_CUDA_BLOCK, 0,
-                             cu->stream>>>(
+    cast_f32_to_f16_kernel<<<st__cuda_grid(n), ST_CUDA_BLOCK, 0, cu->stream>>>(
         (const float *)src->data, (uint16_t *)dst->data, n);
   } else {
-    cast_f16_to_f32_kernel<<<st__cuda_grid(n), ST_CUDA_BLOCK, 0,
-                             cu->stream>>>(
+    cast_f16_to_f32_kernel<<<st__cuda_grid(n), ST_CUDA_BLOCK, 0, cu->stream>>>(
         (const uint16_t *)src->data, (float *)dst->data, n);
   }
   ST_CUDA_LAUNCHED();
@@ -318,14 +315,13 @@ typedef struct image_norm {
 // 3 planes of y (coalesced along the row). Subtract then divide in float,
 // as the CPU and the reference's numpy do.
 static __global__ void image_to_tensor_kernel(const uint8_t *img, float *y,
-                                       int64_t pixels, image_norm nm) {
+                                              int64_t pixels, image_norm nm) {
   for (int64_t i = ST_GRID_START; i < pixels; i += ST_GRID_STEP) {
     const uint8_t *px = img + 3 * i;
 #pragma unroll
     for (int c = 0; c < 3; c++)
       y[c * pixels + i] =
-          __fdiv_rn(__fsub_rn((float)px[nm.order[c]], nm.mean[c]),
-                    nm.std_[c]);
+          __fdiv_rn(__fsub_rn((float)px[nm.order[c]], nm.mean[c]), nm.std_[c]);
   }
 }
 
