@@ -77,7 +77,7 @@ failed=0
 for t in "$build_dir"/tests/test_*; do
   [ -x "$t" ] || continue
   name=$(basename "$t")
-  if timeout 300 "$t" >"$out/$name.log" 2>&1; then status=ok; else status=FAILED; failed=1; fi
+  if timeout 150 "$t" >"$out/$name.log" 2>&1; then status=ok; else status=FAILED; failed=1; fi
   cuda_ok=$(grep -c '^\[       OK \] cuda/' "$out/$name.log" || true)
   cuda_skip=$(grep -c '^\[  SKIPPED \] cuda/' "$out/$name.log" || true)
   cuda_fail=$(grep -c '^\[  FAILED  \] cuda/' "$out/$name.log" || true)
