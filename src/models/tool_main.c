@@ -4,7 +4,8 @@
  *   distill --config C --weights W --input IN --steps N [--lr X] [--full]
  *           --out W2
  *   bench   --config C [--height H --width W] [--iters N]
- * Common: [--backend cpu|cuda|auto] [--threads N].
+ * Common: [--backend cpu|cuda|auto] [--threads N]
+ *         [--conv-search heuristic|exhaustive] (CUDA algorithm choice).
  *
  * A bad file, flag or shape prints one line on stderr and exits with 2. */
 #include <errno.h>
@@ -28,7 +29,7 @@ enum { MAX_FRAME_SIDE = 8192, MAX_STEPS = 100000 };
 
 typedef struct options {
   const char *command;
-  const char *config, *weights, *input, *out, *backend;
+  const char *config, *weights, *input, *out, *backend, *conv_search;
   int steps, iters, height, width, threads, full;
   double lr; /* < 0: from the config */
 } options;
@@ -42,7 +43,8 @@ static void usage(FILE *f) {
         "--out W2.safetensors\n"
         "  shadowtutor-model bench --config STUDENT.json [--height 720 "
         "--width 1280] [--iters N]\n"
-        "options for every command: [--backend cpu|cuda|auto] [--threads N]\n",
+        "options for every command: [--backend cpu|cuda|auto] [--threads N] "
+        "[--conv-search heuristic|exhaustive]\n",
         f);
 }
 
@@ -86,6 +88,7 @@ static int parse_args(int argc, char **argv, options *o) {
   o->height = BENCH_DEFAULT_HEIGHT;
   o->width = BENCH_DEFAULT_WIDTH;
   o->backend = "cpu";
+  o->conv_search = "heuristic";
   if (argc < 2) {
     usage(stderr);
     return EXIT_USAGE;
@@ -115,6 +118,13 @@ static int parse_args(int argc, char **argv, options *o) {
       o->out = val;
     else if (!strcmp(flag, "--backend"))
       o->backend = val;
+    else if (!strcmp(flag, "--conv-search")) {
+      if (strcmp(val, "heuristic") && strcmp(val, "exhaustive"))
+        return fail(EXIT_USAGE,
+                    "--conv-search expects heuristic or exhaustive, got '%s'",
+                    val);
+      o->conv_search = val;
+    }
     else if (!strcmp(flag, "--steps"))
       rc = parse_int(flag, val, 0, MAX_STEPS, &o->steps);
     else if (!strcmp(flag, "--iters"))
@@ -175,7 +185,9 @@ static int session_open(const options *o, session *s, int need_weights) {
     s->cfg.trainable_full = 1;
     s->cfg.trainable_count = 0;
   }
-  st_backend_options bo = {.threads = o->threads};
+  st_backend_options bo = {
+      .threads = o->threads,
+      .conv_exhaustive = !strcmp(o->conv_search, "exhaustive")};
   if ((rc = st_backend_kind_from_name(o->backend, &bo.kind)))
     return fail_status(rc, "--backend");
   if ((rc = st_backend_new(&bo, &s->be)))
