@@ -68,6 +68,10 @@ def main():
     ap.add_argument('--device', default='cpu', choices=('cpu', 'cuda'),
                     help='cuda: run on the GPU in fp32 with TF32 off, as the '
                          'C CUDA backend does')
+    ap.add_argument('--cudnn-benchmark', action='store_true',
+                    help='cuda: let cuDNN time every algorithm per shape '
+                         '(torch.backends.cudnn.benchmark); PyTorch\'s default '
+                         'is its heuristic')
     a = ap.parse_args()
     if a.iters < 1 or a.threads < 1 or a.height < 1 or a.width < 1:
         ap.error('--iters, --threads, --height and --width must be positive')
@@ -80,7 +84,7 @@ def main():
     if a.device == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = a.cudnn_benchmark
         sync = torch.cuda.synchronize
     model = ref.Student(NUM_CLASSES).to(dev)
     frame = rng.integers(0, 256, (a.height, a.width, 3), dtype=np.uint8)
@@ -128,7 +132,7 @@ def main():
         'mode': a.mode, 'height': a.height, 'width': a.width,
         'iters': a.iters, 'threads': a.threads,
         key + '_ms_median': round(med, 3), rss_key: round(rss, 1),
-        'full': bool(a.full)}))
+        'full': bool(a.full), 'cudnn_benchmark': bool(a.cudnn_benchmark)}))
 
 
 if __name__ == '__main__':

@@ -117,6 +117,7 @@ typedef struct algo_candidate {
   size_t memory;                  // workspace bytes cuDNN reported
   cudnnDeterminism_t determinism; // bitwise reproducible or not
   cudnnMathType_t math;           // math type cuDNN would use
+  float time_ms;                  // measured (search) or estimated time
 } algo_candidate;
 
 template <typename Perf>
@@ -128,6 +129,7 @@ static void candidates_from_perf(const Perf *perf, int count,
     out[i].memory = perf[i].memory;
     out[i].determinism = perf[i].determinism;
     out[i].math = perf[i].mathType;
+    out[i].time_ms = perf[i].time;
   }
 }
 
@@ -410,6 +412,29 @@ static void describe_ranking(const algo_candidate *ranked, int count, char *buf,
     snprintf(buf, len, "none");
 }
 
+// With ST_CUDNN_LOG set, one stderr line per new entry: the shape, the
+// algorithm taken, its rank and the whole ranking (to compare the
+// heuristic's choices with the exhaustive search's).
+static void log_choice(const st_cuda_backend *cu, const conv_entry *e,
+                       const algo_candidate *ranked, int nranked, int chosen) {
+  const char *env = getenv("ST_CUDNN_LOG");
+  if (!env || !*env || !strcmp(env, "0"))
+    return;
+  char ranking[ST_CUDA_CONV_RANKING_TEXT_BYTES];
+  describe_ranking(ranked, nranked, ranking, sizeof ranking);
+  const conv_key *k = &e->key;
+  fprintf(stderr,
+          "cudnn %s %s x[%lld,%lld,%lld,%lld] w[%lld,%lld,%lld,%lld] s%lld "
+          "p%lld,%lld: algo %d (rank %d, %.3f ms); ranking: %s\n",
+          cu->base.opts.conv_exhaustive ? "exhaustive" : "heuristic",
+          conv_kind_names[k->kind], (long long)k->n, (long long)k->cin,
+          (long long)k->h, (long long)k->w, (long long)k->cout,
+          (long long)(k->cin / k->groups), (long long)k->kh, (long long)k->kw,
+          (long long)k->stride[0], (long long)k->pad[0], (long long)k->pad[1],
+          ranked[chosen].algo, chosen, (double)ranked[chosen].time_ms,
+          ranking);
+}
+
 // Picks the algorithm of a freshly described entry and makes the shared
 // workspace large enough for it.
 static int entry_choose_algo(st_cuda_backend *cu, struct st_cuda_conv_cache *c,
@@ -438,6 +463,7 @@ static int entry_choose_algo(st_cuda_backend *cu, struct st_cuda_conv_cache *c,
       return rc;
     e->algo = ranked[i].algo;
     e->workspace_bytes = need;
+    log_choice(cu, e, ranked, nranked, i);
     return ST_OK;
   }
   const conv_key *k = &e->key;
