@@ -328,6 +328,41 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* What a timed bench iteration works on. */
+typedef struct bench_ctx {
+  st_student *student;
+  st_backend *be;
+  const st_tensor *image;
+} bench_ctx;
+
+static int bench_forward(bench_ctx *b) {
+  const st_tensor *logits;
+  int rc = st_student_forward(b->student, b->image, &logits);
+  return rc ? rc : st_backend_sync(b->be);
+}
+
+/* Each step runs its own forward: the previous step changed the weights. */
+static int bench_step(bench_ctx *b) {
+  float loss;
+  int rc = st_student_train_step(b->student, &loss, NULL);
+  return rc ? rc : st_backend_sync(b->be);
+}
+
+/* One warm-up call (plans buffers, builds primitives), then `iters` timed
+ * calls; the median in *ms. */
+static int time_median(int (*fn)(bench_ctx *), bench_ctx *b, int iters,
+                       double *times, double *ms) {
+  int rc = fn(b);
+  for (int i = 0; !rc && i < iters; i++) {
+    double t0 = now_ms();
+    rc = fn(b);
+    times[i] = now_ms() - t0;
+  }
+  if (!rc)
+    *ms = median(times, iters);
+  return rc;
+}
+
 static int cmd_bench(const options *o) {
   session s;
   st_tensor image = {0}, label = {0}, weight = {0};
@@ -356,42 +391,18 @@ static int cmd_bench(const options *o) {
     lb[i] = (uint8_t)(x % (uint32_t)s.cfg.num_classes);
     wt[i] = (x >> 8) % 10 < 3 ? 5.0f : 1.0f;
   }
-  const st_tensor *logits;
-  /* Warm-up plans the buffers and creates the primitives. */
-  if ((rc = st_student_forward(s.student, &image, &logits)) ||
-      (rc = st_backend_sync(s.be))) {
+  bench_ctx bc = {.student = s.student, .be = s.be, .image = &image};
+  double infer_ms, step_ms;
+  if ((rc = time_median(bench_forward, &bc, o->iters, times, &infer_ms))) {
     rc = fail_status(rc, "bench forward");
     goto done;
   }
-  for (int i = 0; i < o->iters; i++) {
-    double t0 = now_ms();
-    if ((rc = st_student_forward(s.student, &image, &logits)) ||
-        (rc = st_backend_sync(s.be))) {
-      rc = fail_status(rc, "bench forward");
-      goto done;
-    }
-    times[i] = now_ms() - t0;
-  }
-  double infer_ms = median(times, o->iters);
   double infer_rss = peak_rss_mb();
-  float loss;
   if ((rc = st_student_set_example(s.student, &image, &label, &weight)) ||
-      (rc = st_student_train_step(s.student, &loss, NULL))) {
+      (rc = time_median(bench_step, &bc, o->iters, times, &step_ms))) {
     rc = fail_status(rc, "bench distill");
     goto done;
   }
-  for (int i = 0; i < o->iters; i++) {
-    double t0 = now_ms();
-    /* Each step runs its own forward: the previous step changed the
-     * weights. */
-    if ((rc = st_student_train_step(s.student, &loss, NULL)) ||
-        (rc = st_backend_sync(s.be))) {
-      rc = fail_status(rc, "bench distill");
-      goto done;
-    }
-    times[i] = now_ms() - t0;
-  }
-  double step_ms = median(times, o->iters);
   double step_rss = peak_rss_mb();
   printf("backend %s, %lldx%lld, %d iterations, %lld trainable of %lld "
          "parameters\n",
