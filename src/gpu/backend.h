@@ -211,4 +211,97 @@ int st_image_to_tensor(st_backend *be, const st_tensor *image,
                        const int channel_order[3], const float mean[3],
                        const float std_[3], st_tensor *y);
 
+/* ---- ops of imported (ONNX) graphs -----------------------------------------
+ * Used by the teacher executor; F32 tensors of any rank up to ST_MAX_DIMS
+ * unless an op says NCHW. Semantics are ONNX's (opsets 11-18), which for
+ * these ops are PyTorch's. */
+
+typedef enum st_unary_kind {
+  ST_UNARY_RELU = 0,    /* max(x, 0) */
+  ST_UNARY_CLIP,        /* min(max(x, alpha), beta) */
+  ST_UNARY_HARDSIGMOID, /* max(0, min(1, alpha * x + beta)) */
+  ST_UNARY_HARDSWISH,   /* x * max(0, min(1, x / 6 + 1 / 2)) */
+  ST_UNARY_SIGMOID,     /* 1 / (1 + exp(-x)) */
+} st_unary_kind;
+/* y = f(x) elementwise; same shapes; in place allowed. */
+int st_unary(st_backend *be, st_unary_kind kind, float alpha, float beta,
+             const st_tensor *x, st_tensor *y);
+
+typedef enum st_binary_kind {
+  ST_BINARY_ADD = 0,
+  ST_BINARY_SUB,
+  ST_BINARY_MUL,
+  ST_BINARY_DIV,
+} st_binary_kind;
+/* y = a (op) b with multidirectional (numpy) broadcasting: ranks aligned on
+ * the right, each extent equal or 1; y has the broadcast shape. In place
+ * allowed when y is a (or b) and has its shape. */
+int st_binary(st_backend *be, st_binary_kind kind, const st_tensor *a,
+              const st_tensor *b, st_tensor *y);
+
+typedef enum st_pool_kind { ST_POOL_MAX = 0, ST_POOL_AVG } st_pool_kind;
+typedef struct st_pool2d_params {
+  st_pool_kind kind;
+  int kernel[2];         /* [h, w] */
+  int stride[2];         /* [h, w] */
+  int pad_begin[2];      /* top, left */
+  int pad_end[2];        /* bottom, right */
+  int dilation[2];       /* max pool only; 1 = dense */
+  int count_include_pad; /* avg pool: divide by the padded window size */
+} st_pool2d_params;
+/* 2-D pooling over NCHW. The caller sizes y (ceil_mode is expressed by a
+ * larger OH/OW); windows are clipped to the padded input, padding never
+ * wins a max, and an average divides by the count of the clipped window
+ * (including padding cells when count_include_pad, excluding them
+ * otherwise), as ONNX and PyTorch do. */
+int st_pool2d(st_backend *be, const st_pool2d_params *p, const st_tensor *x,
+              st_tensor *y);
+/* y[n,c,0,0] = mean of x[n,c,:,:]; x NCHW, y [N,C,1,1]. */
+int st_global_avg_pool(st_backend *be, const st_tensor *x, st_tensor *y);
+
+typedef enum st_resize_mode { ST_RESIZE_NEAREST = 0, ST_RESIZE_LINEAR } st_resize_mode;
+typedef enum st_resize_coord {
+  ST_COORD_HALF_PIXEL = 0,     /* (o + 0.5) / scale - 0.5 */
+  ST_COORD_PYTORCH_HALF_PIXEL, /* as half_pixel, but 0 when the output is 1 */
+  ST_COORD_ALIGN_CORNERS,      /* o * (in - 1) / (out - 1), 0 when out is 1 */
+  ST_COORD_ASYMMETRIC,         /* o / scale */
+} st_resize_coord;
+typedef enum st_nearest_mode {
+  ST_NEAREST_ROUND_PREFER_FLOOR = 0,
+  ST_NEAREST_ROUND_PREFER_CEIL,
+  ST_NEAREST_FLOOR,
+  ST_NEAREST_CEIL,
+} st_nearest_mode;
+typedef struct st_resize_params {
+  st_resize_mode mode;
+  st_resize_coord coord;
+  st_nearest_mode nearest;
+  double scale[2]; /* [h, w] output/input as the model states it (from its
+                      scales input, or out/in when it gave sizes) */
+} st_resize_params;
+/* ONNX Resize over the last two axes of NCHW (linear: bilinear, source
+ * clamped to the input as ONNX's reference does; nearest per
+ * nearest_mode). y's H,W are the output size. */
+int st_resize(st_backend *be, const st_resize_params *p, const st_tensor *x,
+              st_tensor *y);
+
+/* y = softmax(x) along `axis` (non-negative, < rank); same shapes. */
+int st_softmax(st_backend *be, int axis, const st_tensor *x, st_tensor *y);
+/* y = x with axes permuted: y.shape[i] = x.shape[perm[i]]. */
+int st_transpose(st_backend *be, const int *perm, const st_tensor *x,
+                 st_tensor *y);
+/* y = concatenation of `count` tensors along `axis`; all other extents
+ * equal. */
+int st_concat(st_backend *be, int axis, const st_tensor *const *inputs,
+              int count, st_tensor *y);
+/* y = x[starts[d] : starts[d] + y.shape[d] * steps[d] : steps[d]] for every
+ * axis d (starts already clamped and made non-negative by the caller,
+ * steps non-zero, negative steps walk backwards). */
+int st_slice(st_backend *be, const int64_t *starts, const int64_t *steps,
+             const st_tensor *x, st_tensor *y);
+/* Index of the maximum along `axis` (first wins) as I64; y has x's shape
+ * with that axis' extent 1 (keepdims) -- callers drop it by reshaping. */
+int st_argmax_axis(st_backend *be, int axis, const st_tensor *x,
+                   st_tensor *y);
+
 #endif
