@@ -20,7 +20,7 @@ mkdir -p "$dir/build/tests" "$dir/ref"
 cp "$build/shadowtutor-model" "$dir/build/"
 cp "$build"/tests/test_* "$dir/build/tests/" 2>/dev/null || true
 find "$dir/build/tests" -type f ! -perm -u+x -delete
-cp ../shared/reference/shadowtutor_ref.py "$dir/ref/"
+cp "${ST_REF_DIR:-../shared/reference}/shadowtutor_ref.py" "$dir/ref/"
 # Shared libraries outside libc and CUDA that the binaries load.
 libs=$(ldd "$dir/build/shadowtutor-model" "$dir"/build/tests/test_* |
   awk '/=> \// {print $3}' | sort -u |
