@@ -24,7 +24,7 @@ cp "${ST_REF_DIR:-../shared/reference}/shadowtutor_ref.py" "$dir/ref/"
 # Shared libraries outside libc and CUDA that the binaries load.
 libs=$(ldd "$dir/build/shadowtutor-model" "$dir"/build/tests/test_* |
   awk '/=> \// {print $3}' | sort -u |
-  grep -E 'libdnnl|libjansson|libcmocka|libgomp|libOpenCL|libuv|libmsgpack' || true)
+  grep -E 'libdnnl|libjansson|libcmocka|libgomp|libOpenCL|libuv|libmsgpack|libprotobuf-c' || true)
 staging=$(mktemp -d)
 for l in $libs; do cp -L "$l" "$staging/"; done
 tar -C "$staging" -cf - . | xz -T0 -6 > "$dir/libs.tar.xz"
