@@ -637,3 +637,284 @@ int st_image_to_tensor(st_backend *be, const st_tensor *image,
   return ST__SLOT(be, image_to_tensor, be, image, channel_order, mean, std_,
                   y);
 }
+
+/* ---- ops of imported (ONNX) graphs ---------------------------------------- */
+
+/* An F32 (or `dt`) tensor of any rank up to ST_MAX_DIMS. */
+static int check_any_rank(const char *op, const char *what,
+                          const st_tensor *t, st_dtype dt) {
+  if (!t || !t->data)
+    return st_error_set(ST_EINVAL, "%s: %s is missing", op, what);
+  if (t->dtype != dt)
+    return st_error_set(ST_EDTYPE, "%s: %s is %s, expected %s", op, what,
+                        st_dtype_name(t->dtype), st_dtype_name(dt));
+  if (t->ndim < 0 || t->ndim > ST_MAX_DIMS)
+    return st_error_set(ST_ESHAPE, "%s: %s has rank %d", op, what, t->ndim);
+  return ST_OK;
+}
+
+static int check_axis(const char *op, int axis, int ndim) {
+  if (axis < 0 || axis >= ndim)
+    return st_error_set(ST_EINVAL, "%s: axis %d outside 0..%d", op, axis,
+                        ndim - 1);
+  return ST_OK;
+}
+
+int st_unary(st_backend *be, st_unary_kind kind, float alpha, float beta,
+             const st_tensor *x, st_tensor *y) {
+  const char *op = "unary";
+  ST__TRY(check_any_rank(op, "x", x, ST_F32));
+  ST__TRY(check_any_rank(op, "y", y, ST_F32));
+  ST__TRY(check_same(op, "x/y", x, y));
+  if (kind < ST_UNARY_RELU || kind > ST_UNARY_SIGMOID)
+    return st_error_set(ST_EINVAL, "%s: unknown kind %d", op, (int)kind);
+  if ((kind == ST_UNARY_CLIP || kind == ST_UNARY_HARDSIGMOID) &&
+      (alpha != alpha || beta != beta)) /* NaN compares unequal */
+    return st_error_set(ST_EINVAL, "%s: alpha or beta is NaN", op);
+  return ST__SLOT(be, unary, be, kind, alpha, beta, x, y);
+}
+
+int st_binary(st_backend *be, st_binary_kind kind, const st_tensor *a,
+              const st_tensor *b, st_tensor *y) {
+  const char *op = "binary";
+  ST__TRY(check_any_rank(op, "a", a, ST_F32));
+  ST__TRY(check_any_rank(op, "b", b, ST_F32));
+  ST__TRY(check_any_rank(op, "y", y, ST_F32));
+  if (kind < ST_BINARY_ADD || kind > ST_BINARY_DIV)
+    return st_error_set(ST_EINVAL, "%s: unknown kind %d", op, (int)kind);
+  /* Ranks aligned on the right; the output has the larger rank. */
+  int rank = a->ndim > b->ndim ? a->ndim : b->ndim;
+  char sa[96], sb[96], sy[96];
+  if (y->ndim != rank)
+    return st_error_set(ST_ESHAPE, "%s: y is %s, expected rank %d", op,
+                        st_tensor_shape_str(y, sy, sizeof sy), rank);
+  for (int d = 0; d < rank; d++) {
+    int da = d - (rank - a->ndim), db = d - (rank - b->ndim);
+    int64_t ea = da >= 0 ? a->shape[da] : 1;
+    int64_t eb = db >= 0 ? b->shape[db] : 1;
+    if (ea != eb && ea != 1 && eb != 1)
+      return st_error_set(ST_ESHAPE, "%s: %s and %s do not broadcast", op,
+                          st_tensor_shape_str(a, sa, sizeof sa),
+                          st_tensor_shape_str(b, sb, sizeof sb));
+    int64_t e = ea == 1 ? eb : ea;
+    if (y->shape[d] != e)
+      return st_error_set(ST_ESHAPE, "%s: y is %s, %s (op) %s broadcasts "
+                          "to another shape", op,
+                          st_tensor_shape_str(y, sy, sizeof sy),
+                          st_tensor_shape_str(a, sa, sizeof sa),
+                          st_tensor_shape_str(b, sb, sizeof sb));
+  }
+  /* In place only over an operand of the output's own shape: a broadcast
+   * operand would be overwritten while it is still being read. */
+  if ((y->data == a->data && !st_tensor_same_shape(a, y)) ||
+      (y->data == b->data && !st_tensor_same_shape(b, y)))
+    return st_error_set(ST_EINVAL, "%s: y aliases a broadcast operand", op);
+  return ST__SLOT(be, binary, be, kind, a, b, y);
+}
+
+/* Output extent of pooling along one axis: the floor size, and the ceil_mode
+ * size whose last window must still start inside the input or its leading
+ * padding (PyTorch's rule, which ONNX follows). */
+static void pool_out_sizes(int64_t in, int k, int s, int pb, int pe, int dil,
+                           int64_t *floor_out, int64_t *ceil_out) {
+  int64_t span = (int64_t)(k - 1) * dil + 1;
+  int64_t room = in + pb + pe - span;
+  *floor_out = room < 0 ? 0 : room / s + 1;
+  int64_t c = room < 0 ? 0 : (room + s - 1) / s + 1;
+  if (c > 1 && (c - 1) * s >= in + pb)
+    c--;
+  *ceil_out = c;
+}
+
+int st_pool2d(st_backend *be, const st_pool2d_params *p, const st_tensor *x,
+              st_tensor *y) {
+  const char *op = "pool2d";
+  if (!p)
+    return st_error_set(ST_EINVAL, "%s: params missing", op);
+  ST__TRY(check_tensor(op, "x", x, ST_F32, 4));
+  ST__TRY(check_tensor(op, "y", y, ST_F32, 4));
+  if (p->kind != ST_POOL_MAX && p->kind != ST_POOL_AVG)
+    return st_error_set(ST_EINVAL, "%s: unknown kind %d", op, (int)p->kind);
+  for (int i = 0; i < 2; i++) {
+    /* Average pooling has no dilation (0 or 1 both mean dense there). */
+    int dil = p->dilation[i];
+    if (p->kind == ST_POOL_AVG ? (dil != 0 && dil != 1) : dil < 1)
+      return st_error_set(ST_EINVAL, "%s: dilation %d on axis %d", op, dil, i);
+    if (p->kind == ST_POOL_AVG)
+      dil = 1;
+    int64_t span = (int64_t)(p->kernel[i] - 1) * dil + 1;
+    if (p->kernel[i] < 1 || p->stride[i] < 1 || p->pad_begin[i] < 0 ||
+        p->pad_end[i] < 0)
+      return st_error_set(ST_EINVAL, "%s: bad kernel/stride/pads on axis %d",
+                          op, i);
+    /* A window lying wholly in padding would have no input cell. */
+    if (p->pad_begin[i] >= span || p->pad_end[i] >= span)
+      return st_error_set(ST_EINVAL,
+                          "%s: pads %d/%d not below the window span %lld on "
+                          "axis %d", op, p->pad_begin[i], p->pad_end[i],
+                          (long long)span, i);
+    int64_t lo, hi;
+    pool_out_sizes(x->shape[2 + i], p->kernel[i], p->stride[i],
+                   p->pad_begin[i], p->pad_end[i], dil, &lo, &hi);
+    int64_t got = y->shape[2 + i];
+    if (lo < 1 || (got != lo && got != hi))
+      return st_error_set(ST_ESHAPE,
+                          "%s: output extent %lld on axis %d, expected %lld "
+                          "(or %lld with ceil_mode)", op, (long long)got, i,
+                          (long long)lo, (long long)hi);
+  }
+  if (x->shape[0] != y->shape[0] || x->shape[1] != y->shape[1])
+    return st_error_set(ST_ESHAPE, "%s: batch or channels differ", op);
+  return ST__SLOT(be, pool2d, be, p, x, y);
+}
+
+int st_global_avg_pool(st_backend *be, const st_tensor *x, st_tensor *y) {
+  const char *op = "global_avg_pool";
+  ST__TRY(check_tensor(op, "x", x, ST_F32, 4));
+  ST__TRY(check_tensor(op, "y", y, ST_F32, 4));
+  if (x->shape[2] * x->shape[3] == 0)
+    return st_error_set(ST_ESHAPE, "%s: empty planes", op);
+  ST__TRY(check_shape4(op, "y", y, x->shape[0], x->shape[1], 1, 1));
+  return ST__SLOT(be, global_avg_pool, be, x, y);
+}
+
+int st_resize(st_backend *be, const st_resize_params *p, const st_tensor *x,
+              st_tensor *y) {
+  const char *op = "resize";
+  if (!p)
+    return st_error_set(ST_EINVAL, "%s: params missing", op);
+  ST__TRY(check_resize(op, x, y));
+  if (p->mode != ST_RESIZE_NEAREST && p->mode != ST_RESIZE_LINEAR)
+    return st_error_set(ST_EINVAL, "%s: unknown mode %d", op, (int)p->mode);
+  if (p->coord < ST_COORD_HALF_PIXEL || p->coord > ST_COORD_ASYMMETRIC)
+    return st_error_set(ST_EINVAL, "%s: unknown coordinate transform %d", op,
+                        (int)p->coord);
+  if (p->mode == ST_RESIZE_NEAREST &&
+      (p->nearest < ST_NEAREST_ROUND_PREFER_FLOOR ||
+       p->nearest > ST_NEAREST_CEIL))
+    return st_error_set(ST_EINVAL, "%s: unknown nearest mode %d", op,
+                        (int)p->nearest);
+  for (int i = 0; i < 2; i++)
+    if (!(p->scale[i] > 0.0) || p->scale[i] - p->scale[i] != 0.0) /* inf */
+      return st_error_set(ST_EINVAL, "%s: scale %g on axis %d", op,
+                          p->scale[i], i);
+  return ST__SLOT(be, resize, be, p, x, y);
+}
+
+int st_softmax(st_backend *be, int axis, const st_tensor *x, st_tensor *y) {
+  const char *op = "softmax";
+  ST__TRY(check_any_rank(op, "x", x, ST_F32));
+  ST__TRY(check_any_rank(op, "y", y, ST_F32));
+  ST__TRY(check_same(op, "x/y", x, y));
+  ST__TRY(check_axis(op, axis, x->ndim));
+  return ST__SLOT(be, softmax, be, axis, x, y);
+}
+
+int st_transpose(st_backend *be, const int *perm, const st_tensor *x,
+                 st_tensor *y) {
+  const char *op = "transpose";
+  ST__TRY(check_any_rank(op, "x", x, ST_F32));
+  ST__TRY(check_any_rank(op, "y", y, ST_F32));
+  if (!perm)
+    return st_error_set(ST_EINVAL, "%s: perm missing", op);
+  if (x->ndim != y->ndim)
+    return st_error_set(ST_ESHAPE, "%s: ranks %d and %d differ", op, x->ndim,
+                        y->ndim);
+  int seen[ST_MAX_DIMS] = {0};
+  for (int i = 0; i < x->ndim; i++) {
+    if (perm[i] < 0 || perm[i] >= x->ndim || seen[perm[i]]++)
+      return st_error_set(ST_EINVAL, "%s: perm is not a permutation of 0..%d",
+                          op, x->ndim - 1);
+    if (y->shape[i] != x->shape[perm[i]])
+      return st_error_set(ST_ESHAPE, "%s: y extent %lld on axis %d, expected "
+                          "%lld", op, (long long)y->shape[i], i,
+                          (long long)x->shape[perm[i]]);
+  }
+  if (x->data == y->data && st_tensor_numel(x) > 1)
+    return st_error_set(ST_EINVAL, "%s: y aliases x", op);
+  return ST__SLOT(be, transpose, be, perm, x, y);
+}
+
+int st_concat(st_backend *be, int axis, const st_tensor *const *inputs,
+              int count, st_tensor *y) {
+  const char *op = "concat";
+  ST__TRY(check_any_rank(op, "y", y, ST_F32));
+  if (!inputs || count < 1)
+    return st_error_set(ST_EINVAL, "%s: %d inputs", op, count);
+  ST__TRY(check_axis(op, axis, y->ndim));
+  int64_t total = 0;
+  for (int i = 0; i < count; i++) {
+    const st_tensor *t = inputs[i];
+    ST__TRY(check_any_rank(op, "input", t, ST_F32));
+    if (t->ndim != y->ndim)
+      return st_error_set(ST_ESHAPE, "%s: input %d has rank %d, y %d", op, i,
+                          t->ndim, y->ndim);
+    for (int d = 0; d < y->ndim; d++)
+      if (d != axis && t->shape[d] != y->shape[d])
+        return st_error_set(ST_ESHAPE, "%s: input %d extent %lld on axis %d, "
+                            "y has %lld", op, i, (long long)t->shape[d], d,
+                            (long long)y->shape[d]);
+    if (t->data == y->data && st_tensor_numel(t) > 0)
+      return st_error_set(ST_EINVAL, "%s: y aliases input %d", op, i);
+    total += t->shape[axis];
+  }
+  if (total != y->shape[axis])
+    return st_error_set(ST_ESHAPE, "%s: inputs add up to %lld along axis %d, "
+                        "y has %lld", op, (long long)total, axis,
+                        (long long)y->shape[axis]);
+  return ST__SLOT(be, concat, be, axis, inputs, count, y);
+}
+
+int st_slice(st_backend *be, const int64_t *starts, const int64_t *steps,
+             const st_tensor *x, st_tensor *y) {
+  const char *op = "slice";
+  ST__TRY(check_any_rank(op, "x", x, ST_F32));
+  ST__TRY(check_any_rank(op, "y", y, ST_F32));
+  if (!starts || !steps)
+    return st_error_set(ST_EINVAL, "%s: starts or steps missing", op);
+  if (x->ndim != y->ndim)
+    return st_error_set(ST_ESHAPE, "%s: ranks %d and %d differ", op, x->ndim,
+                        y->ndim);
+  int empty = 0;
+  for (int d = 0; d < x->ndim; d++)
+    if (y->shape[d] == 0)
+      empty = 1;
+  for (int d = 0; d < x->ndim; d++) {
+    if (steps[d] == 0)
+      return st_error_set(ST_EINVAL, "%s: step 0 on axis %d", op, d);
+    if (empty)
+      continue;
+    /* The first and the last index touched bound all the others. */
+    int64_t first = starts[d];
+    int64_t last = first + (y->shape[d] - 1) * steps[d];
+    if (first < 0 || first >= x->shape[d] || last < 0 || last >= x->shape[d])
+      return st_error_set(ST_ERANGE, "%s: indices %lld..%lld (step %lld) "
+                          "leave 0..%lld on axis %d", op, (long long)first,
+                          (long long)last, (long long)steps[d],
+                          (long long)x->shape[d] - 1, d);
+  }
+  if (x->data == y->data && st_tensor_numel(y) > 0)
+    return st_error_set(ST_EINVAL, "%s: y aliases x", op);
+  return ST__SLOT(be, slice, be, starts, steps, x, y);
+}
+
+int st_argmax_axis(st_backend *be, int axis, const st_tensor *x,
+                   st_tensor *y) {
+  const char *op = "argmax_axis";
+  ST__TRY(check_any_rank(op, "x", x, ST_F32));
+  ST__TRY(check_any_rank(op, "y", y, ST_I64));
+  if (x->ndim != y->ndim)
+    return st_error_set(ST_ESHAPE, "%s: ranks %d and %d differ", op, x->ndim,
+                        y->ndim);
+  ST__TRY(check_axis(op, axis, x->ndim));
+  if (x->shape[axis] < 1)
+    return st_error_set(ST_ESHAPE, "%s: axis %d is empty", op, axis);
+  for (int d = 0; d < x->ndim; d++) {
+    int64_t want = d == axis ? 1 : x->shape[d];
+    if (y->shape[d] != want)
+      return st_error_set(ST_ESHAPE, "%s: y extent %lld on axis %d, expected "
+                          "%lld", op, (long long)y->shape[d], d,
+                          (long long)want);
+  }
+  return ST__SLOT(be, argmax_axis, be, axis, x, y);
+}

@@ -84,6 +84,35 @@ typedef struct st_backend_ops {
   int (*image_to_tensor)(st_backend *be, const st_tensor *image,
                          const int channel_order[3], const float mean[3],
                          const float std_[3], st_tensor *y);
+  /* optional: ops of imported (ONNX) graphs, used by the teacher executor */
+  /* y = f(x) elementwise (relu, clip, hard sigmoid/swish, sigmoid) */
+  int (*unary)(st_backend *be, st_unary_kind kind, float alpha, float beta,
+               const st_tensor *x, st_tensor *y);
+  /* y = a (op) b with numpy broadcasting */
+  int (*binary)(st_backend *be, st_binary_kind kind, const st_tensor *a,
+                const st_tensor *b, st_tensor *y);
+  /* max or average pooling over NCHW, y sized by the caller */
+  int (*pool2d)(st_backend *be, const st_pool2d_params *p, const st_tensor *x,
+                st_tensor *y);
+  /* per-plane mean of NCHW into [N,C,1,1] */
+  int (*global_avg_pool)(st_backend *be, const st_tensor *x, st_tensor *y);
+  /* ONNX Resize (nearest or bilinear) over the last two axes of NCHW */
+  int (*resize)(st_backend *be, const st_resize_params *p, const st_tensor *x,
+                st_tensor *y);
+  /* softmax along one axis */
+  int (*softmax)(st_backend *be, int axis, const st_tensor *x, st_tensor *y);
+  /* axis permutation, y.shape[i] = x.shape[perm[i]] */
+  int (*transpose)(st_backend *be, const int *perm, const st_tensor *x,
+                   st_tensor *y);
+  /* concatenation of count tensors along axis */
+  int (*concat)(st_backend *be, int axis, const st_tensor *const *inputs,
+                int count, st_tensor *y);
+  /* strided slice, every index already inside x */
+  int (*slice)(st_backend *be, const int64_t *starts, const int64_t *steps,
+               const st_tensor *x, st_tensor *y);
+  /* I64 index of the first maximum along axis, keepdims */
+  int (*argmax_axis)(st_backend *be, int axis, const st_tensor *x,
+                     st_tensor *y);
 } st_backend_ops;
 
 /* Every backend context starts with this header. */

@@ -4,6 +4,7 @@
  *   distill --config C --weights W --input IN --steps N [--lr X] [--full]
  *           --out W2
  *   bench   --config C [--height H --width W] [--iters N]
+ *   teacher --config TEACHER.json | --model FILE.onnx --input IN --out OUT
  * Common: [--backend cpu|cuda|auto] [--threads N]
  *         [--conv-search heuristic|exhaustive] (CUDA algorithm choice).
  *
@@ -21,6 +22,7 @@
 #include "models/config.h"
 #include "models/safetensors.h"
 #include "models/student.h"
+#include "models/teacher.h"
 
 enum { EXIT_USAGE = 2, BENCH_DEFAULT_ITERS = 5, BENCH_MAX_ITERS = 1000 };
 enum { BENCH_DEFAULT_HEIGHT = 720, BENCH_DEFAULT_WIDTH = 1280 };
@@ -30,6 +32,7 @@ enum { MAX_FRAME_SIDE = 8192, MAX_STEPS = 100000 };
 typedef struct options {
   const char *command;
   const char *config, *weights, *input, *out, *backend, *conv_search;
+  const char *model; /* teacher: a bare ONNX model instead of --config */
   int steps, iters, height, width, threads, full;
   double lr; /* < 0: from the config */
 } options;
@@ -43,6 +46,8 @@ static void usage(FILE *f) {
         "--out W2.safetensors\n"
         "  shadowtutor-model bench --config STUDENT.json [--height 720 "
         "--width 1280] [--iters N]\n"
+        "  shadowtutor-model teacher (--config TEACHER.json | --model "
+        "FILE.onnx) --input IN.safetensors --out OUT.safetensors\n"
         "options for every command: [--backend cpu|cuda|auto] [--threads N] "
         "[--conv-search heuristic|exhaustive]\n",
         f);
@@ -110,6 +115,8 @@ static int parse_args(int argc, char **argv, options *o) {
     int rc = 0;
     if (!strcmp(flag, "--config"))
       o->config = val;
+    else if (!strcmp(flag, "--model"))
+      o->model = val;
     else if (!strcmp(flag, "--weights"))
       o->weights = val;
     else if (!strcmp(flag, "--input"))
@@ -162,12 +169,27 @@ typedef struct session {
   st_backend *be;
   st_student *student;
   st_safetensors *input;
+  st_teacher *teacher;
 } session;
 
 static void session_close(session *s) {
   st_safetensors_free(s->input);
+  st_teacher_free(s->teacher);
   st_student_free(s->student);
   st_backend_free(s->be);
+}
+
+/* The compute backend the common flags ask for. */
+static int backend_open(const options *o, st_backend **be) {
+  st_backend_options bo = {
+      .threads = o->threads,
+      .conv_exhaustive = !strcmp(o->conv_search, "exhaustive")};
+  int rc;
+  if ((rc = st_backend_kind_from_name(o->backend, &bo.kind)))
+    return fail_status(rc, "--backend");
+  if ((rc = st_backend_new(&bo, be)))
+    return fail_status(rc, "backend");
+  return 0;
 }
 
 static int session_open(const options *o, session *s, int need_weights) {
@@ -185,13 +207,8 @@ static int session_open(const options *o, session *s, int need_weights) {
     s->cfg.trainable_full = 1;
     s->cfg.trainable_count = 0;
   }
-  st_backend_options bo = {
-      .threads = o->threads,
-      .conv_exhaustive = !strcmp(o->conv_search, "exhaustive")};
-  if ((rc = st_backend_kind_from_name(o->backend, &bo.kind)))
-    return fail_status(rc, "--backend");
-  if ((rc = st_backend_new(&bo, &s->be)))
-    return fail_status(rc, "backend");
+  if ((rc = backend_open(o, &s->be)))
+    return rc;
   if ((rc = st_student_new_from_config(s->be, &s->cfg, &s->student)))
     return fail_status(rc, "student");
   if (o->weights) {
@@ -429,6 +446,75 @@ done:
   return rc;
 }
 
+/* A host copy of a backend tensor, same dtype and shape. */
+static int download_copy(st_backend *be, const st_tensor *src,
+                         st_tensor *dst) {
+  int rc = st_tensor_alloc(NULL, dst, src->dtype, src->ndim, src->shape);
+  if (!rc)
+    rc = st_backend_sync(be);
+  if (!rc)
+    rc = st_tensor_download(be, src, dst->data, st_tensor_nbytes(dst));
+  return rc;
+}
+
+/* Labels one frame with a teacher: OUT gets the model's logits as they come
+ * out, the student label and the loss weights. */
+static int cmd_teacher(const options *o) {
+  session s;
+  memset(&s, 0, sizeof s);
+  st_tensor image = {0}, label = {0}, weight = {0}, logits_host = {0};
+  int rc = 0;
+  if (!!o->config == !!o->model)
+    rc = fail(EXIT_USAGE, "teacher needs exactly one of --config and --model");
+  if (!rc)
+    rc = need(o->input, "--input");
+  if (!rc)
+    rc = need(o->out, "--out");
+  if (!rc && (rc = st_safetensors_open(o->input, &s.input)))
+    rc = fail_status(rc, "--input");
+  if (!rc)
+    rc = input_tensor(&s, o, "image", ST_U8, 3, &image);
+  if (!rc && (image.shape[0] < 1 || image.shape[1] < 1 ||
+              image.shape[0] > MAX_FRAME_SIDE ||
+              image.shape[1] > MAX_FRAME_SIDE))
+    rc = fail(EXIT_USAGE, "%s: image is %lldx%lld, each side must be in "
+              "[1, %d]", o->input, (long long)image.shape[0],
+              (long long)image.shape[1], MAX_FRAME_SIDE);
+  if (!rc)
+    rc = backend_open(o, &s.be);
+  if (!rc && o->config &&
+      (rc = st_teacher_open(s.be, o->config, &s.teacher)))
+    rc = fail_status(rc, "--config");
+  /* A bare model runs at the image's own size. */
+  if (!rc && o->model &&
+      (rc = st_teacher_open_bare(s.be, o->model, image.shape[0],
+                                 image.shape[1], &s.teacher)))
+    rc = fail_status(rc, "--model");
+  const int64_t map_shape[2] = {image.shape[0], image.shape[1]};
+  if (!rc && ((rc = st_tensor_alloc(NULL, &label, ST_U8, 2, map_shape)) ||
+              (rc = st_tensor_alloc(NULL, &weight, ST_F32, 2, map_shape))))
+    rc = fail_status(rc, "teacher");
+  const st_tensor *logits = NULL;
+  if (!rc && ((rc = st_teacher_label(s.teacher, &image, &logits, label.data,
+                                     weight.data)) ||
+              (rc = download_copy(s.be, logits, &logits_host))))
+    rc = fail_status(rc, "teacher");
+  if (!rc) {
+    const st_named_tensor named[3] = {
+        {.name = "logits", .tensor = &logits_host},
+        {.name = "label", .tensor = &label},
+        {.name = "weight", .tensor = &weight}};
+    if ((rc = st_safetensors_write(o->out, named, 3, NULL)))
+      rc = fail_status(rc, "--out");
+  }
+  st_tensor_free(&image);
+  st_tensor_free(&label);
+  st_tensor_free(&weight);
+  st_tensor_free(&logits_host);
+  session_close(&s);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   options o;
   int rc = parse_args(argc, argv, &o);
@@ -440,6 +526,9 @@ int main(int argc, char **argv) {
     return cmd_distill(&o);
   if (!strcmp(o.command, "bench"))
     return cmd_bench(&o);
-  return fail(EXIT_USAGE, "unknown command '%s' (forward, distill, bench)",
+  if (!strcmp(o.command, "teacher"))
+    return cmd_teacher(&o);
+  return fail(EXIT_USAGE,
+              "unknown command '%s' (forward, distill, bench, teacher)",
               o.command);
 }

@@ -77,6 +77,16 @@ static const st_backend_ops cpu_ops = {
     .copy = st__cpu_copy,
     .fill = st__cpu_fill,
     .image_to_tensor = st__cpu_image_to_tensor,
+    .unary = st__cpu_unary,
+    .binary = st__cpu_binary,
+    .pool2d = st__cpu_pool2d,
+    .global_avg_pool = st__cpu_global_avg_pool,
+    .resize = st__cpu_resize,
+    .softmax = st__cpu_softmax,
+    .transpose = st__cpu_transpose,
+    .concat = st__cpu_concat,
+    .slice = st__cpu_slice,
+    .argmax_axis = st__cpu_argmax_axis,
 };
 
 int st__backend_cpu_new(const st_backend_options *opts, st_backend **out) {

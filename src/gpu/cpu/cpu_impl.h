@@ -1,7 +1,8 @@
 /* The CPU backend's context and the op functions its table points at.
  * cpu_backend.c owns the context and the table; cpu_conv.c implements the
  * convolutions with oneDNN (and owns the primitive cache); cpu_ops.c
- * implements every other op in plain C with OpenMP. */
+ * implements every other op in plain C with OpenMP, and cpu_graph_ops.c the
+ * ops of imported (ONNX) graphs. */
 #ifndef ST_GPU_CPU_IMPL_H
 #define ST_GPU_CPU_IMPL_H
 
@@ -77,5 +78,26 @@ int st__cpu_fill(st_backend *be, st_tensor *t, float value);
 int st__cpu_image_to_tensor(st_backend *be, const st_tensor *image,
                             const int channel_order[3], const float mean[3],
                             const float std_[3], st_tensor *y);
+
+/* cpu_graph_ops.c: ops of imported (ONNX) graphs */
+int st__cpu_unary(st_backend *be, st_unary_kind kind, float alpha, float beta,
+                  const st_tensor *x, st_tensor *y);
+int st__cpu_binary(st_backend *be, st_binary_kind kind, const st_tensor *a,
+                   const st_tensor *b, st_tensor *y);
+int st__cpu_pool2d(st_backend *be, const st_pool2d_params *p,
+                   const st_tensor *x, st_tensor *y);
+int st__cpu_global_avg_pool(st_backend *be, const st_tensor *x, st_tensor *y);
+int st__cpu_resize(st_backend *be, const st_resize_params *p,
+                   const st_tensor *x, st_tensor *y);
+int st__cpu_softmax(st_backend *be, int axis, const st_tensor *x,
+                    st_tensor *y);
+int st__cpu_transpose(st_backend *be, const int *perm, const st_tensor *x,
+                      st_tensor *y);
+int st__cpu_concat(st_backend *be, int axis, const st_tensor *const *inputs,
+                   int count, st_tensor *y);
+int st__cpu_slice(st_backend *be, const int64_t *starts, const int64_t *steps,
+                  const st_tensor *x, st_tensor *y);
+int st__cpu_argmax_axis(st_backend *be, int axis, const st_tensor *x,
+                        st_tensor *y);
 
 #endif
