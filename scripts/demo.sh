@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: a student distils on a sample key
-# frame (image, teacher label map, loss weights) for 8 Adam steps, is saved,
-# runs inference with the distilled weights, and is benchmarked at 360x640.
+# The main job on an embedded default, one key frame through the compute
+# core: the built-in teacher (config/teacher-small.json: untrained weights,
+# so its labels only show the pipeline working) labels a 360x640 frame; the
+# student distils on that label map and its loss weights for 8 Adam steps
+# (partial distillation), is saved, runs inference with the distilled
+# weights, and is benchmarked at 360x640.
 # (The server/client issues replace this with the end-to-end video demo.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,16 +14,21 @@ build_dir=${ST_BUILD_DIR:-build}
 tool="$build_dir/shadowtutor-model"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-sample=tests/fixtures/student_45x83.safetensors
+frame=tests/fixtures/teacher_small_ref.safetensors
 
-echo "== distil the reference student on a 45x83 sample key frame (8 Adam steps)"
+echo "== teacher: label map and loss weights for a 360x640 key frame"
+"$tool" teacher --config config/teacher-small.json --input "$frame" \
+  --out "$work/teacher.safetensors"
+
+echo "== student: partial distillation on the teacher's label (8 Adam steps)"
 "$tool" distill --config config/student.json \
   --weights tests/fixtures/student_weights.safetensors \
-  --input "$sample" --steps 8 --out "$work/distilled.safetensors"
+  --input "$frame" --labels "$work/teacher.safetensors" \
+  --steps 8 --out "$work/distilled.safetensors"
 
-echo "== inference with the distilled student"
+echo "== student: inference with the distilled weights"
 "$tool" forward --config config/student.json \
-  --weights "$work/distilled.safetensors" --input "$sample" \
+  --weights "$work/distilled.safetensors" --input "$frame" \
   --out "$work/logits.safetensors"
 ls -l "$work/logits.safetensors"
 

@@ -223,6 +223,45 @@ static void test_distill_matches_reference(void **state) {
   free(r);
 }
 
+/* The teacher's output feeds a distillation of the frame it labelled. */
+static void test_distill_on_teacher_labels(void **state) {
+  (void)state;
+  run_result *r = malloc(sizeof *r);
+  const char *frame = fixture("teacher_small_ref.safetensors");
+  const char *labels = work_path("teacher.safetensors");
+  const char *w2 = work_path("w2.safetensors");
+  char teacher_cfg[600];
+  snprintf(teacher_cfg, sizeof teacher_cfg, "%s/../../config/teacher-small.json",
+           st_test_fixture_dir());
+  run_tool(r, "teacher", "--config", teacher_cfg, "--input", frame, "--out",
+           labels, NULL);
+  assert_int_equal(r->exit_code, 0);
+  run_tool(r, "distill", "--config", config_path(), "--weights",
+           fixture("student_weights.safetensors"), "--input", frame,
+           "--labels", labels, "--steps", "2", "--out", w2, NULL);
+  assert_int_equal(r->exit_code, 0);
+  assert_int_equal(count_lines(r->out), 2);
+  assert_non_null(strstr(r->out, "{\"step\":2,\"loss\":"));
+  /* Every student tensor was written. */
+  st_safetensors *f = NULL, *w0 = st_test_fixture_open("student_weights.safetensors");
+  ST_ASSERT_OK(st_safetensors_open(w2, &f));
+  assert_int_equal(st_safetensors_count(f), st_safetensors_count(w0));
+  st_safetensors_free(f);
+  st_safetensors_free(w0);
+  /* Labels of another frame size, and a missing labels file. */
+  run_tool(r, "distill", "--config", config_path(), "--weights",
+           fixture("student_weights.safetensors"), "--input",
+           fixture("student_37x59.safetensors"), "--labels", labels,
+           "--steps", "1", "--out", w2, NULL);
+  assert_usage_error(r, "sizes differ");
+  run_tool(r, "distill", "--config", config_path(), "--weights",
+           fixture("student_weights.safetensors"), "--input", frame,
+           "--labels", work_path("none.safetensors"), "--steps", "1", "--out",
+           w2, NULL);
+  assert_usage_error(r, "--labels");
+  free(r);
+}
+
 static void test_bench_reports(void **state) {
   (void)state;
   run_result *r = malloc(sizeof *r);
@@ -341,6 +380,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_forward_matches_reference),
       cmocka_unit_test(test_distill_matches_reference),
+      cmocka_unit_test(test_distill_on_teacher_labels),
       cmocka_unit_test(test_bench_reports),
       cmocka_unit_test(test_bad_input_exits_2),
   };

@@ -1,7 +1,8 @@
 /* shadowtutor-model: the command-line face of the compute core.
  *
  *   forward --config C --weights W --input IN --out OUT
- *   distill --config C --weights W --input IN --steps N [--lr X] [--full]
+ *   distill --config C --weights W --input IN [--labels L] --steps N
+ *           [--lr X] [--full]
  *           --out W2
  *   bench   --config C [--height H --width W] [--iters N]
  *   teacher --config TEACHER.json | --model FILE.onnx --input IN --out OUT
@@ -32,6 +33,7 @@ enum { MAX_FRAME_SIDE = 8192, MAX_STEPS = 100000 };
 typedef struct options {
   const char *command;
   const char *config, *weights, *input, *out, *backend, *conv_search;
+  const char *labels; /* distill: label and weight from this file */
   const char *model; /* teacher: a bare ONNX model instead of --config */
   int steps, iters, height, width, threads, full;
   double lr; /* < 0: from the config */
@@ -42,8 +44,8 @@ static void usage(FILE *f) {
         "  shadowtutor-model forward --config STUDENT.json --weights "
         "W.safetensors --input IN.safetensors --out OUT.safetensors\n"
         "  shadowtutor-model distill --config STUDENT.json --weights "
-        "W.safetensors --input IN.safetensors --steps N [--lr 0.01] [--full] "
-        "--out W2.safetensors\n"
+        "W.safetensors --input IN.safetensors [--labels L.safetensors] "
+        "--steps N [--lr 0.01] [--full] --out W2.safetensors\n"
         "  shadowtutor-model bench --config STUDENT.json [--height 720 "
         "--width 1280] [--iters N]\n"
         "  shadowtutor-model teacher (--config TEACHER.json | --model "
@@ -121,6 +123,8 @@ static int parse_args(int argc, char **argv, options *o) {
       o->weights = val;
     else if (!strcmp(flag, "--input"))
       o->input = val;
+    else if (!strcmp(flag, "--labels"))
+      o->labels = val;
     else if (!strcmp(flag, "--out"))
       o->out = val;
     else if (!strcmp(flag, "--backend"))
@@ -169,11 +173,13 @@ typedef struct session {
   st_backend *be;
   st_student *student;
   st_safetensors *input;
+  st_safetensors *labels; /* distill --labels */
   st_teacher *teacher;
 } session;
 
 static void session_close(session *s) {
   st_safetensors_free(s->input);
+  st_safetensors_free(s->labels);
   st_teacher_free(s->teacher);
   st_student_free(s->student);
   st_backend_free(s->be);
@@ -224,15 +230,17 @@ static int session_open(const options *o, session *s, int need_weights) {
 }
 
 /* Reads a tensor of the input file with the expected dtype and rank. */
-static int input_tensor(session *s, const options *o, const char *name,
-                        st_dtype dt, int ndim, st_tensor *out) {
-  int rc = st_safetensors_read(s->input, name, out);
+/* Reads a tensor of an opened file with the expected dtype and rank. */
+static int file_tensor(const st_safetensors *file, const char *path,
+                       const char *name, st_dtype dt, int ndim,
+                       st_tensor *out) {
+  int rc = st_safetensors_read(file, name, out);
   if (rc)
-    return fail_status(rc, o->input);
+    return fail_status(rc, path);
   if (out->dtype != dt || out->ndim != ndim ||
       (ndim == 3 && out->shape[2] != 3)) {
     char shape[96];
-    fail(EXIT_USAGE, "%s: tensor '%s' is %s %s, expected %s %s", o->input,
+    fail(EXIT_USAGE, "%s: tensor '%s' is %s %s, expected %s %s", path,
          name, st_dtype_name(out->dtype),
          st_tensor_shape_str(out, shape, sizeof shape), st_dtype_name(dt),
          ndim == 3 ? "[H,W,3]" : "[H,W]");
@@ -240,6 +248,11 @@ static int input_tensor(session *s, const options *o, const char *name,
     return EXIT_USAGE;
   }
   return 0;
+}
+
+static int input_tensor(session *s, const options *o, const char *name,
+                        st_dtype dt, int ndim, st_tensor *out) {
+  return file_tensor(s->input, o->input, name, dt, ndim, out);
 }
 
 static int cmd_forward(const options *o) {
@@ -292,10 +305,20 @@ static int cmd_distill(const options *o) {
     rc = fail_status(rc, "--input");
   if (!rc)
     rc = input_tensor(&s, o, "image", ST_U8, 3, &image);
+  /* The teacher's output (`shadowtutor-model teacher --out`) can serve as
+   * --labels for a frame kept in --input. */
+  const st_safetensors *maps = s.input;
+  const char *maps_path = o->input;
+  if (!rc && o->labels) {
+    if ((rc = st_safetensors_open(o->labels, &s.labels)))
+      rc = fail_status(rc, "--labels");
+    maps = s.labels;
+    maps_path = o->labels;
+  }
   if (!rc)
-    rc = input_tensor(&s, o, "label", ST_U8, 2, &label);
+    rc = file_tensor(maps, maps_path, "label", ST_U8, 2, &label);
   if (!rc)
-    rc = input_tensor(&s, o, "weight", ST_F32, 2, &weight);
+    rc = file_tensor(maps, maps_path, "weight", ST_F32, 2, &weight);
   if (!rc && (label.shape[0] != image.shape[0] ||
               label.shape[1] != image.shape[1] ||
               !st_tensor_same_shape(&label, &weight)))
