@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "base/error.h"
+#include "base/json.h"
 #include "models/student.h"
 
 /* The student's module names, from the one list in student.h. */
@@ -332,22 +333,17 @@ static int parse_root(const char *label, json_t *root, st_student_config *out) {
   return ST_OK;
 }
 
-static int syntax_error(const char *label, const json_error_t *err) {
-  return st_error_set(ST_EFORMAT, "%s:%d:%d: %s", label, err->line,
-                      err->column, err->text);
-}
-
 int st_student_config_parse(const char *json_text, const char *label,
                             st_student_config *out) {
   if (!json_text || !out)
     return st_error_set(ST_EINVAL, "student config: NULL argument");
   if (!label)
     label = "student config";
-  json_error_t err;
-  json_t *root = json_loads(json_text, JSON_REJECT_DUPLICATES, &err);
-  if (!root)
-    return syntax_error(label, &err);
-  int rc = parse_root(label, root, out);
+  json_t *root;
+  int rc = st_json_parse(json_text, label, &root);
+  if (rc)
+    return rc;
+  rc = parse_root(label, root, out);
   json_decref(root);
   return rc;
 }
@@ -355,18 +351,11 @@ int st_student_config_parse(const char *json_text, const char *label,
 int st_student_config_load(const char *path, st_student_config *out) {
   if (!path || !out)
     return st_error_set(ST_EINVAL, "student config: NULL argument");
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    int e = errno;
-    return st_error_set(e == ENOENT ? ST_ENOENT : ST_EIO, "%s: %s", path,
-                        strerror(e));
-  }
-  json_error_t err;
-  json_t *root = json_loadf(f, JSON_REJECT_DUPLICATES, &err);
-  fclose(f);
-  if (!root)
-    return syntax_error(path, &err);
-  int rc = parse_root(path, root, out);
+  json_t *root;
+  int rc = st_json_load(path, &root);
+  if (rc)
+    return rc;
+  rc = parse_root(path, root, out);
   json_decref(root);
   return rc;
 }

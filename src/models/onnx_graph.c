@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "base/error.h"
+#include "base/file.h"
 #include "onnx.pb-c.h"
 
 /* raw_data is little-endian by the ONNX spec and is copied as is. */
@@ -1036,61 +1037,16 @@ int st_onnx_model_parse(const void *buf, size_t len, const char *label,
 }
 
 int st_onnx_model_load(const char *path, st_onnx_model **out) {
-  int rc;
   uint8_t *file = NULL;
+  size_t len = 0;
   *out = NULL;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return st_error_set(errno == ENOENT ? ST_ENOENT : ST_EIO,
-                        "%s: cannot open: %s", path, strerror(errno));
-  struct stat sb;
-  if (fstat(fd, &sb) != 0) {
-    rc = st_error_set(ST_EIO, "%s: cannot stat: %s", path, strerror(errno));
-    goto err;
-  }
-  if (!S_ISREG(sb.st_mode)) {
-    rc = st_error_set(ST_EIO, "%s: not a regular file", path);
-    goto err;
-  }
-  /* Bounded before anything is sized by it. */
-  if ((uintmax_t)sb.st_size > ST_ONNX_MAX_FILE_BYTES) {
-    rc = st_error_set(ST_EFORMAT,
-                      "%s: %jd bytes is above the %zu-byte limit of a "
-                      "self-contained ONNX file",
-                      path, (intmax_t)sb.st_size, ST_ONNX_MAX_FILE_BYTES);
-    goto err;
-  }
-  size_t len = (size_t)sb.st_size;
-  file = malloc(len ? len : 1);
-  if (!file) {
-    rc = st_error_set(ST_ENOMEM, "%s: cannot allocate %zu bytes", path, len);
-    goto err;
-  }
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = read(fd, file + done, len - done);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0) {
-      rc = st_error_set(ST_EIO, "%s: read failed: %s", path, strerror(errno));
-      goto err;
-    }
-    if (n == 0) {
-      rc = st_error_set(ST_EIO,
-                        "%s: file shrank while reading (%zu of %zu bytes)",
-                        path, done, len);
-      goto err;
-    }
-    done += (size_t)n;
-  }
-  close(fd);
+  /* Protobuf cannot describe more than 2 GiB, so neither can a
+   * self-contained ONNX file. */
+  int rc = st_read_file(path, ST_ONNX_MAX_FILE_BYTES, ST_EFORMAT, &file, &len);
+  if (rc)
+    return rc;
   rc = st_onnx_model_parse(file, len, path, out);
   free(file);
-  return rc;
-
-err:
-  free(file);
-  close(fd);
   return rc;
 }
 

@@ -27,6 +27,7 @@
 #include <jansson.h>
 
 #include "base/error.h"
+#include "base/file.h"
 
 /* Tensor bytes are copied straight out of the file, which is little-endian. */
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -402,57 +403,13 @@ int st_safetensors_parse(const void *buf, size_t len, const char *label,
 }
 
 int st_safetensors_open(const char *path, st_safetensors **out) {
-  int rc;
   uint8_t *file = NULL;
+  size_t len = 0;
   *out = NULL;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return st_error_set(errno == ENOENT ? ST_ENOENT : ST_EIO,
-                        "%s: cannot open: %s", path, strerror(errno));
-  struct stat sb;
-  if (fstat(fd, &sb) != 0) {
-    rc = st_error_set(ST_EIO, "%s: cannot stat: %s", path, strerror(errno));
-    goto err;
-  }
-  if (!S_ISREG(sb.st_mode)) {
-    rc = st_error_set(ST_EIO, "%s: not a regular file", path);
-    goto err;
-  }
-  if ((uintmax_t)sb.st_size > SIZE_MAX) {
-    rc = st_error_set(ST_ENOMEM, "%s: file of %jd bytes does not fit in memory",
-                      path, (intmax_t)sb.st_size);
-    goto err;
-  }
-  size_t len = (size_t)sb.st_size;
-  file = malloc(len ? len : 1);
-  if (!file) {
-    rc = st_error_set(ST_ENOMEM, "%s: cannot allocate %zu bytes", path, len);
-    goto err;
-  }
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = read(fd, file + done, len - done);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0) {
-      rc = st_error_set(ST_EIO, "%s: read failed: %s", path, strerror(errno));
-      goto err;
-    }
-    if (n == 0) {
-      rc = st_error_set(ST_EIO,
-                        "%s: file shrank while reading (%zu of %zu bytes)",
-                        path, done, len);
-      goto err;
-    }
-    done += (size_t)n;
-  }
-  close(fd);
+  int rc = st_read_file(path, SIZE_MAX, ST_ENOMEM, &file, &len);
+  if (rc)
+    return rc;
   return parse_owned(file, len, path, out);
-
-err:
-  free(file);
-  close(fd);
-  return rc;
 }
 
 void st_safetensors_free(st_safetensors *st) {

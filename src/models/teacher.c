@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "base/error.h"
+#include "base/json.h"
 #include "models/onnx_exec.h"
 #include "models/onnx_graph.h"
 
@@ -310,22 +311,17 @@ done:
   return rc;
 }
 
-static int syntax_error(const char *label, const json_error_t *err) {
-  return st_error_set(ST_EFORMAT, "%s:%d:%d: %s", label, err->line,
-                      err->column, err->text);
-}
-
 int st_teacher_config_parse(const char *json_text, const char *label,
                             const char *base_dir, st_teacher_config *out) {
   if (!json_text || !out)
     return st_error_set(ST_EINVAL, "teacher config: NULL argument");
   if (!label)
     label = "teacher config";
-  json_error_t err;
-  json_t *root = json_loads(json_text, JSON_REJECT_DUPLICATES, &err);
-  if (!root)
-    return syntax_error(label, &err);
-  int rc = parse_root(label, base_dir, root, out);
+  json_t *root;
+  int rc = st_json_parse(json_text, label, &root);
+  if (rc)
+    return rc;
+  rc = parse_root(label, base_dir, root, out);
   json_decref(root);
   return rc;
 }
@@ -333,22 +329,14 @@ int st_teacher_config_parse(const char *json_text, const char *label,
 int st_teacher_config_load(const char *path, st_teacher_config *out) {
   if (!path || !out)
     return st_error_set(ST_EINVAL, "teacher config: NULL argument");
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    int e = errno;
-    return st_error_set(e == ENOENT ? ST_ENOENT : ST_EIO, "%s: %s", path,
-                        strerror(e));
-  }
-  json_error_t err;
-  json_t *root = json_loadf(f, JSON_REJECT_DUPLICATES, &err);
-  fclose(f);
-  if (!root)
-    return syntax_error(path, &err);
+  json_t *root;
+  int rc = st_json_load(path, &root);
+  if (rc)
+    return rc;
   /* The model path is relative to the config file's folder. */
   char dir[ST_TEACHER_PATH_BYTES];
   const char *slash = strrchr(path, '/');
   size_t dlen = slash ? (size_t)(slash - path) : 0;
-  int rc = ST_OK;
   if (dlen >= sizeof dir)
     rc = st_error_set(ST_EINVAL, "%s: path too long", path);
   else {

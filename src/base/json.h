@@ -1,0 +1,14 @@
+/* JSON documents for the config loaders (jansson), parsed strictly:
+ * duplicate keys are refused, and a syntax error reads
+ * "<label>:<line>:<column>: <what>". */
+#ifndef ST_BASE_JSON_H
+#define ST_BASE_JSON_H
+
+#include <jansson.h>
+
+/* Parses text; `label` names it in errors. *root is the caller's reference. */
+int st_json_parse(const char *text, const char *label, json_t **root);
+/* Reads and parses a file (ST_ENOENT when it is missing). */
+int st_json_load(const char *path, json_t **root);
+
+#endif
