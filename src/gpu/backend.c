@@ -65,8 +65,14 @@ st_backend_kind st_backend_get_kind(const st_backend *be) {
 }
 int st_backend_is_host(const st_backend *be) { return be->ops->host_memory; }
 
+/* Points the calling thread at the context's device (see the bind slot). */
+static int backend_bind(st_backend *be) {
+  return be->ops->bind ? be->ops->bind(be) : ST_OK;
+}
+
 int st_backend_alloc(st_backend *be, size_t bytes, void **out) {
-  return be->ops->alloc(be, bytes, out);
+  int rc = backend_bind(be);
+  return rc ? rc : be->ops->alloc(be, bytes, out);
 }
 
 void st_backend_release(st_backend *be, void *ptr) {
@@ -79,7 +85,8 @@ int st_tensor_upload(st_backend *be, st_tensor *dst, const void *host,
   if (bytes != st_tensor_nbytes(dst))
     return st_error_set(ST_ESHAPE, "upload: %zu bytes into a %zu-byte tensor",
                         bytes, st_tensor_nbytes(dst));
-  return be->ops->upload(be, dst->data, host, bytes);
+  int rc = backend_bind(be);
+  return rc ? rc : be->ops->upload(be, dst->data, host, bytes);
 }
 
 int st_tensor_download(st_backend *be, const st_tensor *src, void *host,
@@ -88,11 +95,13 @@ int st_tensor_download(st_backend *be, const st_tensor *src, void *host,
     return st_error_set(ST_ESHAPE,
                         "download: %zu bytes from a %zu-byte tensor", bytes,
                         st_tensor_nbytes(src));
-  return be->ops->download(be, host, src->data, bytes);
+  int rc = backend_bind(be);
+  return rc ? rc : be->ops->download(be, host, src->data, bytes);
 }
 
 int st_backend_sync(st_backend *be) {
-  return be->ops->sync ? be->ops->sync(be) : ST_OK;
+  int rc = backend_bind(be);
+  return rc || !be->ops->sync ? rc : be->ops->sync(be);
 }
 
 void st_backend_get_stats(const st_backend *be, st_backend_stats *out) {
@@ -113,12 +122,14 @@ int st_event_new(st_backend *be, st_event **out) {
 }
 
 int st_event_record(st_backend *be, st_event *ev) {
-  return be->ops->event_record ? be->ops->event_record(be, ev) : ST_OK;
+  int rc = backend_bind(be);
+  return rc || !be->ops->event_record ? rc : be->ops->event_record(be, ev);
 }
 
 int st_backend_wait_event(st_backend *waiter, st_event *ev) {
-  return waiter->ops->event_wait ? waiter->ops->event_wait(waiter, ev)
-                                 : ST_OK;
+  int rc = backend_bind(waiter);
+  return rc || !waiter->ops->event_wait ? rc
+                                        : waiter->ops->event_wait(waiter, ev);
 }
 
 void st_event_free(st_event *ev) {
@@ -260,10 +271,14 @@ static void profile_add(const char *name, double ms) {
 
 /* Ops never call other public ops, so one start time per thread is enough. */
 static _Thread_local double op_started_ms;
+/* Status of the bind before the current op (lets ST__SLOT stay an
+ * expression). */
+static _Thread_local int begin_rc;
 
-static void profile_begin(void) {
+static int profile_begin(st_backend *be) {
   if (profile_enabled())
     op_started_ms = profile_now_ms();
+  return backend_bind(be);
 }
 
 static int profile_end(st_backend *be, const char *name, int rc) {
@@ -275,13 +290,16 @@ static int profile_end(st_backend *be, const char *name, int rc) {
   return rc;
 }
 
-/* Dispatch to a slot; the comma operator orders begin, call, end. */
+/* Dispatch to a slot: bind the context's device (and start the profile
+ * clock), call the slot, stop the clock. The conditional operator orders
+ * the three. */
 #define ST__SLOT(be, slot, ...)                                                \
   (!(be)->ops->slot                                                            \
        ? st_error_set(ST_ENOTSUP, "%s backend has no op '%s'",                 \
                       (be)->ops->name, #slot)                                  \
-       : (profile_begin(),                                                     \
-          profile_end((be), #slot, (be)->ops->slot(__VA_ARGS__))))
+   : (begin_rc = profile_begin(be))                                          \
+       ? begin_rc                                                              \
+       : profile_end((be), #slot, (be)->ops->slot(__VA_ARGS__)))
 
 int64_t st_conv2d_out_size(int64_t in, int64_t kernel, int stride, int pad,
                            int dilation) {

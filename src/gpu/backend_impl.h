@@ -19,6 +19,10 @@ typedef struct st_backend_ops {
   int (*upload)(st_backend *be, void *dst, const void *host, size_t bytes);
   int (*download)(st_backend *be, void *host, const void *src, size_t bytes);
   int (*sync)(st_backend *be);
+  /* optional: make the calling thread address this context's device; the
+   * wrappers call it before every other slot, so a context can be driven
+   * from any thread on a machine with several GPUs */
+  int (*bind)(st_backend *be);
   /* optional: memory accounting (zeros when absent) */
   void (*stats)(const st_backend *be, st_backend_stats *out);
   /* optional: events (absent on synchronous backends) */

@@ -232,6 +232,16 @@ static int cuda_sync(st_backend *be) {
   return ST_OK;
 }
 
+// Makes the calling thread address the context's device; a no-op (one
+// cheap query) when it already does.
+static int cuda_bind(st_backend *be) {
+  int current = -1;
+  ST_CUDA_TRY(cudaGetDevice(&current));
+  if (current != st__cuda(be)->device)
+    ST_CUDA_TRY(cudaSetDevice(st__cuda(be)->device));
+  return ST_OK;
+}
+
 static void cuda_stats(const st_backend *be, st_backend_stats *out) {
   const st_cuda_pool *p = ((const st_cuda_backend *)be)->pool;
   out->alloc_calls = p->device_alloc_calls;
@@ -296,6 +306,7 @@ static st_backend_ops make_ops(void) {
   o.upload = cuda_upload;
   o.download = cuda_download;
   o.sync = cuda_sync;
+  o.bind = cuda_bind;
   o.stats = cuda_stats;
   o.event_new = cuda_event_new;
   o.event_record = cuda_event_record;
