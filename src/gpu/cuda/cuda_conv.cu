@@ -133,21 +133,27 @@ static void candidates_from_perf(const Perf *perf, int count,
   }
 }
 
+// Blocks along one plane in the bias/activation pass; with 32+ planes per
+// output this keeps every SM busy without a long grid-stride tail.
+#define ST_CUDA_CONV_BIAS_BLOCKS_PER_PLANE 64u
+
 // ---- kernels ------------------------------------------------------------
 
-// y = act(y + bias[c]) in place over [N,C,plane]; bias may be NULL.
+// y = act(y + bias[c]) in place over [N,C,plane]; bias may be NULL. The
+// grid's y axis walks the N*C planes and x the elements of a plane, so no
+// thread divides a 64-bit index (a division per element made this pass
+// compute-bound on the 7 M-element outputs of the student's last layers).
 static __global__ void conv_bias_act_kernel(float *y, const float *bias,
-                                            int64_t total, int64_t plane,
+                                            int64_t planes, int64_t plane,
                                             int64_t channels, int relu) {
-  const int64_t step = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-       i += step) {
-    float v = y[i];
-    if (bias)
-      v += bias[(i / plane) % channels];
-    if (relu)
-      v = fmaxf(v, 0.0f);
-    y[i] = v;
+  for (int64_t pi = blockIdx.y; pi < planes; pi += gridDim.y) {
+    const float b = bias ? bias[pi % channels] : 0.0f;
+    float *row = y + pi * plane;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < plane;
+         i += (int64_t)gridDim.x * blockDim.x) {
+      float v = row[i] + b;
+      row[i] = relu ? fmaxf(v, 0.0f) : v;
+    }
   }
 }
 
@@ -669,10 +675,16 @@ extern "C" int st__cuda_conv2d_fwd(st_backend *be, const st_conv2d_params *p,
       e->workspace_bytes, &residual, e->y_desc, y->data));
   if (!bias && act == ST_ACT_NONE)
     return ST_OK;
-  const int64_t total = k.n * k.cout * k.oh * k.ow;
-  conv_bias_act_kernel<<<st__cuda_grid(total), ST_CUDA_BLOCK, 0, cu->stream>>>(
-      (float *)y->data, bias ? (const float *)bias->data : NULL, total,
-      k.oh * k.ow, k.cout, act == ST_ACT_RELU);
+  const int64_t planes = k.n * k.cout, plane = k.oh * k.ow;
+  // Enough blocks per plane to fill the device, capped by the grid limits.
+  const int64_t max_grid_y = 65535;
+  dim3 grid(st__cuda_grid(plane) < ST_CUDA_CONV_BIAS_BLOCKS_PER_PLANE
+                ? st__cuda_grid(plane)
+                : ST_CUDA_CONV_BIAS_BLOCKS_PER_PLANE,
+            (unsigned)(planes < max_grid_y ? planes : max_grid_y));
+  conv_bias_act_kernel<<<grid, ST_CUDA_BLOCK, 0, cu->stream>>>(
+      (float *)y->data, bias ? (const float *)bias->data : NULL, planes, plane,
+      k.cout, act == ST_ACT_RELU);
   ST_CUDA_LAUNCHED();
   return ST_OK;
 }
