@@ -23,16 +23,11 @@
 enum { GRID_START = 8, GRID_STEP = 16 };
 enum { IMAGE_CHANNELS = 3 };
 
-/* Skips on a backend that lacks an op of imported graphs (the CUDA one
- * until it implements them); fails on any other error. */
-static void run_or_skip(st_onnx_plan *plan, const st_tensor *x,
-                        const st_tensor **y) {
+/* Runs a plan; any error fails the test. Every backend implements the ops
+ * of imported graphs, so none of these runs may skip. */
+static void run_plan(st_onnx_plan *plan, const st_tensor *x,
+                     const st_tensor **y) {
   int rc = st_onnx_plan_run(plan, x, y);
-  if (rc == ST_ENOTSUP && st_test_on_gpu()) {
-    print_message("[  SKIPPED ] graph ops missing on this backend: %s\n",
-                  st_error_detail());
-    skip();
-  }
   if (rc)
     fail_msg("st_onnx_plan_run: %s: %s", st_strerror(rc), st_error_detail());
 }
@@ -83,7 +78,7 @@ static void check_teacher(void **state, const char *stem, int expect_bn) {
 
   st_tensor x = st_test_to_backend(be, &in_h);
   const st_tensor *y = NULL;
-  run_or_skip(plan, &x, &y);
+  run_plan(plan, &x, &y);
   assert_ptr_equal(y, planned);
   st_tensor got = st_test_to_host(be, y);
   size_t n = (size_t)st_tensor_numel(&want);
@@ -95,7 +90,7 @@ static void check_teacher(void **state, const char *stem, int expect_bn) {
   /* Steady state: nothing is allocated and the result is bit-identical. */
   st_backend_stats before, after;
   st_backend_get_stats(be, &before);
-  run_or_skip(plan, &x, &y);
+  run_plan(plan, &x, &y);
   ST_ASSERT_OK(st_backend_sync(be));
   st_backend_get_stats(be, &after);
   assert_int_equal(after.alloc_calls, before.alloc_calls);
@@ -184,7 +179,7 @@ static void test_small_teacher(void **state) {
   assert_int_equal(oi, 0);
   st_tensor x = st_test_to_backend(be, &x_h);
   const st_tensor *y = NULL;
-  run_or_skip(plan, &x, &y);
+  run_plan(plan, &x, &y);
   int64_t classes = (int64_t)json_num(cfg, "classes", 0);
   assert_int_equal(y->shape[1], classes);
   assert_int_equal(y->shape[2], h);
@@ -252,7 +247,7 @@ static void check_misc(void **state, const char *stem) {
 
   st_tensor x = st_test_to_backend(be, &in_h);
   const st_tensor *y = NULL;
-  run_or_skip(plan, &x, &y);
+  run_plan(plan, &x, &y);
   const st_tensor *yp = st_onnx_plan_output(plan, ip);
   const st_tensor *yl = st_onnx_plan_output(plan, il);
   assert_ptr_equal(y, yp);
@@ -306,7 +301,7 @@ static void test_asym_pads(void **state) {
   assert_int_equal(ps.fused_relus, 1);
   st_tensor x = st_test_to_backend(be, &in_h);
   const st_tensor *y = NULL;
-  run_or_skip(plan, &x, &y);
+  run_plan(plan, &x, &y);
   assert_true(st_tensor_same_shape(y, &want));
   st_tensor got = st_test_to_host(be, y);
   st_test_assert_close(got.data, want.data, (size_t)st_tensor_numel(&want),

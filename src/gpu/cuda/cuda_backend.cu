@@ -334,6 +334,16 @@ static st_backend_ops make_ops(void) {
   o.copy = st__cuda_copy;
   o.fill = st__cuda_fill;
   o.image_to_tensor = st__cuda_image_to_tensor;
+  o.unary = st__cuda_unary;
+  o.binary = st__cuda_binary;
+  o.pool2d = st__cuda_pool2d;
+  o.global_avg_pool = st__cuda_global_avg_pool;
+  o.resize = st__cuda_resize;
+  o.softmax = st__cuda_softmax;
+  o.transpose = st__cuda_transpose;
+  o.concat = st__cuda_concat;
+  o.slice = st__cuda_slice;
+  o.argmax_axis = st__cuda_argmax_axis;
   return o;
 }
 

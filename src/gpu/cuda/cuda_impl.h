@@ -17,7 +17,8 @@
  * cuda_conv.cu (cuDNN convolutions), cuda_norm.cu (batch norm),
  * cuda_resize.cu (bilinear resize), cuda_eltwise.cu (relu, add, concat,
  * split, subsample, fill, copy, cast, image_to_tensor), cuda_loss.cu
- * (weighted cross-entropy, argmax, confusion counts), cuda_adam.cu.
+ * (weighted cross-entropy, argmax, confusion counts), cuda_adam.cu,
+ * cuda_graph_ops.cu (the ops of imported ONNX graphs).
  */
 #ifndef ST_GPU_CUDA_IMPL_H
 #define ST_GPU_CUDA_IMPL_H
@@ -148,5 +149,27 @@ extern "C" int st__cuda_fill(st_backend *be, st_tensor *t, float value);
 extern "C" int st__cuda_image_to_tensor(st_backend *be, const st_tensor *image,
     const int channel_order[3], const float mean[3], const float std_[3],
     st_tensor *y);
+
+/* cuda_graph_ops.cu: ops of imported (ONNX) graphs */
+extern "C" int st__cuda_unary(st_backend *be, st_unary_kind kind, float alpha,
+    float beta, const st_tensor *x, st_tensor *y);
+extern "C" int st__cuda_binary(st_backend *be, st_binary_kind kind, const
+    st_tensor *a, const st_tensor *b, st_tensor *y);
+extern "C" int st__cuda_pool2d(st_backend *be, const st_pool2d_params *p,
+    const st_tensor *x, st_tensor *y);
+extern "C" int st__cuda_global_avg_pool(st_backend *be, const st_tensor *x,
+    st_tensor *y);
+extern "C" int st__cuda_resize(st_backend *be, const st_resize_params *p,
+    const st_tensor *x, st_tensor *y);
+extern "C" int st__cuda_softmax(st_backend *be, int axis, const st_tensor *x,
+    st_tensor *y);
+extern "C" int st__cuda_transpose(st_backend *be, const int *perm, const
+    st_tensor *x, st_tensor *y);
+extern "C" int st__cuda_concat(st_backend *be, int axis, const st_tensor
+    *const *inputs, int count, st_tensor *y);
+extern "C" int st__cuda_slice(st_backend *be, const int64_t *starts, const
+    int64_t *steps, const st_tensor *x, st_tensor *y);
+extern "C" int st__cuda_argmax_axis(st_backend *be, int axis, const st_tensor
+    *x, st_tensor *y);
 
 #endif
