@@ -3,7 +3,7 @@
 # reference, on this machine, in one run.
 #
 #   bench/vs_pytorch.sh [--height 720 --width 1280] [--iters 5] [--threads 2]
-#                       [--full] [--baseline plain|reuse|both]
+#                       [--full] [--baseline plain|reuse|both] [--no-teacher]
 #
 # Runs `shadowtutor-model bench` (inference and one distillation step in one
 # process) and bench/torch_student_bench.py (inference, then distillation,
@@ -64,6 +64,7 @@ while (($#)); do
       shift 2
       ;;
     --full) full=1; shift ;;
+    --no-teacher) no_teacher=1; shift ;;
     --baseline)
       (($# >= 2)) || usage
       [[ $2 =~ ^(plain|reuse|both)$ ]] || { echo "vs_pytorch: --baseline expects plain, reuse or both, got '$2'" >&2; exit 2; }
@@ -199,3 +200,10 @@ print("C distill peak RSS is that of the one C process, which ran inference "
 EOF
 echo "machine: $cpu_model, $cores cores; date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "(one run on a shared machine: expect run-to-run noise in the ratios)"
+
+# The teacher: lraspp_mobilenet_v3_large at 360x640 on the CPU, ours against
+# PyTorch (bench/teacher_vs_pytorch.sh; the model is exported on first use).
+if ((!${no_teacher:-0})); then
+  echo
+  bench/teacher_vs_pytorch.sh --threads "${threads:-2}" --iters "${iters:-5}"
+fi
