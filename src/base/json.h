@@ -10,5 +10,11 @@
 int st_json_parse(const char *text, const char *label, json_t **root);
 /* Reads and parses a file (ST_ENOENT when it is missing). */
 int st_json_load(const char *path, json_t **root);
+/* Refuses keys of the object `obj` that `known` (n names) does not list,
+ * and with require_all also a listed key that is absent. `prefix` is obj's
+ * key path with a trailing dot ("" at the top) for the messages
+ * ("cfg.json: unknown key input.gamma"). */
+int st_json_check_keys(const char *label, json_t *obj, const char *prefix,
+                       const char *const *known, size_t n, int require_all);
 
 #endif

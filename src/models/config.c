@@ -78,22 +78,10 @@ st_distill_params st_student_config_distill(const st_student_config *c) {
 
 /* ---- readers: each leaves *dst alone when the key is absent ------------ */
 
-/* Rejects keys of `obj` that the schema does not list; `prefix` is the key
- * path of obj with a trailing dot ("" at the top). */
+/* Every key of the student config is optional: unknown ones are refused. */
 static int check_keys(const char *label, json_t *obj, const char *prefix,
                       const char *const *known, size_t n) {
-  const char *key;
-  json_t *value;
-  json_object_foreach(obj, key, value) {
-    (void)value;
-    size_t i = 0;
-    while (i < n && strcmp(key, known[i]) != 0)
-      i++;
-    if (i == n)
-      return st_error_set(ST_EFORMAT, "%s: unknown key %s%s", label, prefix,
-                          key);
-  }
-  return ST_OK;
+  return st_json_check_keys(label, obj, prefix, known, n, 0);
 }
 
 /* A nested object, checked against its key list; *out is NULL when the key

@@ -35,26 +35,10 @@ static const channel_order_name channel_orders[] = {
 
 /* ---- config readers ------------------------------------------------------ */
 
-/* Rejects keys the schema does not list and requires every one it does;
- * `prefix` is obj's key path with a trailing dot ("" at the top). */
+/* Every key of the teacher config is required, and no other is allowed. */
 static int check_keys(const char *label, json_t *obj, const char *prefix,
                       const char *const *known, size_t n) {
-  const char *key;
-  json_t *value;
-  json_object_foreach(obj, key, value) {
-    (void)value;
-    size_t i = 0;
-    while (i < n && strcmp(key, known[i]) != 0)
-      i++;
-    if (i == n)
-      return st_error_set(ST_EFORMAT, "%s: unknown key %s%s", label, prefix,
-                          key);
-  }
-  for (size_t i = 0; i < n; i++)
-    if (!json_object_get(obj, known[i]))
-      return st_error_set(ST_EFORMAT, "%s: missing key %s%s", label, prefix,
-                          known[i]);
-  return ST_OK;
+  return st_json_check_keys(label, obj, prefix, known, n, 1);
 }
 
 static int read_int(const char *label, json_t *v, const char *path,
