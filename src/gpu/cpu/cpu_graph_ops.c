@@ -19,6 +19,7 @@
 
 #include "base/error.h"
 #include "gpu/cpu/cpu_impl.h"
+#include "gpu/layout.h"
 
 /* Below this many elements an op runs on the calling thread alone: waking
  * the team costs more than the work. */
@@ -38,14 +39,6 @@ static int team(st_backend *be, int64_t work) {
 }
 
 /* Row-major strides of a shape. */
-static void strides_of(const int64_t *shape, int ndim, int64_t *strides) {
-  int64_t s = 1;
-  for (int d = ndim - 1; d >= 0; d--) {
-    strides[d] = s;
-    s *= shape[d];
-  }
-}
-
 /* Product of shape[lo..hi). */
 static int64_t extent_product(const int64_t *shape, int lo, int hi) {
   int64_t p = 1;
@@ -154,54 +147,6 @@ static void binary_run(st_binary_kind kind, const float *a, int64_t sa,
 }
 #undef ST__BINARY_RUN
 
-/* Broadcast geometry reduced to the fewest axes: output extents and each
- * operand's element strides (0 along broadcast axes). */
-typedef struct bcast_geom {
-  int ndim;                 /* reduced rank, >= 1 */
-  int64_t shape[ST_MAX_DIMS];
-  int64_t sa[ST_MAX_DIMS];  /* a's strides in elements */
-  int64_t sb[ST_MAX_DIMS];  /* b's strides in elements */
-} bcast_geom;
-
-static void bcast_build(const st_tensor *a, const st_tensor *b,
-                        const st_tensor *y, bcast_geom *g) {
-  int rank = y->ndim;
-  int64_t ashape[ST_MAX_DIMS], bshape[ST_MAX_DIMS];
-  int64_t astr[ST_MAX_DIMS], bstr[ST_MAX_DIMS];
-  for (int d = 0; d < rank; d++) {
-    int da = d - (rank - a->ndim), db = d - (rank - b->ndim);
-    ashape[d] = da >= 0 ? a->shape[da] : 1;
-    bshape[d] = db >= 0 ? b->shape[db] : 1;
-  }
-  strides_of(ashape, rank, astr);
-  strides_of(bshape, rank, bstr);
-  g->ndim = 0;
-  for (int d = 0; d < rank; d++) {
-    int64_t e = y->shape[d];
-    if (e == 1)
-      continue; /* contributes nothing to any offset */
-    int64_t sa = ashape[d] == 1 ? 0 : astr[d];
-    int64_t sb = bshape[d] == 1 ? 0 : bstr[d];
-    int k = g->ndim;
-    /* Merge into the previous axis when both operands step through it as
-     * one longer axis (broadcast axes merge with broadcast axes). */
-    if (k > 0 && g->sa[k - 1] == sa * e && g->sb[k - 1] == sb * e) {
-      g->shape[k - 1] *= e;
-      g->sa[k - 1] = sa;
-      g->sb[k - 1] = sb;
-      continue;
-    }
-    g->shape[k] = e;
-    g->sa[k] = sa;
-    g->sb[k] = sb;
-    g->ndim++;
-  }
-  if (g->ndim == 0) {
-    g->ndim = 1;
-    g->shape[0] = 1;
-    g->sa[0] = g->sb[0] = 0;
-  }
-}
 
 int st__cpu_binary(st_backend *be, st_binary_kind kind, const st_tensor *a,
                    const st_tensor *b, st_tensor *y) {
@@ -223,8 +168,8 @@ int st__cpu_binary(st_backend *be, st_binary_kind kind, const st_tensor *a,
     }
     return ST_OK;
   }
-  bcast_geom g;
-  bcast_build(a, b, y, &g);
+  st__bcast_geom g;
+  st__bcast_build(a, b, y, &g);
   int inner = g.ndim - 1;
   int64_t len = g.shape[inner];
   int64_t rows = n / len;
@@ -692,7 +637,7 @@ int st__cpu_transpose(st_backend *be, const int *perm, const st_tensor *x,
   if (n == 0)
     return ST_OK;
   int64_t xstr[ST_MAX_DIMS];
-  strides_of(x->shape, x->ndim, xstr);
+  st__strides_of(x->shape, x->ndim, xstr);
   /* Output axes with the source stride of each; extent-1 axes dropped and
    * runs of consecutive source axes merged, so NCHW -> NHWC becomes a
    * 3-D [N, HW, C] gather. */
@@ -764,7 +709,7 @@ int st__cpu_slice(st_backend *be, const int64_t *starts, const int64_t *steps,
   if (n == 0)
     return ST_OK;
   int64_t xstr[ST_MAX_DIMS];
-  strides_of(x->shape, x->ndim, xstr);
+  st__strides_of(x->shape, x->ndim, xstr);
   /* Offset of y's first element in x, and x's stride per step of each y
    * axis (negative for negative steps). */
   int64_t base = 0, ystep[ST_MAX_DIMS], yshape[ST_MAX_DIMS];

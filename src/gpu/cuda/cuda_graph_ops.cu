@@ -20,6 +20,10 @@
 
 #include "gpu/cuda/cuda_impl.h"
 
+extern "C" {
+#include "gpu/layout.h"
+}
+
 // First index and stride of a grid-stride loop, in int64 so that tensors
 // past 2^31 elements index correctly.
 #define ST_GRID_START ((int64_t)blockIdx.x * blockDim.x + threadIdx.x)
@@ -35,13 +39,6 @@
 #define ST_CUDA_MAX_PLANE_BLOCKS 65535
 
 // Row-major strides of a shape.
-static void strides_of(const int64_t *shape, int ndim, int64_t *strides) {
-  int64_t s = 1;
-  for (int d = ndim - 1; d >= 0; d--) {
-    strides[d] = s;
-    s *= shape[d];
-  }
-}
 
 // Product of shape[lo..hi).
 static int64_t extent_product(const int64_t *shape, int lo, int hi) {
@@ -121,60 +118,11 @@ extern "C" int st__cuda_unary(st_backend *be, st_unary_kind kind, float alpha,
 
 // ---- binary with broadcasting ----------------------------------------------
 
-// Broadcast geometry reduced to the fewest axes, passed by value: output
-// extents and each operand's element strides (0 along broadcast axes).
-typedef struct bcast_geom {
-  int ndim; // reduced rank, >= 1
-  int64_t shape[ST_MAX_DIMS];
-  int64_t sa[ST_MAX_DIMS];
-  int64_t sb[ST_MAX_DIMS];
-} bcast_geom;
-
-// As cpu_graph_ops.c's bcast_build: ranks aligned on the right, extent-1
-// output axes dropped, axes that both operands step through as one longer
-// axis merged.
-static void bcast_build(const st_tensor *a, const st_tensor *b,
-                        const st_tensor *y, bcast_geom *g) {
-  const int rank = y->ndim;
-  int64_t ashape[ST_MAX_DIMS], bshape[ST_MAX_DIMS];
-  int64_t astr[ST_MAX_DIMS], bstr[ST_MAX_DIMS];
-  for (int d = 0; d < rank; d++) {
-    int da = d - (rank - a->ndim), db = d - (rank - b->ndim);
-    ashape[d] = da >= 0 ? a->shape[da] : 1;
-    bshape[d] = db >= 0 ? b->shape[db] : 1;
-  }
-  strides_of(ashape, rank, astr);
-  strides_of(bshape, rank, bstr);
-  g->ndim = 0;
-  for (int d = 0; d < rank; d++) {
-    const int64_t e = y->shape[d];
-    if (e == 1)
-      continue; // contributes nothing to any offset
-    const int64_t sa = ashape[d] == 1 ? 0 : astr[d];
-    const int64_t sb = bshape[d] == 1 ? 0 : bstr[d];
-    const int k = g->ndim;
-    if (k > 0 && g->sa[k - 1] == sa * e && g->sb[k - 1] == sb * e) {
-      g->shape[k - 1] *= e;
-      g->sa[k - 1] = sa;
-      g->sb[k - 1] = sb;
-      continue;
-    }
-    g->shape[k] = e;
-    g->sa[k] = sa;
-    g->sb[k] = sb;
-    g->ndim++;
-  }
-  if (g->ndim == 0) {
-    g->ndim = 1;
-    g->shape[0] = 1;
-    g->sa[0] = g->sb[0] = 0;
-  }
-}
 
 // y[i] = a[oa(i)] (op) b[ob(i)], the offsets from decomposing i over the
 // reduced output extents. y may equal an operand of y's shape: that
 // operand's offset is i itself, read before the same thread writes it.
-static __global__ void binary_kernel(st_binary_kind kind, bcast_geom g,
+static __global__ void binary_kernel(st_binary_kind kind, st__bcast_geom g,
                                      const float *a, const float *b, float *y,
                                      int64_t n) {
   for (int64_t i = ST_GRID_START; i < n; i += ST_GRID_STEP) {
@@ -221,8 +169,8 @@ extern "C" int st__cuda_binary(st_backend *be, st_binary_kind kind,
   const int64_t n = st_tensor_numel(y);
   if (n == 0)
     return ST_OK;
-  bcast_geom g;
-  bcast_build(a, b, y, &g);
+  st__bcast_geom g;
+  st__bcast_build(a, b, y, &g);
   binary_kernel<<<st__cuda_grid(n), ST_CUDA_BLOCK, 0, cu->stream>>>(
       kind, g, (const float *)a->data, (const float *)b->data,
       (float *)y->data, n);
@@ -610,7 +558,7 @@ extern "C" int st__cuda_transpose(st_backend *be, const int *perm,
   if (n == 0)
     return ST_OK;
   int64_t xstr[ST_MAX_DIMS];
-  strides_of(x->shape, x->ndim, xstr);
+  st__strides_of(x->shape, x->ndim, xstr);
   // Output axes with the source stride of each, extent-1 axes dropped and
   // runs of consecutive source axes merged (as the CPU).
   gather_geom g;
@@ -646,7 +594,7 @@ extern "C" int st__cuda_slice(st_backend *be, const int64_t *starts,
   if (n == 0)
     return ST_OK;
   int64_t xstr[ST_MAX_DIMS];
-  strides_of(x->shape, x->ndim, xstr);
+  st__strides_of(x->shape, x->ndim, xstr);
   // Offset of y's first element in x, and x's stride per step of each kept
   // y axis (negative for negative steps).
   int64_t base = 0;
