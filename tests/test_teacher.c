@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "testutil.h"
+#include "toolrun.h"
 
 #include "models/onnx_exec.h"
 #include "models/onnx_graph.h"
@@ -586,79 +587,11 @@ static void test_config_model_mismatch(void **state) {
 
 /* ---- the tool ------------------------------------------------------------------ */
 
-static const char *tool_path(void) {
-  const char *env = getenv("ST_MODEL_TOOL");
-  return env && *env ? env : ST_MODEL_TOOL;
-}
-
-enum { MAX_ARGS = 32, OUTPUT_BYTES = 1 << 14, WORK_PATHS = 16 };
-
-typedef struct run_result {
-  int exit_code;
-  char err[OUTPUT_BYTES];
-} run_result;
-
-static char workdir[] = "/tmp/st_teacher_XXXXXX";
-
-static const char *work_path(const char *name) {
-  static char buf[WORK_PATHS][600];
-  static int next;
-  char *p = buf[next++ % WORK_PATHS];
-  snprintf(p, sizeof buf[0], "%s/%s", workdir, name);
-  return p;
-}
-
-static const char *fixture(const char *name) {
-  static char buf[WORK_PATHS][600];
-  static int next;
-  char *p = buf[next++ % WORK_PATHS];
-  snprintf(p, sizeof buf[0], "%s", st_test_fixture_path(name));
-  return p;
-}
-
-static void run_tool(run_result *r, ...) {
-  const char *argv[MAX_ARGS] = {tool_path()};
-  int argc = 1;
-  va_list ap;
-  va_start(ap, r);
-  const char *a;
-  while ((a = va_arg(ap, const char *)) && argc < MAX_ARGS - 1)
-    argv[argc++] = a;
-  va_end(ap);
-  argv[argc] = NULL;
-  /* Own buffer: work_path's rotate, and callers hold some of them. */
-  char err[sizeof workdir + 16];
-  snprintf(err, sizeof err, "%s/stderr", workdir);
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    if (!freopen("/dev/null", "w", stdout) || !freopen(err, "w", stderr))
-      _exit(127);
-    execv(tool_path(), (char *const *)argv);
-    _exit(127);
-  }
-  int status = 0;
-  assert_int_equal(waitpid(pid, &status, 0), pid);
-  r->exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  FILE *f = fopen(err, "rb");
-  size_t n = f ? fread(r->err, 1, sizeof r->err - 1, f) : 0;
-  r->err[n] = '\0';
-  if (f)
-    fclose(f);
-}
-
-static int count_lines(const char *s) {
-  int n = 0;
-  for (; *s; s++)
-    n += *s == '\n';
-  return n;
-}
-
-static void assert_usage_error(const run_result *r, const char *needle) {
-  if (r->exit_code != 2 || count_lines(r->err) != 1 || !strstr(r->err, needle))
-    fail_msg("expected exit 2 and one line with '%s'; got exit %d, stderr: %s",
-             needle, r->exit_code, r->err);
-}
+#define run_tool(r, ...) st_tool_run_args((r), ST_MODEL_TOOL, __VA_ARGS__)
+#define work_path st_tool_work_path
+#define fixture st_tool_fixture
+#define assert_usage_error st_tool_assert_usage_error
+typedef st_tool_run run_result;
 
 /* Exit 0 and nothing on stderr. */
 static void assert_success(const run_result *r) {
@@ -814,14 +747,12 @@ static void test_tool_teacher_refusals(void **state) {
 
 static int tool_setup(void **state) {
   (void)state;
-  return mkdtemp(workdir) ? 0 : -1;
+  return st_tool_workdir_make("teacher");
 }
 
 static int tool_teardown(void **state) {
   (void)state;
-  char cmd[600];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", workdir);
-  return system(cmd) == 0 ? 0 : -1;
+  return st_tool_workdir_remove();
 }
 
 int main(void) {

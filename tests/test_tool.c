@@ -9,115 +9,28 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "toolrun.h"
 
 #ifndef ST_MODEL_TOOL
 #error "ST_MODEL_TOOL must name the shadowtutor-model binary"
 #endif
 
-/* The binary under test: $ST_MODEL_TOOL when set (a copied tree), else the
- * one this build made. */
-static const char *tool_path(void) {
-  const char *env = getenv("ST_MODEL_TOOL");
-  return env && *env ? env : ST_MODEL_TOOL;
-}
-
-enum { MAX_ARGS = 32, OUTPUT_BYTES = 1 << 16 };
-
-typedef struct run_result {
-  int exit_code;              /* -1 when killed by a signal */
-  char out[OUTPUT_BYTES];     /* stdout */
-  char err[OUTPUT_BYTES];     /* stderr */
-} run_result;
-
-static char workdir[] = "/tmp/st_tool_XXXXXX";
-/* Where a run's stdout and stderr are captured (set up once). */
-static char stdout_path[600], stderr_path[600];
-
-/* Paths inside the work folder; each test uses fewer than this many. */
-enum { WORK_PATHS = 16 };
-
-static const char *work_path(const char *name) {
-  static char buf[WORK_PATHS][600];
-  static int next;
-  char *p = buf[next++ % WORK_PATHS];
-  snprintf(p, sizeof buf[0], "%s/%s", workdir, name);
-  return p;
-}
-
-/* A fixture path that stays valid while the test uses it
- * (st_test_fixture_path returns one shared buffer). */
-static const char *fixture(const char *name) {
-  static char buf[WORK_PATHS][600];
-  static int next;
-  char *p = buf[next++ % WORK_PATHS];
-  snprintf(p, sizeof buf[0], "%s", st_test_fixture_path(name));
-  return p;
-}
-
-static void slurp(const char *path, char *dst, size_t cap) {
-  FILE *f = fopen(path, "rb");
-  size_t n = f ? fread(dst, 1, cap - 1, f) : 0;
-  dst[n] = '\0';
-  if (f)
-    fclose(f);
-}
-
-/* Runs the tool with a NULL-terminated argument list. */
-static void run_tool(run_result *r, ...) {
-  const char *argv[MAX_ARGS] = {tool_path()};
-  int argc = 1;
-  va_list ap;
-  va_start(ap, r);
-  const char *a;
-  while ((a = va_arg(ap, const char *)) && argc < MAX_ARGS - 1)
-    argv[argc++] = a;
-  va_end(ap);
-  argv[argc] = NULL;
-  const char *out = stdout_path, *err = stderr_path;
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    if (!freopen(out, "w", stdout) || !freopen(err, "w", stderr))
-      _exit(127);
-    execv(tool_path(), (char *const *)argv);
-    _exit(127);
-  }
-  int status = 0;
-  assert_int_equal(waitpid(pid, &status, 0), pid);
-  r->exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  slurp(out, r->out, sizeof r->out);
-  slurp(err, r->err, sizeof r->err);
-}
-
-static int count_lines(const char *s) {
-  int n = 0;
-  for (; *s; s++)
-    n += *s == '\n';
-  return n;
-}
-
-/* Exit code 2 and exactly one line on stderr containing `needle`. */
-static void assert_usage_error(const run_result *r, const char *needle) {
-  if (r->exit_code != 2 || count_lines(r->err) != 1 ||
-      !strstr(r->err, needle))
-    fail_msg("expected exit 2 and one line with '%s'; got exit %d, stderr: %s",
-             needle, r->exit_code, r->err);
-}
+/* The binary this build made (toolrun lets $ST_MODEL_TOOL override it). */
+#define run_tool(r, ...) st_tool_run_args((r), ST_MODEL_TOOL, __VA_ARGS__)
+#define work_path st_tool_work_path
+#define fixture st_tool_fixture
+#define count_lines st_tool_count_lines
+#define assert_usage_error st_tool_assert_usage_error
+typedef st_tool_run run_result;
 
 static int setup(void **state) {
   (void)state;
-  if (!mkdtemp(workdir))
-    return -1;
-  snprintf(stdout_path, sizeof stdout_path, "%s/stdout", workdir);
-  snprintf(stderr_path, sizeof stderr_path, "%s/stderr", workdir);
-  return 0;
+  return st_tool_workdir_make("tool");
 }
 
 static int teardown(void **state) {
   (void)state;
-  char cmd[600];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", workdir);
-  return system(cmd) == 0 ? 0 : -1;
+  return st_tool_workdir_remove();
 }
 
 static const char *config_path(void) {
