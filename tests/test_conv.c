@@ -6,6 +6,7 @@
  * With ST_CONV_BENCH=1 in the environment the executable also times the
  * student's convolutions at 720x1280 on the CPU backend and prints a table
  * (not part of the pass/fail result). */
+#include "conv_cases.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -13,15 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#define CONV_FIXTURE "conv.safetensors"
-
-/* fp32 against a float64 reference: sums of at most a few hundred terms of
- * magnitude <= 1 stay well inside these. */
-#define CONV_RTOL 1e-4
-#define CONV_ATOL 2e-5
-/* Weight and bias gradients sum over N*OH*OW positions (up to ~550 here). */
-#define CONV_GRAD_ATOL 1e-4
 
 /* Central finite differences on the probe loss L = sum(y * r). The
  * convolution is linear, so the only error is fp32 rounding of y divided by
@@ -33,82 +25,6 @@
 #define FD_PROBES 24
 /* A prime stride so the probes spread over channels, rows and borders. */
 #define FD_PROBE_STRIDE 7919
-
-static const char *const case_names[] = {
-    "k3s1", "k3s2_relu",   "k1s2",  "k13",   "k31_sum",
-    "dil2", "g2_relu_sum", "dw_s2", "mixed",
-};
-#define CASE_COUNT (sizeof case_names / sizeof case_names[0])
-
-/* Index of each entry of the fixture's '<case>.params' vector. */
-enum {
-  PARAM_STRIDE_H,
-  PARAM_STRIDE_W,
-  PARAM_PAD_H,
-  PARAM_PAD_W,
-  PARAM_DIL_H,
-  PARAM_DIL_W,
-  PARAM_GROUPS,
-  PARAM_BIAS,
-  PARAM_RELU,
-  PARAM_BETA,
-  PARAM_COUNT
-};
-
-/* One fixture case, on the host. */
-typedef struct conv_case {
-  const char *name;
-  st_conv2d_params p;
-  int has_bias, relu, beta;
-  st_tensor x, w, b, y0, y, dy, dx, dw, db; /* b, db, y0 zero when absent */
-} conv_case;
-
-static st_tensor case_tensor(const st_safetensors *fx, const char *cname,
-                             const char *what) {
-  char name[128];
-  snprintf(name, sizeof name, "%s.%s", cname, what);
-  return st_test_fixture_tensor(fx, name);
-}
-
-static void case_load(const st_safetensors *fx, const char *cname,
-                      conv_case *c) {
-  memset(c, 0, sizeof *c);
-  c->name = cname;
-  st_tensor prm = case_tensor(fx, cname, "params");
-  assert_int_equal(prm.dtype, ST_I32);
-  assert_int_equal(st_tensor_numel(&prm), PARAM_COUNT);
-  const int32_t *v = prm.data;
-  c->p.stride[0] = v[PARAM_STRIDE_H];
-  c->p.stride[1] = v[PARAM_STRIDE_W];
-  c->p.pad[0] = v[PARAM_PAD_H];
-  c->p.pad[1] = v[PARAM_PAD_W];
-  c->p.dilation[0] = v[PARAM_DIL_H];
-  c->p.dilation[1] = v[PARAM_DIL_W];
-  c->p.groups = v[PARAM_GROUPS];
-  c->has_bias = v[PARAM_BIAS];
-  c->relu = v[PARAM_RELU];
-  c->beta = v[PARAM_BETA];
-  st_tensor_free(&prm);
-  c->x = case_tensor(fx, cname, "x");
-  c->w = case_tensor(fx, cname, "w");
-  c->y = case_tensor(fx, cname, "y");
-  c->dy = case_tensor(fx, cname, "dy");
-  c->dx = case_tensor(fx, cname, "dx");
-  c->dw = case_tensor(fx, cname, "dw");
-  if (c->has_bias) {
-    c->b = case_tensor(fx, cname, "b");
-    c->db = case_tensor(fx, cname, "db");
-  }
-  if (c->beta)
-    c->y0 = case_tensor(fx, cname, "y0");
-}
-
-static void case_free(conv_case *c) {
-  st_tensor *all[] = {&c->x,  &c->w,  &c->b,  &c->y, &c->y0,
-                      &c->dy, &c->dx, &c->dw, &c->db};
-  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-    st_tensor_free(all[i]);
-}
 
 static void assert_tensor_close(st_backend *be, const st_tensor *got,
                                 const st_tensor *want, double rtol, double atol,
@@ -178,13 +94,13 @@ static void run_bwd_weights(st_backend *be, const conv_case *c, int want_db,
 static void test_forward(void **state) {
   st_backend *be = st_test_backend(state);
   st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
-  for (size_t i = 0; i < CASE_COUNT; i++) {
+  for (size_t i = 0; i < conv_case_count; i++) {
     conv_case c;
-    case_load(fx, case_names[i], &c);
+    conv_case_load(fx, conv_case_names[i], &c);
     st_tensor y = run_forward(be, &c, &c.x, &c.w, c.has_bias ? &c.b : NULL, 0);
     assert_tensor_close(be, &y, &c.y, CONV_RTOL, CONV_ATOL, c.name, "y");
     st_tensor_free(&y);
-    case_free(&c);
+    conv_case_free(&c);
   }
   st_safetensors_free(fx);
 }
@@ -195,9 +111,9 @@ static void test_forward_fusions_matter(void **state) {
   st_backend *be = st_test_backend(state);
   st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
   int fused = 0;
-  for (size_t i = 0; i < CASE_COUNT; i++) {
+  for (size_t i = 0; i < conv_case_count; i++) {
     conv_case c;
-    case_load(fx, case_names[i], &c);
+    conv_case_load(fx, conv_case_names[i], &c);
     if (c.relu || c.beta) {
       fused++;
       st_tensor y =
@@ -211,7 +127,7 @@ static void test_forward_fusions_matter(void **state) {
       st_tensor_free(&h);
       st_tensor_free(&y);
     }
-    case_free(&c);
+    conv_case_free(&c);
   }
   assert_true(fused >= 3);
   st_safetensors_free(fx);
@@ -220,13 +136,13 @@ static void test_forward_fusions_matter(void **state) {
 static void test_bwd_data(void **state) {
   st_backend *be = st_test_backend(state);
   st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
-  for (size_t i = 0; i < CASE_COUNT; i++) {
+  for (size_t i = 0; i < conv_case_count; i++) {
     conv_case c;
-    case_load(fx, case_names[i], &c);
+    conv_case_load(fx, conv_case_names[i], &c);
     st_tensor dx = run_bwd_data(be, &c);
     assert_tensor_close(be, &dx, &c.dx, CONV_RTOL, CONV_ATOL, c.name, "dx");
     st_tensor_free(&dx);
-    case_free(&c);
+    conv_case_free(&c);
   }
   st_safetensors_free(fx);
 }
@@ -234,9 +150,9 @@ static void test_bwd_data(void **state) {
 static void test_bwd_weights(void **state) {
   st_backend *be = st_test_backend(state);
   st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
-  for (size_t i = 0; i < CASE_COUNT; i++) {
+  for (size_t i = 0; i < conv_case_count; i++) {
     conv_case c;
-    case_load(fx, case_names[i], &c);
+    conv_case_load(fx, conv_case_names[i], &c);
     st_tensor dw, db;
     run_bwd_weights(be, &c, c.has_bias, &dw, &db);
     assert_tensor_close(be, &dw, &c.dw, CONV_RTOL, CONV_GRAD_ATOL, c.name,
@@ -253,7 +169,7 @@ static void test_bwd_weights(void **state) {
                           "dw (no db)");
       st_tensor_free(&dw);
     }
-    case_free(&c);
+    conv_case_free(&c);
   }
   st_safetensors_free(fx);
 }
@@ -313,9 +229,9 @@ static void check_fd(st_backend *be, const conv_case *c, st_tensor *param,
 static void test_fd_backward(void **state) {
   st_backend *be = st_test_backend(state);
   st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
-  for (size_t i = 0; i < CASE_COUNT; i++) {
+  for (size_t i = 0; i < conv_case_count; i++) {
     conv_case c;
-    case_load(fx, case_names[i], &c);
+    conv_case_load(fx, conv_case_names[i], &c);
     st_tensor dx = run_bwd_data(be, &c);
     st_tensor dxh = st_test_to_host(be, &dx);
     check_fd(be, &c, &c.x, &dxh, "x");
@@ -333,7 +249,7 @@ static void test_fd_backward(void **state) {
     st_tensor_free(&dw);
     st_tensor_free(&db);
     st_tensor_free(&dwh);
-    case_free(&c);
+    conv_case_free(&c);
   }
   st_safetensors_free(fx);
 }
@@ -357,8 +273,8 @@ static void test_cache_reuse(void **state) {
   st_backend *be = st_test_backend(state);
   st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
   conv_case a, b;
-  case_load(fx, "g2_relu_sum", &a); /* grouped, fused ReLU and sum */
-  case_load(fx, "dw_s2", &b);       /* depthwise, strided, other sizes */
+  conv_case_load(fx, "g2_relu_sum", &a); /* grouped, fused ReLU and sum */
+  conv_case_load(fx, "dw_s2", &b);       /* depthwise, strided, other sizes */
 
   st_tensor ya0 = run_forward(be, &a, &a.x, &a.w, &a.b, 0);
   st_tensor yb0 = run_forward(be, &b, &b.x, &b.w, &b.b, 0);
@@ -407,8 +323,8 @@ static void test_cache_reuse(void **state) {
                       &ba,  &xb,  &wb,   &bb,   &ya, &yb};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
     st_tensor_free(all[i]);
-  case_free(&a);
-  case_free(&b);
+  conv_case_free(&a);
+  conv_case_free(&b);
   st_safetensors_free(fx);
 }
 
@@ -491,7 +407,7 @@ static void test_single_thread_context(void **state) {
   ST_ASSERT_OK(st_backend_new(&opts, &be));
   st_safetensors *fx = st_test_fixture_open(CONV_FIXTURE);
   conv_case c;
-  case_load(fx, "k3s2_relu", &c);
+  conv_case_load(fx, "k3s2_relu", &c);
   st_tensor y = run_forward(be, &c, &c.x, &c.w, &c.b, 0);
   assert_tensor_close(be, &y, &c.y, CONV_RTOL, CONV_ATOL, c.name,
                       "y (1 thread)");
@@ -504,7 +420,7 @@ static void test_single_thread_context(void **state) {
   st_tensor_free(&y);
   st_tensor_free(&dw);
   st_tensor_free(&db);
-  case_free(&c);
+  conv_case_free(&c);
   st_safetensors_free(fx);
   st_backend_free(be);
 }
