@@ -9,6 +9,7 @@ packages=(
   libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libavdevice-dev
   libdnnl-dev ocl-icd-opencl-dev opencl-headers
   libprotobuf-c-dev protobuf-c-compiler
+  libhttp-parser-dev python3-msgpack python3-numpy
 )
 
 missing=()

@@ -22,7 +22,16 @@
   XX(ERANGE, "out_of_range", "value out of range")                             \
   XX(ENOTSUP, "unsupported", "operation not supported")                        \
   XX(EBACKEND, "backend_error", "compute backend failure")                     \
-  XX(ENODEV, "no_device", "no compute device available")
+  XX(ENODEV, "no_device", "no compute device available")                      \
+  XX(EBADMSG, "bad_message", "malformed protocol message")                     \
+  XX(ETOOBIG, "message_too_large", "message exceeds the size limit")           \
+  XX(ESTATE, "unexpected_message", "message not valid in this state")          \
+  XX(EPROTOVER, "unsupported_protocol", "unsupported protocol version")        \
+  XX(EAUTH, "unauthorized", "missing or wrong token")                          \
+  XX(EFULL, "server_full", "server at its client limit")                       \
+  XX(ETIMEDOUT, "timeout", "deadline passed")                                  \
+  XX(ESHUTDOWN, "shutting_down", "server is shutting down")                    \
+  XX(ECONN, "connection_error", "connection failed or closed")
 
 typedef enum st_errno {
   ST_OK = 0,

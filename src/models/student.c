@@ -1078,3 +1078,177 @@ done:
     st_tensor_free(&host[i]);
   return rc;
 }
+
+/* ---- learner state ---------------------------------------------------------- */
+
+struct st_student_state {
+  int count;                         /* tensors, == the student's */
+  size_t numel[STUDENT_MAX_TENSORS]; /* elements of tensor i */
+  float *value[STUDENT_MAX_TENSORS]; /* host weights of tensor i */
+  /* Adam moments of tensor i; NULL until the tensor was trained (a NULL
+   * moment loads as zeros). */
+  float *m[STUDENT_MAX_TENSORS], *v[STUDENT_MAX_TENSORS];
+  int64_t adam_step;                 /* Adam steps taken */
+};
+
+void st_student_state_free(st_student_state *st) {
+  if (!st)
+    return;
+  for (int i = 0; i < st->count; i++) {
+    free(st->value[i]);
+    free(st->m[i]);
+    free(st->v[i]);
+  }
+  free(st);
+}
+
+static int state_alloc(int count, const size_t *numel,
+                       st_student_state **out) {
+  st_student_state *st = calloc(1, sizeof *st);
+  if (!st)
+    return st_error_set(ST_ENOMEM, "student state: out of memory");
+  st->count = count;
+  for (int i = 0; i < count; i++) {
+    st->numel[i] = numel[i];
+    st->value[i] = malloc(numel[i] * sizeof(float));
+    if (!st->value[i]) {
+      st_student_state_free(st);
+      return st_error_set(ST_ENOMEM, "student state: out of memory");
+    }
+  }
+  *out = st;
+  return ST_OK;
+}
+
+int st_student_state_new(st_student *s, st_student_state **out) {
+  *out = NULL;
+  size_t numel[STUDENT_MAX_TENSORS];
+  for (int i = 0; i < s->param_count; i++)
+    numel[i] = (size_t)st_tensor_numel(&s->params[i].value);
+  st_student_state *st = NULL;
+  TRY(state_alloc(s->param_count, numel, &st));
+  for (int i = 0; i < s->param_count; i++) {
+    int rc = st_tensor_download(s->be, &s->params[i].value, st->value[i],
+                                numel[i] * sizeof(float));
+    if (rc) {
+      st_student_state_free(st);
+      return rc;
+    }
+  }
+  *out = st;
+  return ST_OK;
+}
+
+int st_student_state_clone(const st_student_state *src,
+                           st_student_state **out) {
+  *out = NULL;
+  st_student_state *st = NULL;
+  TRY(state_alloc(src->count, src->numel, &st));
+  for (int i = 0; i < src->count; i++) {
+    memcpy(st->value[i], src->value[i], src->numel[i] * sizeof(float));
+    if (src->m[i]) {
+      st->m[i] = malloc(src->numel[i] * sizeof(float));
+      st->v[i] = malloc(src->numel[i] * sizeof(float));
+      if (!st->m[i] || !st->v[i]) {
+        st_student_state_free(st);
+        return st_error_set(ST_ENOMEM, "student state: out of memory");
+      }
+      memcpy(st->m[i], src->m[i], src->numel[i] * sizeof(float));
+      memcpy(st->v[i], src->v[i], src->numel[i] * sizeof(float));
+    }
+  }
+  st->adam_step = src->adam_step;
+  *out = st;
+  return ST_OK;
+}
+
+static int state_check(const st_student *s, const st_student_state *st) {
+  if (st->count != s->param_count)
+    return st_error_set(ST_ESHAPE, "student state: %d tensors, student has %d",
+                        st->count, s->param_count);
+  for (int i = 0; i < s->param_count; i++)
+    if (st->numel[i] != (size_t)st_tensor_numel(&s->params[i].value))
+      return st_error_set(ST_ESHAPE, "student state: tensor '%s' size differs",
+                          s->params[i].name);
+  return ST_OK;
+}
+
+int st_student_state_load(st_student *s, const st_student_state *st) {
+  TRY(state_check(s, st));
+  for (int i = 0; i < s->param_count; i++) {
+    student_param *p = &s->params[i];
+    size_t bytes = st->numel[i] * sizeof(float);
+    TRY(st_tensor_upload(s->be, &p->value, st->value[i], bytes));
+    if (!s->trainable[p->module])
+      continue;
+    if (st->m[i]) {
+      TRY(st_tensor_upload(s->be, &p->m, st->m[i], bytes));
+      TRY(st_tensor_upload(s->be, &p->v, st->v[i], bytes));
+    } else {
+      TRY(st_fill(s->be, &p->m, 0.0f));
+      TRY(st_fill(s->be, &p->v, 0.0f));
+    }
+  }
+  s->adam_step = st->adam_step;
+  s->has_best = 0;
+  s->forward_valid = 0;
+  return ST_OK;
+}
+
+int st_student_state_save(st_student *s, st_student_state *st) {
+  TRY(state_check(s, st));
+  for (int i = 0; i < s->param_count; i++) {
+    student_param *p = &s->params[i];
+    if (!s->trainable[p->module])
+      continue; /* frozen tensors are exactly what load put there */
+    size_t bytes = st->numel[i] * sizeof(float);
+    if (!st->m[i]) {
+      st->m[i] = malloc(bytes);
+      st->v[i] = malloc(bytes);
+      if (!st->m[i] || !st->v[i]) {
+        free(st->m[i]);
+        free(st->v[i]);
+        st->m[i] = st->v[i] = NULL;
+        return st_error_set(ST_ENOMEM, "student state: out of memory");
+      }
+    }
+    TRY(st_tensor_download(s->be, &p->value, st->value[i], bytes));
+    TRY(st_tensor_download(s->be, &p->m, st->m[i], bytes));
+    TRY(st_tensor_download(s->be, &p->v, st->v[i], bytes));
+  }
+  st->adam_step = s->adam_step;
+  return ST_OK;
+}
+
+void st_student_state_reset_optimizer(st_student_state *st) {
+  for (int i = 0; i < st->count; i++) {
+    free(st->m[i]);
+    free(st->v[i]);
+    st->m[i] = st->v[i] = NULL;
+  }
+  st->adam_step = 0;
+}
+
+size_t st_student_state_count(const st_student_state *st) {
+  return (size_t)st->count;
+}
+
+float *st_student_state_values(st_student_state *st, size_t i,
+                               size_t *numel) {
+  if (i >= (size_t)st->count)
+    return NULL;
+  if (numel)
+    *numel = st->numel[i];
+  return st->value[i];
+}
+
+int64_t st_student_state_adam_step(const st_student_state *st) {
+  return st->adam_step;
+}
+
+size_t st_student_state_bytes(const st_student_state *st) {
+  size_t total = sizeof *st;
+  for (int i = 0; i < st->count; i++)
+    total += st->numel[i] * sizeof(float) * (st->m[i] ? 3 : 1);
+  return total;
+}

@@ -124,4 +124,36 @@ void st_student_reset_optimizer(st_student *s);
  * snapshots on the example last given to st_student_set_example. */
 st_distill_learner st_student_learner(st_student *s);
 
+/* ---- learner state -----------------------------------------------------------
+ * Everything that makes one learner distinct, in host memory: the weights
+ * of every tensor, the Adam moments of the tensors it has trained, and the
+ * Adam step. A server keeps one state per client session and a few planned
+ * students per worker: load the session's state into a student, distil,
+ * save it back. So the large activation plan is shared, and a session costs
+ * only its weights and moments (about 2 MB + 8 bytes per trained weight).
+ * The state owns its buffers; the student is borrowed by each call. */
+typedef struct st_student_state st_student_state;
+
+/* A state holding the student's current weights, no moments, step 0. */
+int st_student_state_new(st_student *s, st_student_state **out);
+int st_student_state_clone(const st_student_state *src,
+                           st_student_state **out);
+/* Accepts NULL. */
+void st_student_state_free(st_student_state *st);
+/* Puts the state into the student: every weight, and the moments of its
+ * trainable tensors (zeros for tensors the state never trained); clears the
+ * student's best snapshot and cached forward. */
+int st_student_state_load(st_student *s, const st_student_state *st);
+/* Copies the student's trainable weights, their moments and the Adam step
+ * back into the state (frozen weights are unchanged by training). */
+int st_student_state_save(st_student *s, st_student_state *st);
+/* Forgets every moment and the step (a change of the trainable set). */
+void st_student_state_reset_optimizer(st_student_state *st);
+size_t st_student_state_count(const st_student_state *st);
+/* Host weights of tensor i (the student's tensor order), NULL past the end. */
+float *st_student_state_values(st_student_state *st, size_t i, size_t *numel);
+int64_t st_student_state_adam_step(const st_student_state *st);
+/* Host bytes the state holds. */
+size_t st_student_state_bytes(const st_student_state *st);
+
 #endif

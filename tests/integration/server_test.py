@@ -1,0 +1,524 @@
+#!/usr/bin/python3
+"""Loopback integration tests of shadowtutor-server, speaking protocol v1
+from an independent implementation (Python + msgpack, Debian's
+python3-msgpack and python3-numpy) against the real server binary.
+
+    server_test.py --server BUILD/shadowtutor-server --config-dir config [-v]
+
+Each test class starts its own server process on an ephemeral port with a
+config written to a temporary folder (tiny frames, short timeouts), so the
+whole file runs in well under a minute on two cores.
+"""
+import argparse
+import json
+import select
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+
+import msgpack
+import numpy as np
+
+SERVER = None
+CONFIG_DIR = None
+W, H = 64, 48  # frame size of every test client
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def frame_bytes(obj):
+    body = msgpack.packb(obj, use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+def recv_exact(sock, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed after %d of %d bytes" % (len(buf), n))
+        buf += chunk
+    return buf
+
+
+def recv_msg(sock):
+    n = struct.unpack(">I", recv_exact(sock, 4))[0]
+    return msgpack.unpackb(recv_exact(sock, n), raw=False)
+
+
+def test_frame(seed):
+    """A deterministic RGB frame: smooth background and a bright box."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:H, 0:W]
+    img = np.stack([(x * 4) % 256, (y * 5) % 256, ((x + y) * 3) % 256], -1)
+    x0, y0 = rng.integers(0, W // 2), rng.integers(0, H // 2)
+    img[y0:y0 + H // 3, x0:x0 + W // 3] = [250, 240, 230]
+    return img.astype(np.uint8)
+
+
+def apply_update(weights, upd):
+    """The client side of docs/protocol.md: returns the new weights."""
+    enc = upd["encoding"]
+    for t in upd["tensors"]:
+        shape = tuple(t["shape"])
+        if t["dtype"] == "f32":
+            v = np.frombuffer(t["data"], "<f4").reshape(shape)
+        else:
+            v = np.frombuffer(t["data"], "<f2").astype(np.float32).reshape(shape)
+        if enc == "f16-delta" and not upd.get("full", False):
+            weights[t["name"]] = (weights[t["name"]] + v).astype(np.float32)
+        else:
+            weights[t["name"]] = v.copy()
+    return weights
+
+
+class Server:
+    def __init__(self, **overrides):
+        self.dir = tempfile.TemporaryDirectory()
+        self.port = free_port()
+        self.metrics_port = free_port()
+        cfg = {
+            "listen": {"host": "127.0.0.1", "port": self.port},
+            "metrics": {"host": "127.0.0.1", "port": self.metrics_port},
+            "backend": "cpu",
+            "workers": 1,
+            "threads_per_worker": 1,
+            "teacher": os.path.join(CONFIG_DIR, "teacher-small.json"),
+            "student": {"config": os.path.join(CONFIG_DIR, "student.json"),
+                        "weights": None},
+            "distill": {"max_updates": 2, "update_encoding": "f32",
+                        "bootstrap_full_keyframes": 1},
+            "limits": {"max_clients": 8, "handshake_timeout_ms": 1000,
+                       "idle_timeout_ms": 4000, "message_timeout_ms": 600,
+                       "max_message_bytes": 1 << 20,
+                       "shutdown_timeout_ms": 5000},
+            "log_level": "info",
+        }
+        for k, v in overrides.items():
+            if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+                cfg[k].update(v)
+            else:
+                cfg[k] = v
+        self.config_path = os.path.join(self.dir.name, "server.json")
+        with open(self.config_path, "w") as f:
+            json.dump(cfg, f)
+        self.log = open(os.path.join(self.dir.name, "server.log"), "w+")
+        env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+        self.proc = subprocess.Popen([SERVER, "--config", self.config_path],
+                                     stderr=self.log, env=env)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited: " + self.log_text())
+            try:
+                if self.http("/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server not ready: " + self.log_text())
+
+    def log_text(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def http(self, path):
+        try:
+            with urllib.request.urlopen(
+                    "http://127.0.0.1:%d%s" % (self.metrics_port, path),
+                    timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metric(self, name):
+        for line in self.http("/metrics")[1].splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                if line.split(" ")[0] == name or "{" in name:
+                    return float(line.rsplit(" ", 1)[1])
+        raise KeyError(name)
+
+    def connect(self):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+
+    def rss_kb(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        self.dir.cleanup()
+
+
+def hello(sock, client_id="test", **extra):
+    msg = {"type": "hello", "proto": 1, "client_id": client_id, "width": W,
+           "height": H, "encodings": ["raw", "jpeg"]}
+    msg.update(extra)
+    sock.sendall(frame_bytes(msg))
+    return recv_msg(sock)
+
+
+def keyframe(seq, version, img, kind="keyframe"):
+    return frame_bytes({"type": kind, "seq": seq, "frame_index": seq * 8,
+                        "encoding": "raw", "width": W, "height": H,
+                        "data": img.tobytes(), "version": version})
+
+
+class ProtocolTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.srv.stop()
+
+    def expect_error(self, sock, code, fatal=True):
+        m = recv_msg(sock)
+        self.assertEqual(m["type"], "error", m)
+        self.assertEqual(m["code"], code, m)
+        self.assertEqual(m["fatal"], fatal, m)
+        if fatal:  # the server closes after flushing the error
+            sock.settimeout(5)
+            self.assertEqual(sock.recv(1), b"")
+        return m
+
+    def test_handshake_model_and_updates(self):
+        s = self.srv.connect()
+        w = hello(s)
+        self.assertEqual(w["type"], "welcome")
+        self.assertEqual(w["proto"], 1)
+        self.assertEqual(w["version"], 0)
+        self.assertEqual((w["min_stride"], w["max_stride"]), (8, 64))
+        self.assertEqual(w["stride"], 8)
+        self.assertEqual(w["update_encoding"], "f32")
+        self.assertAlmostEqual(w["threshold"], 0.8)
+        self.assertTrue(all(n.startswith(("dec2.", "dec3.", "out_conv"))
+                            for n in w["trainable"]), w["trainable"])
+        # No weights hash given: the full student follows.
+        m = recv_msg(s)
+        self.assertEqual(m["type"], "model")
+        self.assertEqual(m["version"], 0)
+        weights = {t["name"]: np.frombuffer(t["data"], "<f4").reshape(t["shape"])
+                   for t in m["tensors"]}
+        self.assertEqual(sum(v.size for v in weights.values()), 483873)
+        version, stride = 0, w["stride"]
+        for seq in range(1, 4):
+            s.sendall(keyframe(seq, version, test_frame(seq)))
+            u = recv_msg(s)
+            self.assertEqual(u["type"], "update", u)
+            self.assertEqual(u["seq"], seq)
+            self.assertEqual(u["base_version"], version)
+            self.assertEqual(u["encoding"], "f32")
+            self.assertGreaterEqual(u["metric"], 0.0)
+            self.assertLessEqual(u["metric"], 1.0)
+            for k in ("queue", "decode", "teacher", "distill", "encode"):
+                self.assertGreaterEqual(u["timing"][k], 0.0)
+            # Algorithm 2 (shadowtutor_ref.next_stride) on the reported metric.
+            m_ = u["metric"]
+            ratio = m_ / 0.8 if m_ < 0.8 else 1 + (m_ - 0.8) / 0.2
+            self.assertEqual(u["stride"], min(64, max(8, int(ratio * stride))))
+            stride = u["stride"]
+            if seq == 1:  # bootstrap: every layer trained, every tensor sent
+                self.assertEqual(len(u["tensors"]), len(weights))
+            else:
+                names = {t["name"] for t in u["tensors"]}
+                self.assertTrue(names <= set(w["trainable"]), names)
+            if u["tensors"]:
+                self.assertEqual(u["version"], version + 1)
+            weights = apply_update(weights, u)
+            version = u["version"]
+        s.sendall(frame_bytes({"type": "ping", "t": 12345}))
+        self.assertEqual(recv_msg(s), {"type": "pong", "t": 12345})
+        s.sendall(frame_bytes({"type": "bye"}))
+        self.assertEqual(recv_msg(s)["type"], "bye")
+        s.close()
+
+    def test_version_mismatch_gets_full_update(self):
+        s = self.srv.connect()
+        hello(s)
+        recv_msg(s)  # model
+        s.sendall(keyframe(1, 7, test_frame(1)))  # a version never sent
+        u = recv_msg(s)
+        self.assertEqual(u["type"], "update")
+        self.assertTrue(u["full"])
+        self.assertEqual(u["base_version"], 7)
+        self.assertGreater(sum(np.prod(t["shape"]) for t in u["tensors"]),
+                           483000)
+        s.close()
+
+    def test_offload_returns_labels(self):
+        s = self.srv.connect()
+        hello(s)
+        recv_msg(s)
+        s.sendall(keyframe(1, 0, test_frame(3), kind="offload"))
+        m = recv_msg(s)
+        self.assertEqual(m["type"], "labels")
+        self.assertEqual((m["seq"], m["width"], m["height"]), (1, W, H))
+        labels = np.frombuffer(m["data"], np.uint8)
+        self.assertEqual(labels.size, W * H)
+        self.assertLess(labels.max(), 9)
+        s.close()
+
+    def test_unknown_hash_gets_model(self):
+        s = self.srv.connect()
+        # The server has no base weights file, so no hash can match: the
+        # full student is always sent.
+        hello(s, student="0" * 64)
+        self.assertEqual(recv_msg(s)["type"], "model")
+        s.close()
+
+    def test_malformed(self):
+        cases = [
+            # (bytes, expected code)
+            (b"\x00\x00\x00\x00", "bad_message"),           # zero length
+            (struct.pack(">I", (1 << 20) + 1), "message_too_large"),
+            (frame_bytes([1, 2, 3]), "bad_message"),          # not a map
+            (frame_bytes({"proto": 1}), "bad_message"),       # no type
+            (frame_bytes({"type": "nonsense"}), "bad_message"),
+            (struct.pack(">I", 6) + b"\x81\xa4type\xdd", "bad_message"),
+            # array32 claiming 2^32-1 items: refused before any allocation
+            (struct.pack(">I", 5) + b"\xdd\xff\xff\xff\xff", "bad_message"),
+            (frame_bytes({"type": "hello", "proto": 1, "client_id": "x",
+                          "width": W, "height": H}), "bad_message"),
+            (frame_bytes({"type": "hello", "proto": 2, "client_id": "x",
+                          "width": W, "height": H, "encodings": ["raw"]}),
+             "unsupported_protocol"),
+            (frame_bytes({"type": "hello", "proto": 1, "client_id": "x",
+                          "width": "64", "height": H, "encodings": ["raw"]}),
+             "bad_message"),
+            (keyframe(1, 0, test_frame(0)), "unexpected_message"),
+            (frame_bytes({"type": "hello", "proto": 1, "client_id": "x",
+                          "width": 8000, "height": 8000,
+                          "encodings": ["raw"]}), "out_of_range"),
+            (frame_bytes({"type": "pong", "t": 3}), "unexpected_message"),
+        ]
+        for data, code in cases:
+            with self.subTest(data=data[:24]):
+                s = self.srv.connect()
+                s.sendall(data)
+                self.expect_error(s, code)
+                s.close()
+
+    def test_bad_frames_after_welcome(self):
+        s = self.srv.connect()
+        hello(s)
+        recv_msg(s)
+        img = test_frame(1)
+        # Raw data of the wrong size is malformed: fatal.
+        s.sendall(frame_bytes({"type": "keyframe", "seq": 1, "frame_index": 0,
+                               "encoding": "raw", "width": W, "height": H,
+                               "data": img.tobytes()[:-1], "version": 0}))
+        self.expect_error(s, "bad_message")
+        s = self.srv.connect()
+        hello(s)
+        recv_msg(s)
+        # Another size than announced: refused, session stays.
+        s.sendall(frame_bytes({"type": "keyframe", "seq": 1, "frame_index": 0,
+                               "encoding": "raw", "width": W // 2,
+                               "height": H, "data": img[:, :W // 2].tobytes(),
+                               "version": 0}))
+        self.expect_error(s, "bad_message", fatal=False)
+        # A JPEG that is not one: the job fails, the session ends.
+        s.sendall(frame_bytes({"type": "keyframe", "seq": 2, "frame_index": 0,
+                               "encoding": "jpeg", "width": W, "height": H,
+                               "data": b"\xff\xd8garbage", "version": 0}))
+        self.expect_error(s, "bad_message")
+
+    def test_slowloris_is_dropped(self):
+        s = self.srv.connect()
+        msg = frame_bytes({"type": "ping", "t": 1})
+        t0 = time.time()
+        for b in msg:
+            # Stop trickling once the server has answered (or closed).
+            if select.select([s], [], [], 0.2)[0]:
+                break
+            s.sendall(bytes([b]))
+        self.expect_error(s, "timeout")
+        self.assertLess(time.time() - t0, 3.0)
+
+    def test_handshake_deadline(self):
+        s = self.srv.connect()
+        t0 = time.time()
+        self.expect_error(s, "timeout")
+        self.assertGreater(time.time() - t0, 0.9)
+
+    def test_metrics_and_health(self):
+        self.assertEqual(self.srv.http("/healthz")[0], 200)
+        self.assertEqual(self.srv.http("/readyz")[0], 200)
+        status, text = self.srv.http("/metrics")
+        self.assertEqual(status, 200)
+        for name in ("shadowtutor_sessions_active", "shadowtutor_keyframes_total",
+                     "shadowtutor_errors_total{code=\"bad_message\"}",
+                     "shadowtutor_stage_seconds_bucket"):
+            self.assertIn(name, text)
+
+
+class LimitsTest(unittest.TestCase):
+    """max_clients, token, 64 concurrent clients and churn, on a server that
+    skips compute (null_compute) so only the loop is measured."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server(null_compute=True, token="s3cret",
+                         limits={"max_clients": 70})
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.srv.stop()
+
+    def test_token(self):
+        s = self.srv.connect()
+        m = hello(s)
+        self.assertEqual((m["type"], m["code"], m["fatal"]),
+                         ("error", "unauthorized", True))
+        s = self.srv.connect()
+        m = hello(s, token="wrong")
+        self.assertEqual(m["code"], "unauthorized")
+        s = self.srv.connect()
+        self.assertEqual(hello(s, token="s3cret")["type"], "welcome")
+        s.close()
+
+    def test_64_clients_and_max_clients(self):
+        socks = []
+        for i in range(64):
+            s = self.srv.connect()
+            self.assertEqual(hello(s, "c%d" % i, token="s3cret")["type"],
+                             "welcome")
+            socks.append(s)
+        img = test_frame(0)
+
+        def run(s, results, i):
+            version = 0
+            for seq in range(1, 6):
+                s.sendall(keyframe(seq, version, img))
+                u = recv_msg(s)
+                results[i] += u["type"] == "update" and u["seq"] == seq
+        results = [0] * 64
+        threads = [threading.Thread(target=run, args=(s, results, i))
+                   for i, s in enumerate(socks)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(results, [5] * 64)
+        # Fill to the limit (70), then the next is refused.
+        extra = [self.srv.connect() for _ in range(6)]
+        time.sleep(0.2)
+        s = self.srv.connect()
+        m = recv_msg(s)
+        self.assertEqual((m["code"], m["fatal"]), ("server_full", True))
+        for x in socks + extra + [s]:
+            x.close()
+
+    def test_churn_does_not_grow_memory(self):
+        # Earlier tests' connections must be gone first (max_clients).
+        deadline = time.time() + 10
+        while (self.srv.metric("shadowtutor_connections_active") > 0
+               and time.time() < deadline):
+            time.sleep(0.05)
+
+        def churn(n):
+            for i in range(n):
+                s = self.srv.connect()
+                self.assertEqual(hello(s, "churn", token="s3cret")["type"],
+                                 "welcome")
+                s.sendall(keyframe(1, 0, test_frame(0)))
+                recv_msg(s)
+                s.close()
+        churn(200)  # warm up allocator pools
+        time.sleep(0.3)
+        before = self.srv.rss_kb()
+        churn(1000)
+        time.sleep(0.3)
+        after = self.srv.rss_kb()
+        self.assertLess(after - before, 2048, (before, after))
+
+
+def wait_metric(srv, name, value, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if srv.metric(name) == value:
+            return
+        time.sleep(0.02)
+    raise AssertionError("%s never reached %s" % (name, value))
+
+
+class LifecycleTest(unittest.TestCase):
+    def test_disconnect_during_job_then_sigterm_drains(self):
+        srv = Server(distill={"max_updates": 8})
+        try:
+            # A client that vanishes while its key frame is being distilled.
+            s = srv.connect()
+            hello(s)
+            recv_msg(s)
+            s.sendall(keyframe(1, 0, test_frame(1)))
+            s.close()
+            wait_metric(srv, 'shadowtutor_stage_seconds_count{stage="distill"}', 1)
+            wait_metric(srv, "shadowtutor_jobs_running", 0)
+            self.assertEqual(srv.metric("shadowtutor_updates_total"), 0)
+            wait_metric(srv, "shadowtutor_connections_active", 0)
+            self.assertEqual(srv.metric("shadowtutor_sessions_active"), 0)
+            # Clients whose jobs are running or queued when SIGTERM arrives
+            # get their updates, then bye, and the server exits 0.
+            clients = []
+            for i in range(2):
+                c = srv.connect()
+                hello(c, "drain%d" % i)
+                recv_msg(c)
+                c.sendall(keyframe(1, 0, test_frame(2 + i)))
+                clients.append(c)
+            wait_metric(srv, "shadowtutor_jobs_running", 1)
+            srv.proc.send_signal(signal.SIGTERM)
+            for c in clients:
+                got = []
+                while True:
+                    try:
+                        got.append(recv_msg(c)["type"])
+                    except ConnectionError:
+                        break
+                self.assertEqual(got, ["update", "bye"])
+            self.assertEqual(srv.proc.wait(30), 0)
+            self.assertIn("event=exit", srv.log_text())
+        finally:
+            srv.stop()
+
+
+def main():
+    global SERVER, CONFIG_DIR
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--server", required=True)
+    ap.add_argument("--config-dir", required=True)
+    args, rest = ap.parse_known_args()
+    SERVER = os.path.abspath(args.server)
+    CONFIG_DIR = os.path.abspath(args.config_dir)
+    unittest.main(argv=[sys.argv[0]] + rest)
+
+
+if __name__ == "__main__":
+    main()
