@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers of untrusted input with libFuzzer (clang): safetensors
-# files, ONNX models, and the student/teacher JSON configs. Builds into
-# build-fuzz (CPU only), seeds each target from the committed fixtures, and
-# runs each for SECONDS (default 60). A crash leaves its input in
-# build-fuzz/artifacts/ and fails the script.
+# files, ONNX models, the student/teacher JSON configs, and protocol v1
+# message bodies. Builds into build-fuzz (CPU only), seeds each target from
+# the committed fixtures, and runs each for SECONDS (default 60). A crash
+# leaves its input in build-fuzz/artifacts/ and fails the script.
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]   targets: safetensors onnx configs
+#   scripts/fuzz.sh [SECONDS] [TARGET...]   targets: safetensors onnx configs proto
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(safetensors onnx configs)
+((${#targets[@]})) || targets=(safetensors onnx configs proto)
 command -v clang >/dev/null || { echo "fuzz: clang is required (apt-get install clang)" >&2; exit 2; }
 build=build-fuzz
 CC=clang cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DST_FUZZ=ON -DST_CUDA=OFF >/dev/null
@@ -24,6 +24,7 @@ for t in "${targets[@]}"; do
     safetensors) cp tests/fixtures/*.safetensors "$corpus/" 2>/dev/null || true ;;
     onnx) cp tests/fixtures/*.onnx "$corpus/" 2>/dev/null || true ;;
     configs) cp config/*.json "$corpus/" ;;
+    proto) cp tests/fixtures/proto/*.bin "$corpus/" ;;
     *) echo "fuzz: unknown target $t" >&2; exit 2 ;;
   esac
   echo "== fuzz_$t for ${seconds}s"

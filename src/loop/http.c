@@ -31,32 +31,32 @@ enum { HTTP_STATUS_MIN = 100, HTTP_STATUS_MAX = 599 };
 
 /* Where a connection is in its one exchange. */
 typedef enum conn_state {
-  CONN_READING, /* parsing the request */
-  CONN_WRITING, /* answer queued; further input is discarded */
+  CONN_READING,  /* parsing the request */
+  CONN_WRITING,  /* answer queued; further input is discarded */
   CONN_DRAINING, /* answer sent and our side shut down: waiting for the
                     peer's EOF, so unread input does not turn our close into
                     a reset that could destroy the answer in flight */
-  CONN_CLOSING, /* uv_close called on both handles */
+  CONN_CLOSING,  /* uv_close called on both handles */
 } conn_state;
 
 typedef struct http_conn {
-  uv_tcp_t tcp;                /* the client socket; data = this */
-  uv_timer_t timer;            /* whole-connection deadline; data = this */
-  st_http_server *server;      /* owner */
+  uv_tcp_t tcp;                  /* the client socket; data = this */
+  uv_timer_t timer;              /* whole-connection deadline; data = this */
+  st_http_server *server;        /* owner */
   struct http_conn *prev, *next; /* the server's list of live connections */
-  conn_state state;
-  int open_handles;            /* handles not yet through their close cb */
-  int peer_eof;                /* the client has shut down its side */
-  http_parser parser;          /* data = this */
-  int headers_done;            /* the request line and headers are parsed */
-  int message_done;            /* the whole request is parsed */
-  int has_url;
-  size_t url_off, url_len;     /* the request target, inside buf */
-  size_t used;                 /* request bytes in buf */
-  uv_write_t write_req;
-  uv_shutdown_t shutdown_req;
-  char *head;                  /* status line and headers (owned) */
-  char *body;                  /* the handler's body (owned), or NULL */
+  conn_state state;              /* where the exchange is */
+  int open_handles;              /* handles not yet through their close cb */
+  int peer_eof;                  /* the client has shut down its side */
+  http_parser parser;            /* data = this */
+  int headers_done;              /* the request line and headers are parsed */
+  int message_done;              /* the whole request is parsed */
+  int has_url;                   /* on_url has run */
+  size_t url_off, url_len;       /* the request target, inside buf */
+  size_t used;                   /* request bytes in buf */
+  uv_write_t write_req;          /* the answer; data = this */
+  uv_shutdown_t shutdown_req;    /* after the answer; data = this */
+  char *head;                    /* status line and headers (owned) */
+  char *body;                    /* the handler's body (owned), or NULL */
   /* The request as read; one spare byte so the path can always be
    * NUL-terminated in place. After the answer it is scratch for input
    * that is discarded. */
@@ -64,16 +64,17 @@ typedef struct http_conn {
 } http_conn;
 
 struct st_http_server {
-  uv_tcp_t listener;          /* data = this */
-  st_http_handler handler;
-  void *data;                 /* the handler's */
-  int port;                   /* bound port */
-  int stopping;               /* st_http_server_stop was called */
-  int listener_closed;        /* the listener's close callback ran */
-  http_conn *conns;           /* live connections (closing ones included) */
+  uv_tcp_t listener;       /* data = this */
+  st_http_handler handler; /* answers GET/HEAD paths */
+  void *data;              /* the handler's */
+  int port;                /* bound port */
+  int stopping;            /* st_http_server_stop was called */
+  int listener_closed;     /* the listener's close callback ran */
+  http_conn *conns;        /* live connections (closing ones included) */
+  int conn_count;          /* entries of conns */
 };
 
-/* ---- freeing ------------------------------------------------------------------ */
+/* ---- freeing ------------------------------------------------------------- */
 
 /* The server goes once its listener and its last connection are closed. */
 static void server_maybe_free(st_http_server *s) {
@@ -98,6 +99,7 @@ static void on_conn_handle_closed(uv_handle_t *h) {
     s->conns = c->next;
   if (c->next)
     c->next->prev = c->prev;
+  s->conn_count--;
   free(c->head);
   free(c->body);
   free(c);
@@ -117,7 +119,7 @@ static void conn_close(http_conn *c) {
 
 static void on_timeout(uv_timer_t *t) { conn_close(t->data); }
 
-/* ---- answering --------------------------------------------------------------------- */
+/* ---- answering ----------------------------------------------------------- */
 
 static void on_shutdown(uv_shutdown_t *req, int status) {
   http_conn *c = req->data;
@@ -146,9 +148,8 @@ static void respond(http_conn *c, int status, const char *content_type,
                     char *owned_body, const char *body, size_t body_len) {
   /* The method is only known once the headers are parsed. */
   int is_head = c->headers_done && c->parser.method == HTTP_HEAD;
-  const char *allow = status == HTTP_STATUS_METHOD_NOT_ALLOWED
-                          ? "Allow: GET, HEAD\r\n"
-                          : "";
+  const char *allow =
+      status == HTTP_STATUS_METHOD_NOT_ALLOWED ? "Allow: GET, HEAD\r\n" : "";
   static const char fmt[] = "HTTP/1.1 %d %s\r\n"
                             "Content-Type: %s\r\n"
                             "Content-Length: %zu\r\n"
@@ -158,20 +159,19 @@ static void respond(http_conn *c, int status, const char *content_type,
   const char *reason = http_status_str((enum http_status)status);
   c->state = CONN_WRITING;
   c->body = owned_body;
-  int n = snprintf(NULL, 0, fmt, status, reason, content_type, body_len,
-                   allow);
+  int n = snprintf(NULL, 0, fmt, status, reason, content_type, body_len, allow);
   if (n < 0 || !(c->head = malloc((size_t)n + 1))) {
     conn_close(c);
     return;
   }
-  snprintf(c->head, (size_t)n + 1, fmt, status, reason, content_type,
-           body_len, allow);
+  snprintf(c->head, (size_t)n + 1, fmt, status, reason, content_type, body_len,
+           allow);
   uv_buf_t bufs[2] = {uv_buf_init(c->head, (unsigned)n),
                       uv_buf_init((char *)body, (unsigned)body_len)};
   unsigned nbufs = is_head || body_len == 0 ? 1 : 2;
   c->write_req.data = c;
-  if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, bufs, nbufs,
-               on_write) < 0)
+  if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, bufs, nbufs, on_write) <
+      0)
     conn_close(c);
 }
 
@@ -212,7 +212,7 @@ static void respond_request(http_conn *c) {
           resp.body, resp.body, resp.body_len);
 }
 
-/* ---- reading ------------------------------------------------------------------ */
+/* ---- reading ------------------------------------------------------------- */
 
 static int on_url(http_parser *p, const char *at, size_t len) {
   http_conn *c = p->data;
@@ -304,7 +304,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     respond_text(c, HTTP_STATUS_REQUEST_HEADER_FIELDS_TOO_LARGE, HTTP_BODY_431);
 }
 
-/* ---- accepting ---------------------------------------------------------------- */
+/* ---- accepting ----------------------------------------------------------- */
 
 static void on_connection(uv_stream_t *listener, int status) {
   st_http_server *s = listener->data;
@@ -330,8 +330,16 @@ static void on_connection(uv_stream_t *listener, int status) {
   if (s->conns)
     s->conns->prev = c;
   s->conns = c;
+  s->conn_count++;
   http_parser_init(&c->parser, HTTP_REQUEST);
   c->parser.data = c;
+  /* Past the cap the connection is accepted and closed at once, so idle
+   * sockets cannot pile up memory on the loop. */
+  if (s->conn_count > ST_HTTP_MAX_CONNECTIONS) {
+    (void)uv_accept(listener, (uv_stream_t *)&c->tcp);
+    conn_close(c);
+    return;
+  }
   if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0 ||
       uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0 ||
       uv_timer_start(&c->timer, on_timeout, ST_HTTP_TIMEOUT_MS, 0) < 0)
@@ -353,8 +361,8 @@ static int listen_socket(const char *host, int port, int *fd_out,
   if (gai != 0)
     return st_error_set(ST_EINVAL, "http %s:%d: %s", host, port,
                         gai_strerror(gai));
-  int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
-                  ai->ai_protocol);
+  int fd =
+      socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
   int err = fd < 0 ? errno : 0;
   if (!err) {
     /* As libuv does: a restarted server can bind while old connections
@@ -390,8 +398,7 @@ int st_http_server_start(uv_loop_t *loop, const char *host, int port,
   if (!loop || !host || !handler || !out)
     return st_error_set(ST_EINVAL, "http: NULL argument");
   if (port < 0 || port > UINT16_MAX)
-    return st_error_set(ST_EINVAL, "http: port %d is not in [0, 65535]",
-                        port);
+    return st_error_set(ST_EINVAL, "http: port %d is not in [0, 65535]", port);
   int fd = -1, bound_port = 0;
   int rc = listen_socket(host, port, &fd, &bound_port);
   if (rc)

@@ -4,7 +4,8 @@
  * a handler callback; anything else is 404, other methods 405, a request
  * that is malformed or larger than ST_HTTP_MAX_REQUEST_BYTES 400 / 431, and
  * a client that does not finish its request within ST_HTTP_TIMEOUT_MS is
- * closed. It is for a scraper on a private network, not the internet.
+ * closed, and at most ST_HTTP_MAX_CONNECTIONS are open at once. It is for a
+ * scraper on a private network, not the internet.
  *
  * Threading: everything runs on the loop thread that started it.
  * Ownership: the server owns its connections; st_http_server_stop closes
@@ -21,6 +22,8 @@
 
 #define ST_HTTP_MAX_REQUEST_BYTES 8192
 #define ST_HTTP_TIMEOUT_MS 5000
+/* Connections served at once; more are accepted and closed at once. */
+#define ST_HTTP_MAX_CONNECTIONS 64
 
 typedef struct st_http_response {
   int status;               /* 200, 404, 503, ... */

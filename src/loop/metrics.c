@@ -20,9 +20,9 @@ typedef struct bucket_bound {
 } bucket_bound;
 
 static const bucket_bound bucket_bounds[] = {
-    {1.0, "0.001"},  {2.5, "0.0025"},  {5.0, "0.005"},  {10.0, "0.01"},
-    {25.0, "0.025"}, {50.0, "0.05"},   {100.0, "0.1"},  {250.0, "0.25"},
-    {500.0, "0.5"},  {1000.0, "1"},    {2500.0, "2.5"}, {5000.0, "5"},
+    {1.0, "0.001"},  {2.5, "0.0025"}, {5.0, "0.005"},  {10.0, "0.01"},
+    {25.0, "0.025"}, {50.0, "0.05"},  {100.0, "0.1"},  {250.0, "0.25"},
+    {500.0, "0.5"},  {1000.0, "1"},   {2500.0, "2.5"}, {5000.0, "5"},
     {10000.0, "10"},
 };
 enum {
@@ -186,7 +186,7 @@ uint64_t st_metrics_stage_count(const st_metrics *m, st_stage s) {
   return n;
 }
 
-/* ---- rendering --------------------------------------------------------------- */
+/* ---- rendering ----------------------------------------------------------- */
 
 /* A growing text buffer; after a failed append `failed` is set and later
  * appends do nothing, so rendering checks once at the end. */

@@ -68,6 +68,7 @@ typedef struct session {
   int closing;                           /* uv_close or shutdown requested */
   int job_in_flight;                     /* a worker holds our learner */
   int welcomed;                          /* counted in sessions_active */
+  int no_linger;                         /* bye, or the learner is unusable */
   char id[ST_PROTO_SESSION_BYTES + 1];   /* our session id */
   char client_id[ST_PROTO_CLIENT_ID_BYTES + 1];
   char peer[ST_SERVER_PEER_BYTES];       /* "addr:port" for logs */
@@ -110,9 +111,21 @@ struct st_server {
   session *sessions;                     /* live sessions */
   size_t session_count;                  /* connections with an open handle */
   uint64_t next_session;                 /* counter part of session ids */
+  struct lingering *lingers;             /* newest first */
+  size_t linger_count;
   uint8_t read_chunk[ST_SERVER_READ_CHUNK_BYTES]; /* shared: one reader at
                                             a time on the loop thread */
 };
+
+/* A session whose connection dropped: its learner waits for a `hello`
+ * with `resume` (limits.session_linger_ms). */
+typedef struct lingering {
+  struct lingering *next;
+  char id[ST_PROTO_SESSION_BYTES + 1];
+  char client_id[ST_PROTO_CLIENT_ID_BYTES + 1];
+  st_learner *learner;                   /* owned */
+  uint64_t expires_ms;                   /* uv_now deadline */
+} lingering;
 
 typedef struct write_req {
   uv_write_t req;
@@ -134,11 +147,72 @@ static void session_free(session *s) {
   free(s);
 }
 
+static void linger_free(lingering *g) {
+  st_learner_free(g->learner);
+  free(g);
+}
+
+/* Keeps a dropped session's learner for a resume; the oldest goes when
+ * max_clients are already kept (memory stays bounded). */
+static void linger_add(st_server *srv, session *s) {
+  lingering *g = calloc(1, sizeof *g);
+  if (!g)
+    return;
+  snprintf(g->id, sizeof g->id, "%s", s->id);
+  snprintf(g->client_id, sizeof g->client_id, "%s", s->client_id);
+  g->learner = s->learner;
+  s->learner = NULL;
+  g->expires_ms = uv_now(srv->loop) + srv->cfg->limits.session_linger_ms;
+  g->next = srv->lingers;
+  srv->lingers = g;
+  if (++srv->linger_count > srv->cfg->limits.max_clients) {
+    lingering **pp = &srv->lingers;
+    while ((*pp)->next)
+      pp = &(*pp)->next;
+    linger_free(*pp);
+    *pp = NULL;
+    srv->linger_count--;
+  }
+}
+
+/* Takes the lingering learner of session `id` of client `client_id`; NULL
+ * when there is none (expired, evicted, another client's, never existed). */
+static lingering *linger_take(st_server *srv, const char *id,
+                              const char *client_id) {
+  for (lingering **pp = &srv->lingers; *pp; pp = &(*pp)->next) {
+    lingering *g = *pp;
+    if (strcmp(g->id, id) == 0 && strcmp(g->client_id, client_id) == 0) {
+      *pp = g->next;
+      srv->linger_count--;
+      return g;
+    }
+  }
+  return NULL;
+}
+
+static void linger_expire(st_server *srv, int all) {
+  uint64_t now = uv_now(srv->loop);
+  for (lingering **pp = &srv->lingers; *pp;) {
+    lingering *g = *pp;
+    if (all || now >= g->expires_ms) {
+      *pp = g->next;
+      srv->linger_count--;
+      linger_free(g);
+    } else {
+      pp = &g->next;
+    }
+  }
+}
+
 /* A session is freed when both its handle is closed and no job holds its
  * learner (libuv: memory of a handle is freed only in its close callback). */
 static void session_release(session *s) {
   if (s->handle_open || s->job_in_flight)
     return;
+  st_server *srv = s->srv;
+  if (s->welcomed && s->learner && !s->no_linger && !srv->draining &&
+      srv->cfg->limits.session_linger_ms > 0)
+    linger_add(srv, s);
   session_free(s);
 }
 
@@ -315,6 +389,8 @@ static void job_done_cb(st_job *job, void *data) {
   session *s = job->session;
   s->job_in_flight = 0;
   if (!s->handle_open) {
+    if (job->status != ST_OK)
+      s->no_linger = 1;
     st_job_free(job);
     session_release(s);
     server_maybe_finish(srv);
@@ -346,6 +422,7 @@ static void job_done_cb(st_job *job, void *data) {
   } else {
     /* A failed job leaves the learner in an unknown state: end the
      * session, never the process. */
+    s->no_linger = 1;
     session_error(s, job->status, 1, "key frame %llu: %s",
                   (unsigned long long)job->frame.seq, job->detail);
   }
@@ -400,21 +477,40 @@ static void on_hello(session *s, const st_msg_hello *h) {
     session_error(s, ST_ESHUTDOWN, 1, "server is shutting down");
     return;
   }
-  int rc = st_learner_new(srv->mi, cfg, &s->learner);
-  if (rc) {
-    session_error(s, rc, 1, "cannot create a session: %s", st_error_detail());
-    return;
+  lingering *g = h->has_resume
+                     ? linger_take(srv, h->resume_session, h->client_id)
+                     : NULL;
+  int resumed = g != NULL;
+  if (g) {
+    /* The same learner, id and version: updates sent before the drop may
+     * be lost, so only the version the client reports is trusted as is. */
+    s->learner = g->learner;
+    g->learner = NULL;
+    snprintf(s->id, sizeof s->id, "%s", g->id);
+    s->learner->floor_version = s->learner->version;
+    linger_free(g);
+    st_log(ST_LOG_INFO,
+           "session=%s client=%s event=resumed version=%llu client_version=%llu",
+           s->id, s->client_id, (unsigned long long)s->learner->version,
+           (unsigned long long)h->resume_version);
+  } else {
+    int rc = st_learner_new(srv->mi, cfg, &s->learner);
+    if (rc) {
+      session_error(s, rc, 1, "cannot create a session: %s",
+                    st_error_detail());
+      return;
+    }
+    make_session_id(srv, s->id, sizeof s->id);
+    if (h->has_resume)
+      /* Expired or unknown: a new session at the base weights; the
+       * client's next key frame reports its old version and gets a full
+       * update. */
+      st_log(ST_LOG_INFO, "session=%s client=%s event=resume_unknown old=%s",
+             s->id, s->client_id, h->resume_session);
   }
   s->width = h->width;
   s->height = h->height;
   s->encodings = h->encodings;
-  make_session_id(srv, s->id, sizeof s->id);
-  if (h->has_resume)
-    /* Sessions do not outlive their connection on this server: the client
-     * gets a new session, and its next key frame's version decides whether
-     * a full resync follows. */
-    st_log(ST_LOG_INFO, "session=%s client=%s event=resume_unknown old=%s",
-           s->id, s->client_id, h->resume_session);
 
   st_msg m = {.type = ST_MSG_WELCOME};
   st_msg_welcome *w = &m.u.welcome;
@@ -434,12 +530,16 @@ static void on_hello(session *s, const st_msg_hello *h) {
   s->welcomed = 1;
   st_metrics_add(srv->metrics, ST_CTR_SESSIONS, 1);
   st_metrics_gauge_add(srv->metrics, ST_GAUGE_SESSIONS_ACTIVE, 1);
-  int send_model = srv->mi->model_msg &&
+  /* A resumed client holds the session's weights; others get the base
+   * student unless they already have that exact file. */
+  int send_model = !resumed && srv->mi->model_msg &&
                    (!h->has_student || !srv->mi->hash[0] ||
                     strcmp(h->student, srv->mi->hash) != 0);
   st_log(ST_LOG_INFO,
-         "session=%s client=%s peer=%s event=welcome size=%ux%u model=%d",
-         s->id, s->client_id, s->peer, s->width, s->height, send_model);
+         "session=%s client=%s peer=%s event=welcome size=%ux%u model=%d "
+         "resumed=%d",
+         s->id, s->client_id, s->peer, s->width, s->height, send_model,
+         resumed);
   if (send_model)
     session_write(s, srv->mi->model_msg, srv->mi->model_msg_len, 1);
 }
@@ -544,6 +644,7 @@ static void session_on_message(session *s, uint8_t *body, uint32_t len) {
     break;
   }
   case ST_MSG_BYE: {
+    s->no_linger = 1; /* a goodbye ends the session for good */
     st_msg bye = {.type = ST_MSG_BYE};
     session_send(s, &bye);
     st_log(ST_LOG_INFO, "session=%s client=%s event=bye", s->id,
@@ -729,6 +830,7 @@ static void sweep_cb(uv_timer_t *t) {
   st_server *srv = t->data;
   const st_server_limits *lim = &srv->cfg->limits;
   uint64_t now = uv_now(srv->loop);
+  linger_expire(srv, 0);
   for (session *s = srv->sessions, *next; s; s = next) {
     next = s->next;
     if (s->closing || s->state == SESSION_CLOSING)
@@ -803,6 +905,7 @@ static void server_finish(st_server *srv) {
     return;
   srv->finished = 1;
   st_log(ST_LOG_INFO, "event=shutdown sessions=%zu", srv->session_count);
+  linger_expire(srv, 1);
   for (session *s = srv->sessions, *next; s; s = next) {
     next = s->next;
     if (s->closing)

@@ -17,7 +17,7 @@
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-/* ---- ranges of the schema (server_config.h lists them for operators) ---- */
+/* ---- ranges of the schema (server_config.h lists them for operators) ----- */
 
 enum {
   MS_PER_HOUR = 60 * 60 * 1000,
@@ -39,13 +39,14 @@ enum {
 /* --listen ":PORT" (an empty host) means every interface. */
 #define ANY_HOST "0.0.0.0"
 
-/* ---- key lists ------------------------------------------------------------ */
+/* ---- key lists ----------------------------------------------------------- */
 
 static const char *const top_keys[] = {
-    "listen",        "metrics",      "backend", "device",
-    "workers",       "threads_per_worker",      "deterministic",
-    "null_compute",  "teacher",      "student", "distill",
-    "limits",        "token",        "log_level"};
+    "listen",        "metrics",      "backend",
+    "device",        "workers",      "threads_per_worker",
+    "deterministic", "null_compute", "teacher",
+    "student",       "distill",      "limits",
+    "token",         "log_level"};
 static const char *const endpoint_keys[] = {"host", "port"};
 static const char *const student_keys[] = {"config", "weights"};
 static const char *const distill_keys[] = {
@@ -56,14 +57,14 @@ static const char *const distill_keys[] = {
 typedef struct limit_key {
   const char *key;
   uint64_t lo, hi;
-  size_t offset;   /* of the field in st_server_limits */
-  int is_u64;      /* the field is uint64_t, else uint32_t */
+  size_t offset; /* of the field in st_server_limits */
+  int is_u64;    /* the field is uint64_t, else uint32_t */
 } limit_key;
 
 #define LIMIT32(name, lo, hi)                                                  \
-  {#name, (lo), (hi), offsetof(st_server_limits, name), 0}
+  { #name, (lo), (hi), offsetof(st_server_limits, name), 0 }
 #define LIMIT64(name, lo, hi)                                                  \
-  {#name, (lo), (hi), offsetof(st_server_limits, name), 1}
+  { #name, (lo), (hi), offsetof(st_server_limits, name), 1 }
 
 static const limit_key limit_keys[] = {
     LIMIT32(max_clients, 1, MAX_CLIENTS_CEILING),
@@ -77,6 +78,7 @@ static const limit_key limit_keys[] = {
     LIMIT64(max_write_queue_bytes, MIN_WRITE_QUEUE_BYTES,
             MAX_WRITE_QUEUE_CEILING),
     LIMIT64(shutdown_timeout_ms, 0, MS_PER_HOUR),
+    LIMIT64(session_linger_ms, 0, MS_PER_DAY),
 };
 
 static const char *const log_level_names[] = {
@@ -89,7 +91,7 @@ static const char *const log_level_names[] = {
 /* The "full" spelling of distill.trainable (as in the student config). */
 static const char trainable_full_name[] = "full";
 
-/* ---- defaults --------------------------------------------------------------- */
+/* ---- defaults ------------------------------------------------------------ */
 
 /* Online cores shared by the workers, at least one thread each. */
 static int threads_for(int workers) {
@@ -100,8 +102,7 @@ static int threads_for(int workers) {
 
 void st_server_config_defaults(st_server_config *c) {
   memset(c, 0, sizeof *c);
-  snprintf(c->listen_host, sizeof c->listen_host, "%s",
-           ST_SERVER_DEFAULT_HOST);
+  snprintf(c->listen_host, sizeof c->listen_host, "%s", ST_SERVER_DEFAULT_HOST);
   c->listen_port = ST_SERVER_DEFAULT_PORT;
   snprintf(c->metrics_host, sizeof c->metrics_host, "%s",
            ST_SERVER_DEFAULT_HOST);
@@ -125,6 +126,7 @@ void st_server_config_defaults(st_server_config *c) {
       .message_timeout_ms = ST_SERVER_DEFAULT_MESSAGE_TIMEOUT_MS,
       .max_write_queue_bytes = ST_SERVER_DEFAULT_MAX_WRITE_QUEUE_BYTES,
       .shutdown_timeout_ms = ST_SERVER_DEFAULT_SHUTDOWN_TIMEOUT_MS,
+      .session_linger_ms = ST_SERVER_DEFAULT_SESSION_LINGER_MS,
   };
   c->has_token = 0;
   c->log_level = ST_LOG_INFO;
@@ -170,8 +172,7 @@ static int read_int64(const char *label, json_t *obj, const char *key,
 }
 
 static int read_int(const char *label, json_t *obj, const char *key,
-                    const char *path, int lo, int hi, int *dst,
-                    int *present) {
+                    const char *path, int lo, int hi, int *dst, int *present) {
   long long x = 0;
   int here = 0;
   int rc = read_int64(label, obj, key, path, lo, hi, &x, &here);
@@ -188,8 +189,7 @@ static int read_bool(const char *label, json_t *obj, const char *key,
   if (!v)
     return ST_OK;
   if (!json_is_boolean(v))
-    return st_error_set(ST_EFORMAT, "%s: %s must be true or false", label,
-                        key);
+    return st_error_set(ST_EFORMAT, "%s: %s must be true or false", label, key);
   *dst = json_is_true(v);
   return ST_OK;
 }
@@ -229,7 +229,7 @@ static int name_index(const char *value, const char *const *names, size_t n) {
   return -1;
 }
 
-/* ---- paths ----------------------------------------------------------------- */
+/* ---- paths --------------------------------------------------------------- */
 
 /* `value` (non-empty) resolved against base_dir unless absolute or base_dir
  * is NULL/empty. */
@@ -253,7 +253,7 @@ static int resolve_path(const char *label, const char *path_key,
   return ST_OK;
 }
 
-/* ---- sections ---------------------------------------------------------------- */
+/* ---- sections ------------------------------------------------------------ */
 
 /* "listen" / "metrics" (key), an object already checked: {host, port}. */
 static int parse_endpoint(const char *label, json_t *obj, const char *key,
@@ -286,8 +286,7 @@ typedef struct distill_overrides {
   int min_stride, max_stride, max_updates;
   int has_trainable;
   int trainable_full;
-  char trainable[ST_STUDENT_CONFIG_MAX_TRAINABLE]
-                [ST_STUDENT_MODULE_NAME_BYTES];
+  char trainable[ST_STUDENT_CONFIG_MAX_TRAINABLE][ST_STUDENT_MODULE_NAME_BYTES];
   int trainable_count;
   int has_bootstrap; /* a number was given (null counts as absent) */
   int bootstrap;
@@ -295,8 +294,7 @@ typedef struct distill_overrides {
 
 /* distill.trainable: "full" or distinct student module names, by the same
  * rules and with the same messages as the student config. */
-static int parse_trainable(const char *label, json_t *v,
-                           distill_overrides *o) {
+static int parse_trainable(const char *label, json_t *v, distill_overrides *o) {
   static const char what[] = "must be \"full\" or an array of module names";
   o->has_trainable = 1;
   if (json_is_string(v)) {
@@ -315,15 +313,14 @@ static int parse_trainable(const char *label, json_t *v,
                         label);
   if (n > ST_STUDENT_CONFIG_MAX_TRAINABLE)
     return st_error_set(ST_EINVAL,
-                        "%s: distill.trainable has more than %d entries",
-                        label, ST_STUDENT_CONFIG_MAX_TRAINABLE);
+                        "%s: distill.trainable has more than %d entries", label,
+                        ST_STUDENT_CONFIG_MAX_TRAINABLE);
   int seen[ST_MOD_COUNT] = {0};
   for (size_t i = 0; i < n; i++) {
     json_t *e = json_array_get(v, i);
     if (!json_is_string(e))
-      return st_error_set(ST_EFORMAT,
-                          "%s: distill.trainable[%zu] must be a string", label,
-                          i);
+      return st_error_set(
+          ST_EFORMAT, "%s: distill.trainable[%zu] must be a string", label, i);
     const char *name = json_string_value(e);
     st_student_module m;
     if (st_student_module_from_name(name, &m) != ST_OK)
@@ -357,8 +354,8 @@ static int parse_distill(const char *label, json_t *d, distill_overrides *o,
                      &o->min_stride, &o->has_min_stride)) ||
       (rc = read_int(label, d, "max_stride", "distill.max_stride", 1, INT_MAX,
                      &o->max_stride, &o->has_max_stride)) ||
-      (rc = read_int(label, d, "max_updates", "distill.max_updates", 0,
-                     INT_MAX, &o->max_updates, &o->has_max_updates)) ||
+      (rc = read_int(label, d, "max_updates", "distill.max_updates", 0, INT_MAX,
+                     &o->max_updates, &o->has_max_updates)) ||
       (rc = read_number(label, d, "lr", "distill.lr", &o->lr, &o->has_lr)))
     return rc;
   if (o->has_lr && (!(o->lr > 0.0) || !isfinite(o->lr)))
@@ -483,8 +480,8 @@ static int parse_root(const char *label, const char *base_dir, json_t *root,
                         COUNT(student_keys), &student)) ||
       (rc = read_object(label, root, "distill", distill_keys,
                         COUNT(distill_keys), &distill)) ||
-      (rc = read_object(label, root, "limits", limit_names,
-                        COUNT(limit_names), &limits)))
+      (rc = read_object(label, root, "limits", limit_names, COUNT(limit_names),
+                        &limits)))
     return rc;
 
   st_server_config c;
@@ -499,16 +496,15 @@ static int parse_root(const char *label, const char *base_dir, json_t *root,
   if ((rc = read_string(label, root, "backend", "backend", 0, &backend)))
     return rc;
   if (backend && st_backend_kind_from_name(backend, &c.backend) != ST_OK)
-    return st_error_set(ST_EINVAL,
-                        "%s: backend must be \"cpu\", \"cuda\" or \"auto\"",
-                        label);
+    return st_error_set(
+        ST_EINVAL, "%s: backend must be \"cpu\", \"cuda\" or \"auto\"", label);
   int threads = 0;
   if ((rc = read_int(label, root, "device", "device", 0, INT_MAX, &c.device,
                      NULL)) ||
       (rc = read_int(label, root, "workers", "workers", 1,
                      ST_SERVER_MAX_WORKERS, &c.workers, NULL)) ||
-      (rc = read_int(label, root, "threads_per_worker", "threads_per_worker",
-                     0, THREADS_PER_WORKER_MAX, &threads, NULL)) ||
+      (rc = read_int(label, root, "threads_per_worker", "threads_per_worker", 0,
+                     THREADS_PER_WORKER_MAX, &threads, NULL)) ||
       (rc = read_bool(label, root, "deterministic", &c.deterministic)) ||
       (rc = read_bool(label, root, "null_compute", &c.null_compute)))
     return rc;
@@ -524,8 +520,8 @@ static int parse_root(const char *label, const char *base_dir, json_t *root,
                           "%s: teacher is required unless null_compute is "
                           "true",
                           label);
-    if ((rc = resolve_path(label, "teacher", base_dir, teacher,
-                           c.teacher_path)))
+    if ((rc =
+             resolve_path(label, "teacher", base_dir, teacher, c.teacher_path)))
       return rc;
   }
 
@@ -570,10 +566,10 @@ static int parse_root(const char *label, const char *base_dir, json_t *root,
   if ((rc = apply_distill(label, &o, &c.student)))
     return rc;
   /* Random initial weights need full training first (server_config.h). */
-  c.bootstrap_full_keyframes =
-      o.has_bootstrap ? o.bootstrap
-      : c.student_weights_path[0] ? 0
-                                  : ST_SERVER_DEFAULT_BOOTSTRAP_NO_WEIGHTS;
+  c.bootstrap_full_keyframes = o.has_bootstrap ? o.bootstrap
+                               : c.student_weights_path[0]
+                                   ? 0
+                                   : ST_SERVER_DEFAULT_BOOTSTRAP_NO_WEIGHTS;
   *out = c;
   return ST_OK;
 }
@@ -619,7 +615,7 @@ int st_server_config_load(const char *path, st_server_config *out) {
   return rc;
 }
 
-/* ---- --listen HOST:PORT ------------------------------------------------------ */
+/* ---- --listen HOST:PORT -------------------------------------------------- */
 
 /* Characters of a host name or IPv4 address. */
 static int is_host_char(int ch) {

@@ -42,7 +42,9 @@
  *       "idle_timeout_ms": 60000,        no complete message for this long, [1, 86400000]
  *       "message_timeout_ms": 10000,     one message must arrive whole within, [1, 3600000]
  *       "max_write_queue_bytes": 67108864,  bytes queued to one client, [1024, 4 GiB]
- *       "shutdown_timeout_ms": 10000     in-flight jobs may finish within, [0, 3600000]
+ *       "shutdown_timeout_ms": 10000,    in-flight jobs may finish within, [0, 3600000]
+ *       "session_linger_ms": 60000       a disconnected session's learner is kept
+ *                                        this long for `hello.resume`, [0, 86400000]
  *     },
  *     "token": null,                null or a non-empty string <= 256 bytes
  *     "log_level": "info"           "error" | "warn" | "info" | "debug"
@@ -71,6 +73,7 @@
 #define ST_SERVER_DEFAULT_MESSAGE_TIMEOUT_MS 10000
 #define ST_SERVER_DEFAULT_MAX_WRITE_QUEUE_BYTES (64ull * 1024 * 1024)
 #define ST_SERVER_DEFAULT_SHUTDOWN_TIMEOUT_MS 10000
+#define ST_SERVER_DEFAULT_SESSION_LINGER_MS 60000
 #define ST_SERVER_DEFAULT_UPDATE_ENCODING ST_UPDATE_F16_DELTA
 /* Full-network training for a session's first key frames when the student
  * starts from random weights (partial distillation of random frozen
@@ -93,6 +96,7 @@ typedef struct st_server_limits {
   uint64_t message_timeout_ms;
   uint64_t max_write_queue_bytes;
   uint64_t shutdown_timeout_ms;
+  uint64_t session_linger_ms;
 } st_server_limits;
 
 typedef struct st_server_config {

@@ -1,8 +1,12 @@
 /* JPEG key frames through libavcodec's mjpeg codec (see jpeg.h).
  *
- * Decode: bytes -> mjpeg decoder -> planar YUV (or grey) -> swscale ->
- * packed RGB24. Encode: RGB24 -> swscale -> full-range YUV 4:2:0 -> mjpeg
- * encoder -> bytes. JPEG (JFIF) colour is BT.601 YCbCr over the full 0..255
+ * Decode: bytes -> mjpeg decoder -> planar YUV (or grey) -> swscale:
+ * chroma upsampled to 4:4:4, then -> packed RGB24. Encode: RGB24 ->
+ * swscale -> full-range YUV 4:2:0 -> mjpeg encoder -> bytes. Both sides
+ * place and filter chroma as libjpeg does (see ST_JPEG_SWS_FLAGS), so a
+ * frame decodes here as it does in PIL (libjpeg-turbo), to within 3 levels.
+ *
+ * JPEG (JFIF) colour is BT.601 YCbCr over the full 0..255
  * range; libavcodec says so with its deprecated "yuvj" pixel formats, which
  * are renamed here to the plain YUV formats with the range passed to
  * swscale explicitly, so swscale neither guesses nor logs its
@@ -62,8 +66,8 @@
  * rounded. JPEG chroma samples sit centred between luma samples, and
  * libjpeg's default "fancy upsampling" interpolates them linearly;
  * swscale's bilinear filter between planar YUV formats does the same (its
- * default chroma position is the centre). The accurate-rounding flag keeps
- * swscale off its table-driven YUV -> RGB shortcut.
+ * default chroma position is the centre). The accurate-rounding flag makes
+ * swscale round its fixed-point results instead of truncating them.
  *
  * swscale's direct 4:2:0 -> RGB path does not do that: in libswscale 6 its
  * vertical chroma interpolation for packed RGB output lands half a luma row
@@ -209,8 +213,8 @@ void st_jpeg_free(st_jpeg *j) {
 
 /* Makes s a writable `fmt` picture with alloc_w x alloc_h pixels allocated,
  * reusing the buffer when it fits and nobody else holds it. */
-static int scratch_reserve(jpeg_scratch *s, enum AVPixelFormat fmt,
-                           int alloc_w, int alloc_h) {
+static int scratch_reserve(jpeg_scratch *s, enum AVPixelFormat fmt, int alloc_w,
+                           int alloc_h) {
   AVFrame *f = s->frame;
   if (f->buf[0] && f->format == fmt && s->alloc_width == alloc_w &&
       s->alloc_height == alloc_h && av_frame_is_writable(f))
@@ -305,7 +309,8 @@ static enum AVPixelFormat plain_of_jpeg_format(enum AVPixelFormat f,
  * less exact chroma placement. */
 static int chroma_subsampled_8bit(const AVPixFmtDescriptor *d) {
   return d && d->nb_components >= 3 && !(d->flags & AV_PIX_FMT_FLAG_RGB) &&
-         d->comp[0].depth == 8 && (d->log2_chroma_w > 0 || d->log2_chroma_h > 0);
+         d->comp[0].depth == 8 &&
+         (d->log2_chroma_w > 0 || d->log2_chroma_h > 0);
 }
 
 /* Upsamples a subsampled picture into j->yuv444 (same range). An odd-sized
@@ -321,8 +326,9 @@ static int upsample_chroma(st_jpeg *j, const AVFrame *f,
   int w = f->width, h = f->height;
   int pw = FFALIGN(w, 1 << d->log2_chroma_w);
   int ph = FFALIGN(h, 1 << d->log2_chroma_h);
-  const uint8_t *src[4] = {f->data[0], f->data[1], f->data[2], NULL};
-  int src_stride[4] = {f->linesize[0], f->linesize[1], f->linesize[2], 0};
+  const uint8_t *src[4] = {f->data[0], f->data[1], f->data[2], f->data[3]};
+  int src_stride[4] = {f->linesize[0], f->linesize[1], f->linesize[2],
+                       f->linesize[3]};
   int rc;
   if (pw != w || ph != h) {
     rc = scratch_reserve(&j->luma, AV_PIX_FMT_GRAY8, pw, ph);
@@ -403,13 +409,12 @@ int st_jpeg_decode(st_jpeg *j, const uint8_t *data, size_t len, int width,
     return st_error_set(ST_EINVAL, "jpeg: NULL argument");
   if (width < 1 || height < 1 || width > ST_JPEG_MAX_SIDE ||
       height > ST_JPEG_MAX_SIDE)
-    return st_error_set(ST_EINVAL, "jpeg: frame size %dx%d out of 1..%d",
-                        width, height, ST_JPEG_MAX_SIDE);
+    return st_error_set(ST_EINVAL, "jpeg: frame size %dx%d out of 1..%d", width,
+                        height, ST_JPEG_MAX_SIDE);
   if (len == 0)
     return st_error_set(ST_EBADMSG, "jpeg: empty payload");
   if (len > (size_t)INT_MAX - AV_INPUT_BUFFER_PADDING_SIZE)
-    return st_error_set(ST_EBADMSG, "jpeg: %zu-byte payload is too large",
-                        len);
+    return st_error_set(ST_EBADMSG, "jpeg: %zu-byte payload is too large", len);
   jpeg_log_line[0] = '\0';
 
   /* libavcodec documents that input needs AV_INPUT_BUFFER_PADDING_SIZE
@@ -433,11 +438,10 @@ int st_jpeg_decode(st_jpeg *j, const uint8_t *data, size_t len, int width,
                        FFALIGN(height, ST_JPEG_DECODE_ALIGN);
   int rc = decode_picture(j, len);
   av_packet_unref(j->pkt);
-  if (rc == ST_OK && (j->dec_frame->width != width ||
-                      j->dec_frame->height != height))
+  if (rc == ST_OK &&
+      (j->dec_frame->width != width || j->dec_frame->height != height))
     rc = st_error_set(ST_EBADMSG, "jpeg: frame is %dx%d, message says %dx%d",
-                      j->dec_frame->width, j->dec_frame->height, width,
-                      height);
+                      j->dec_frame->width, j->dec_frame->height, width, height);
   if (rc == ST_OK)
     rc = convert_to_rgb(j, j->dec_frame, rgb);
   av_frame_unref(j->dec_frame);
@@ -510,8 +514,8 @@ static int convert_from_rgb(st_jpeg *j, const uint8_t *rgb, int width,
     if (rc != ST_OK)
       return rc;
     AVFrame *p = j->rgb_pad.frame;
-    av_image_copy_plane(p->data[0], p->linesize[0], rgb, width * 3,
-                        width * 3, height);
+    av_image_copy_plane(p->data[0], p->linesize[0], rgb, width * 3, width * 3,
+                        height);
     pad_plane(p->data[0], p->linesize[0], 3, width, height, pw, ph);
     src[0] = p->data[0];
     src_stride[0] = p->linesize[0];
@@ -556,8 +560,8 @@ int st_jpeg_encode(st_jpeg *j, const uint8_t *rgb, int width, int height,
   *out_len = 0;
   if (width < 1 || height < 1 || width > ST_JPEG_MAX_SIDE ||
       height > ST_JPEG_MAX_SIDE)
-    return st_error_set(ST_EINVAL, "jpeg: frame size %dx%d out of 1..%d",
-                        width, height, ST_JPEG_MAX_SIDE);
+    return st_error_set(ST_EINVAL, "jpeg: frame size %dx%d out of 1..%d", width,
+                        height, ST_JPEG_MAX_SIDE);
   if (quality < ST_JPEG_MIN_QUALITY || quality > ST_JPEG_MAX_QUALITY)
     return st_error_set(ST_EINVAL, "jpeg: quality %d out of %d..%d", quality,
                         ST_JPEG_MIN_QUALITY, ST_JPEG_MAX_QUALITY);

@@ -524,13 +524,14 @@ static int check_tensors(int bad, const char *type, size_t count,
   for (size_t i = 0; i < count; i++) {
     char ctx[TENSOR_CTX_BYTES];
     tensor_ctx(ctx, type, i);
-    int rc = check_tensor(bad, ctx, &tensors[i]);
-    if (rc)
-      return rc;
+    /* The encoding's dtype first: it explains a byte count that is off. */
     if (has_dtype && tensors[i].dtype != dtype)
       return st_error_set(bad, "%s: key 'dtype' must be \"%s\" for this "
                                "update encoding",
                           ctx, wire_dtype_names[dtype]);
+    int rc = check_tensor(bad, ctx, &tensors[i]);
+    if (rc)
+      return rc;
   }
   return ST_OK;
 }
@@ -586,8 +587,8 @@ static int check_frame(int bad, const char *ctx, const st_msg_frame *f) {
   size_t raw_bytes = (size_t)f->width * f->height * RAW_CHANNELS;
   if (f->encoding == ST_FRAME_RAW && f->data_len != raw_bytes)
     return st_error_set(bad,
-                        "%s: key 'data' must be width*height*3 = %zu bytes "
-                        "for raw (got %zu)",
+                        "%s: key 'data' must be exactly width*height*3 = %zu "
+                        "bytes for raw (got %zu)",
                         ctx, raw_bytes, f->data_len);
   if (f->encoding == ST_FRAME_JPEG &&
       (f->data_len < 1 || f->data_len > raw_bytes))
@@ -652,6 +653,11 @@ static int check_update(int bad, const st_msg_update *u) {
   if ((int)u->encoding < 0 || (int)u->encoding >= ST_UPDATE_ENCODING_COUNT)
     return st_error_set(bad, "update: key 'encoding' must be \"f32\", "
                              "\"f16\" or \"f16-delta\"");
+  /* A resync replaces weights the server does not know: a delta against
+   * them would mean nothing. */
+  if (u->full && u->encoding == ST_UPDATE_F16_DELTA)
+    return st_error_set(bad, "update: key 'full' needs encoding \"f32\" or "
+                             "\"f16\", not \"f16-delta\"");
   rc = check_tensors(bad, ctx, u->tensor_count, u->tensors, true,
                      st_codec_dtype(u->encoding));
   if (rc)
@@ -1191,11 +1197,11 @@ static int decode_timing(const msgpack_object *v, st_msg_timing *t) {
 
 static int decode_update(const msgpack_object *root, st_msg *m) {
   static const char ctx[] = "update";
-  enum { SEQ, VERSION, BASE_VERSION, STRIDE, METRIC, STEPS, ENCODING,
+  enum { SEQ, VERSION, BASE_VERSION, FULL, STRIDE, METRIC, STEPS, ENCODING,
          TENSORS, TIMING, KEYS };
   static const char *const names[KEYS] = {
       [SEQ] = "seq",       [VERSION] = "version",
-      [BASE_VERSION] = "base_version", [STRIDE] = "stride",
+      [BASE_VERSION] = "base_version", [FULL] = "full", [STRIDE] = "stride",
       [METRIC] = "metric", [STEPS] = "steps",
       [ENCODING] = "encoding", [TENSORS] = "tensors",
       [TIMING] = "timing"};
@@ -1210,6 +1216,8 @@ static int decode_update(const msgpack_object *root, st_msg *m) {
   if (!rc)
     rc = get_uint(ctx, "base_version", v[BASE_VERSION], UINT64_MAX,
                   &u->base_version);
+  if (!rc)
+    rc = get_bool(ctx, "full", v[FULL], &u->full);
   if (!rc)
     rc = get_int32(ctx, "stride", v[STRIDE], &u->stride);
   if (!rc)
@@ -1513,13 +1521,15 @@ static int pack_welcome(msgpack_packer *pk, const st_msg_welcome *w) {
 }
 
 static int pack_update(msgpack_packer *pk, const st_msg_update *u) {
-  enum { UPDATE_KEYS = 10, TIMING_KEYS = 5 };
+  enum { UPDATE_KEYS = 11, TIMING_KEYS = 5 };
   const st_msg_timing *t = &u->timing;
   return msgpack_pack_map(pk, UPDATE_KEYS) ||
          pack_key_cstr(pk, "type", "update") ||
          pack_key_uint(pk, "seq", u->seq) ||
          pack_key_uint(pk, "version", u->version) ||
          pack_key_uint(pk, "base_version", u->base_version) ||
+         pack_cstr(pk, "full") ||
+         (u->full ? msgpack_pack_true(pk) : msgpack_pack_false(pk)) ||
          pack_key_int(pk, "stride", u->stride) ||
          pack_key_double(pk, "metric", u->metric) ||
          pack_key_int(pk, "steps", u->steps) ||
