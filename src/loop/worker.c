@@ -476,6 +476,19 @@ static int run_keyframe(worker *w, st_job *job) {
      * optimiser for the new trainable set (as set_trainable does). */
     l->bootstrapping = 0;
     st_student_state_reset_optimizer(l->state);
+    /* The layers that freeze now are trained on exactly what the client
+     * holds: a lossy codec left the client's copy a rounding residual away
+     * from ours, which no later update would send (frozen tensors never
+     * change again), so adopt the client's values instead. */
+    const st_model_info *mi = w->pool->mi;
+    for (size_t i = 0; i < mi->count; i++) {
+      if (mi->partial[i])
+        continue;
+      size_t numel;
+      float *v = st_student_state_values(l->state, i, &numel);
+      memcpy(v, st_student_state_values(l->mirror, i, NULL),
+             numel * sizeof(float));
+    }
   }
   const int64_t mshape[2] = {image.shape[0], image.shape[1]};
   st_tensor lab = st_tensor_view(w->label, ST_U8, 2, mshape);

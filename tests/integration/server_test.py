@@ -561,6 +561,39 @@ class LimitsTest(unittest.TestCase):
         self.assertLess(after - before, 2048, (before, after))
 
 
+class F16DeltaTest(unittest.TestCase):
+    def test_partial_updates_carry_only_trainable_tensors(self):
+        srv = Server(distill={"update_encoding": "f16-delta",
+                              "bootstrap_full_keyframes": 1})
+        try:
+            s = srv.connect()
+            w = hello(s)
+            m = recv_msg(s)
+            weights = {t["name"]: np.frombuffer(t["data"], "<f4").reshape(
+                t["shape"]).copy() for t in m["tensors"]}
+            version = 0
+            for seq in range(1, 4):
+                s.sendall(keyframe(seq, version, test_frame(seq)))
+                u = recv_msg(s)
+                self.assertEqual((u["type"], u["encoding"]),
+                                 ("update", "f16-delta"))
+                self.assertTrue(all(t["dtype"] == "f16" for t in u["tensors"]))
+                names = {t["name"] for t in u["tensors"]}
+                if seq == 1:
+                    self.assertEqual(names, set(weights))
+                else:
+                    # The frozen layers' f16 residual from the bootstrap
+                    # update is not resent forever.
+                    self.assertTrue(names <= set(w["trainable"]), names)
+                weights = apply_update(weights, u)
+                self.assertTrue(all(np.isfinite(v).all()
+                                    for v in weights.values()))
+                version = u["version"]
+            s.close()
+        finally:
+            srv.stop()
+
+
 def wait_metric(srv, name, value, timeout=30):
     deadline = time.time() + timeout
     while time.time() < deadline:
