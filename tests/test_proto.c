@@ -22,6 +22,10 @@
 #include "proto/proto.h"
 
 enum { HDR = ST_PROTO_HEADER_BYTES };
+/* proto.c's cap on objects per body (see docs/protocol.md, section 2). */
+#ifndef ST_PROTO_MAX_OBJECTS
+#define ST_PROTO_MAX_OBJECTS 65536
+#endif
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -1198,6 +1202,48 @@ static void test_container_item_limit(void **state) {
   free(v);
 }
 
+/* {"type": "ping", "t": 1, "x": [[nil...], ...]} holding `objects`
+ * objects in all (6 for the top level, then the arrays and nils). */
+static uint8_t *objects_body(size_t objects, size_t *len) {
+  enum { TOP_OBJECTS = 6, PER = ST_PROTO_MAX_CONTAINER_ITEMS };
+  size_t left = objects - TOP_OBJECTS - 1; /* - the outer array */
+  size_t arrays = (left + PER) / (PER + 1);
+  size_t nils = left - arrays;
+  uint8_t *v = malloc(3 + arrays * 3 + nils);
+  assert_non_null(v);
+  size_t n = 0;
+  v[n++] = 0xdc; /* array16 of the inner arrays */
+  v[n++] = (uint8_t)(arrays >> 8);
+  v[n++] = (uint8_t)arrays;
+  for (size_t a = 0; a < arrays; a++) {
+    size_t k = nils / (arrays - a);
+    nils -= k;
+    v[n++] = 0xdc;
+    v[n++] = (uint8_t)(k >> 8);
+    v[n++] = (uint8_t)k;
+    memset(v + n, 0xc0, k);
+    n += k;
+  }
+  uint8_t *body = ping_with(v, n, len);
+  free(v);
+  return body;
+}
+
+static void test_object_limit(void **state) {
+  (void)state;
+  size_t len;
+  uint8_t *b = objects_body(ST_PROTO_MAX_OBJECTS, &len);
+  st_msg m;
+  ST_ASSERT_OK(st_msg_decode(b, len, NULL, &m));
+  assert_int_equal(m.u.ping.t, 1);
+  st_msg_free(&m);
+  free(b);
+  b = objects_body(ST_PROTO_MAX_OBJECTS + 1, &len);
+  expect_structure_refused(b, len, "more than 65536 objects",
+                           "one object too many");
+  free(b);
+}
+
 static void test_nesting_depth(void **state) {
   (void)state;
   /* The top map is depth 1, so x's value starts at depth 2: k nested
@@ -2223,6 +2269,7 @@ int main(void) {
       cmocka_unit_test(test_truncated_every_prefix),
       cmocka_unit_test(test_huge_counts),
       cmocka_unit_test(test_container_item_limit),
+      cmocka_unit_test(test_object_limit),
       cmocka_unit_test(test_nesting_depth),
       cmocka_unit_test(test_top_level_and_trailing),
       cmocka_unit_test(test_ext_and_reserved),

@@ -155,6 +155,7 @@ int st_frame_header_parse(const uint8_t hdr[ST_PROTO_HEADER_BYTES],
 
 /* ---- the structural walker ------------------------------------------------ */
 
+
 /* msgpack format bytes, named as in the msgpack specification. */
 enum {
   MP_POSITIVE_FIXINT_MAX = 0x7f,
@@ -339,8 +340,12 @@ int st_msg_validate(const uint8_t *body, size_t len) {
    * bounds every count by the bytes really present. */
   uint64_t owed = 0;
   size_t pos = 0;
+  uint64_t objects = 0;
   bool seen_type = false, type_value_next = false;
   do {
+    if (++objects > ST_PROTO_MAX_OBJECTS)
+      return st_error_set(ST_EBADMSG, "msgpack: more than %d objects",
+                          ST_PROTO_MAX_OBJECTS);
     bool is_key = depth > 0 && stack[depth - 1].is_map &&
                   stack[depth - 1].left % 2 == 0;
     bool is_type_value = type_value_next;

@@ -54,6 +54,10 @@
 #define ST_PROTO_MAX_NDIM 8
 /* Map entries / array items of any one container (after the byte check). */
 #define ST_PROTO_MAX_CONTAINER_ITEMS 4096
+/* Objects in one body: msgpack-c builds one node per object, so a body of
+ * nils would otherwise cost ~25 bytes of memory per body byte and seconds
+ * of the loop thread (a real `model` has under 9,000). */
+#define ST_PROTO_MAX_OBJECTS 65536
 
 typedef enum st_msg_type {
   ST_MSG_NONE = 0,
@@ -224,7 +228,8 @@ int st_frame_header_parse(const uint8_t hdr[ST_PROTO_HEADER_BYTES],
 /* Validates the structure of a msgpack body without allocating: exactly one
  * object filling `len` bytes, a map at the top with a string "type", every
  * container count no larger than the bytes left and
- * ST_PROTO_MAX_CONTAINER_ITEMS, nesting at most ST_PROTO_MAX_DEPTH, every
+ * ST_PROTO_MAX_CONTAINER_ITEMS, at most ST_PROTO_MAX_OBJECTS objects in
+ * all, nesting at most ST_PROTO_MAX_DEPTH, every
  * str at most ST_PROTO_MAX_STRING_BYTES; no ext types, no float keys. */
 int st_msg_validate(const uint8_t *body, size_t len);
 
