@@ -155,7 +155,6 @@ int st_frame_header_parse(const uint8_t hdr[ST_PROTO_HEADER_BYTES],
 
 /* ---- the structural walker ------------------------------------------------ */
 
-
 /* msgpack format bytes, named as in the msgpack specification. */
 enum {
   MP_POSITIVE_FIXINT_MAX = 0x7f,
