@@ -102,7 +102,7 @@ class Server:
             "distill": {"max_updates": 2, "update_encoding": "f32",
                         "bootstrap_full_keyframes": 1},
             "limits": {"max_clients": 8, "handshake_timeout_ms": 1000,
-                       "idle_timeout_ms": 4000, "message_timeout_ms": 600,
+                       "idle_timeout_ms": 2000, "message_timeout_ms": 600,
                        "max_message_bytes": 1 << 20,
                        "shutdown_timeout_ms": 5000},
             "log_level": "info",
@@ -418,6 +418,14 @@ class ProtocolTest(unittest.TestCase):
         self.expect_error(s, "timeout")
         self.assertLess(time.time() - t0, 3.0)
 
+    def test_idle_deadline(self):
+        s = self.srv.connect()
+        hello(s)
+        recv_msg(s)  # model
+        t0 = time.time()
+        self.expect_error(s, "timeout")
+        self.assertGreater(time.time() - t0, 1.9)
+
     def test_handshake_deadline(self):
         s = self.srv.connect()
         t0 = time.time()
@@ -604,6 +612,28 @@ def wait_metric(srv, name, value, timeout=30):
 
 
 class LifecycleTest(unittest.TestCase):
+    def test_check_config(self):
+        ok = subprocess.run([SERVER, "--config",
+                             os.path.join(CONFIG_DIR, "server.json"),
+                             "--check-config"], capture_output=True, text=True)
+        self.assertEqual(ok.returncode, 0, ok.stderr)
+        self.assertIn("ok", ok.stdout)
+        with tempfile.TemporaryDirectory() as d:
+            bad = os.path.join(d, "bad.json")
+            with open(bad, "w") as f:
+                json.dump({"limits": {"max_clientz": 3}}, f)
+            r = subprocess.run([SERVER, "--config", bad, "--check-config"],
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("max_clientz", r.stderr)
+            # A teacher file that does not exist fails the model check.
+            with open(bad, "w") as f:
+                json.dump({"teacher": "missing.json"}, f)
+            r = subprocess.run([SERVER, "--config", bad, "--check-config"],
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("missing.json", r.stderr)
+
     def test_disconnect_during_job_then_sigterm_drains(self):
         srv = Server(distill={"max_updates": 8})
         try:
