@@ -65,6 +65,8 @@ def main():
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--keyframes", type=int, default=6)
     ap.add_argument("--encoding", choices=["raw", "jpeg"], default="raw")
+    ap.add_argument("--backend", choices=["cpu", "cuda", "auto"],
+                    help="override the config's backend")
     ap.add_argument("--bootstrap", type=int, default=1,
                     help="bootstrap_full_keyframes for the run")
     args = ap.parse_args()
@@ -84,6 +86,8 @@ def main():
     cfg["listen"]["host"] = "127.0.0.1"
     cfg.setdefault("metrics", {})["port"] = 0
     cfg.setdefault("distill", {})["bootstrap_full_keyframes"] = args.bootstrap
+    if args.backend:
+        cfg["backend"] = args.backend
     tmp = tempfile.TemporaryDirectory()
     path = os.path.join(tmp.name, "server.json")
     with open(path, "w") as f:

@@ -87,6 +87,27 @@ done
 cat "$out"/test_*.log > "$out/tests.log" 2>/dev/null || true
 rm -f "$out"/test_*.log
 
+say "== server on the GPU (backend cuda, one worker = one stream pair)"
+server="$build_dir/shadowtutor-server"
+if [ -x "$server" ] && [ -x "$build_dir/tests/test_server" ]; then
+  if ST_TEST_BACKEND=cuda timeout 150 "$build_dir/tests/test_server" >"$out/server_cuda.log" 2>&1; then
+    say "test_server (cuda): ok"
+  else
+    say "test_server (cuda): FAILED (see server_cuda.log)"; failed=1
+  fi
+  if python3 -c 'import msgpack, numpy' 2>/dev/null; then
+    ST_TEST_BACKEND=cuda timeout 200 python3 tests/integration/server_test.py --server "$server" \
+      --config-dir config >"$out/server_py_cuda.log" 2>&1 && say "server_test.py (cuda): ok" ||
+      { say "server_test.py (cuda): FAILED"; failed=1; }
+    timeout 120 python3 bench/server_latency.py --server "$server" --backend cuda --keyframes 6 \
+      | tee "$out/server_latency_cuda.txt" | tee -a "$summary" || true
+  else
+    say "server_test.py / server_latency.py: skipped (python3 msgpack or numpy missing)"
+  fi
+else
+  say "server: skipped ($server or tests/test_server missing)"
+fi
+
 say "== benchmark ${height}x${width}, $iters iterations"
 bench_args=(--config config/student.json --height "$height" --width "$width" --iters "$iters")
 # cuDNN's heuristic (the default) and the exhaustive search (what PyTorch

@@ -17,14 +17,15 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DST_CUDA=ON \
 cmake --build "$build" -j "$(nproc)"
 rm -rf "$dir"
 mkdir -p "$dir/build/tests" "$dir/ref"
-cp "$build/shadowtutor-model" "$dir/build/"
+cp "$build/shadowtutor-model" "$build/shadowtutor-server" "$dir/build/"
 cp "$build"/tests/test_* "$dir/build/tests/" 2>/dev/null || true
 find "$dir/build/tests" -type f ! -perm -u+x -delete
 cp "${ST_REF_DIR:-../shared/reference}/shadowtutor_ref.py" "$dir/ref/"
-# Shared libraries outside libc and CUDA that the binaries load.
-libs=$(ldd "$dir/build/shadowtutor-model" "$dir"/build/tests/test_* |
+# Shared libraries the binaries load, except the C runtime and CUDA (the
+# GPU machine has its own); FFmpeg brings many codecs' libraries along.
+libs=$(ldd "$dir"/build/shadowtutor-* "$dir"/build/tests/test_* |
   awk '/=> \// {print $3}' | sort -u |
-  grep -E 'libdnnl|libjansson|libcmocka|libgomp|libOpenCL|libuv|libmsgpack|libprotobuf-c' || true)
+  grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudnn[^/]*|libcublas[^/]*|libcudart|libnvrtc[^/]*)\.so' || true)
 staging=$(mktemp -d)
 for l in $libs; do cp -L "$l" "$staging/"; done
 tar -C "$staging" -cf - . | xz -T0 -6 > "$dir/libs.tar.xz"

@@ -72,16 +72,23 @@ static const char *config_dir(void) {
   return dir;
 }
 
+/* ST_TEST_BACKEND=cuda (scripts/gpu-check.sh) runs the server and the
+ * reproduction on the GPU; both use deterministic algorithms. */
+static const char *test_backend(void) {
+  const char *b = getenv("ST_TEST_BACKEND");
+  return b && *b ? b : "cpu";
+}
+
 static void server_start(server_thread *t, const char *distill_json) {
   char json[2048];
   snprintf(json, sizeof json,
            "{\"listen\": {\"host\": \"127.0.0.1\", \"port\": 0},"
-           " \"backend\": \"cpu\", \"workers\": 1, \"threads_per_worker\": 1,"
+           " \"backend\": \"%s\", \"workers\": 1, \"threads_per_worker\": 1,"
            " \"deterministic\": true, \"log_level\": \"warn\","
            " \"teacher\": \"teacher-small.json\","
            " \"student\": {\"config\": \"student.json\"},"
            " \"distill\": %s}",
-           distill_json);
+           test_backend(), distill_json);
   assert_int_equal(
       st_server_config_parse(json, "test.json", config_dir(), &t->cfg), 0);
   pthread_mutex_init(&t->mu, NULL);
@@ -212,7 +219,7 @@ static void test_updates_equal_independent_distillation(void **state) {
   const st_server_config *cfg = &t.cfg;
 
   /* The independent reproduction: teacher and students on a CPU backend. */
-  st_backend_options bo = {.kind = ST_BACKEND_CPU, .threads = 1,
+  st_backend_options bo = {.kind = cfg->backend, .threads = 1,
                            .deterministic = 1};
   st_backend *be = NULL;
   assert_int_equal(st_backend_new(&bo, &be), 0);

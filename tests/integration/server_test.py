@@ -93,7 +93,8 @@ class Server:
         cfg = {
             "listen": {"host": "127.0.0.1", "port": self.port},
             "metrics": {"host": "127.0.0.1", "port": self.metrics_port},
-            "backend": "cpu",
+            # ST_TEST_BACKEND=cuda on a GPU machine (scripts/gpu-check.sh).
+            "backend": os.environ.get("ST_TEST_BACKEND", "cpu"),
             "workers": 1,
             "threads_per_worker": 1,
             "teacher": os.path.join(CONFIG_DIR, "teacher-small.json"),
