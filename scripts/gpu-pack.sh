@@ -6,7 +6,8 @@
 #   scripts/gpu-check.sh --out OUT --build-dir DIR/build --libs DIR/libs.tar.xz --ref DIR/ref
 # runs there. DIR should be ignored by git (e.g. listed in .git/info/exclude).
 #
-#   scripts/gpu-pack.sh DIR [CUDA_ARCHITECTURES]   (default 90: H100/H200)
+#   [ST_PACK_SERVER=1] scripts/gpu-pack.sh DIR [CUDA_ARCHITECTURES]   (default 90: H100/H200)
+#   ST_PACK_SERVER=1 adds the server and its tests (FFmpeg libraries: +49 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:?usage: scripts/gpu-pack.sh DIR [CUDA_ARCHITECTURES]}
@@ -17,9 +18,19 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DST_CUDA=ON \
 cmake --build "$build" -j "$(nproc)"
 rm -rf "$dir"
 mkdir -p "$dir/build/tests" "$dir/ref"
-cp "$build/shadowtutor-model" "$build/shadowtutor-server" "$dir/build/"
+cp "$build/shadowtutor-model" "$dir/build/"
 cp "$build"/tests/test_* "$dir/build/tests/" 2>/dev/null || true
 find "$dir/build/tests" -type f ! -perm -u+x -delete
+# The server and its tests load FFmpeg's codecs and ~100 libraries with
+# them (about 49 MB compressed): only with ST_PACK_SERVER=1, since the
+# device's carry holds 64 MiB in all.
+if [ "${ST_PACK_SERVER:-0}" = 1 ]; then
+  cp "$build/shadowtutor-server" "$dir/build/"
+else
+  for t in "$dir"/build/tests/test_*; do
+    if ldd "$t" | grep -q libavcodec; then rm -f "$t"; fi
+  done
+fi
 cp "${ST_REF_DIR:-../shared/reference}/shadowtutor_ref.py" "$dir/ref/"
 # Shared libraries the binaries load, except the C runtime and CUDA (the
 # GPU machine has its own); FFmpeg brings many codecs' libraries along.
