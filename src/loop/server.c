@@ -24,33 +24,6 @@
 #define ST_SERVER_SESSION_ID_RANDOM_BYTES 8
 #define NS_PER_MS 1000000ull
 
-/* ---- logging ------------------------------------------------------------------ */
-
-static atomic_int log_level = ST_LOG_INFO;
-static const char *const log_names[] = {"error", "warn", "info", "debug"};
-
-void st_log_set_level(st_log_level level) { atomic_store(&log_level, level); }
-
-void st_log(st_log_level level, const char *fmt, ...) {
-  if ((int)level > atomic_load(&log_level))
-    return;
-  char line[1024];
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  struct tm tm;
-  gmtime_r(&ts.tv_sec, &tm);
-  size_t n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-  n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ %s ",
-                        ts.tv_nsec / 1000000, log_names[level]);
-  va_list ap;
-  va_start(ap, fmt);
-  if (n < sizeof line)
-    vsnprintf(line + n, sizeof line - n, fmt, ap);
-  va_end(ap);
-  /* One write per line, so lines from several threads do not interleave. */
-  fprintf(stderr, "%s\n", line);
-}
-
 /* ---- types ------------------------------------------------------------------- */
 
 typedef enum session_state {

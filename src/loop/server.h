@@ -22,6 +22,7 @@
 
 #include <uv.h>
 
+#include "base/log.h"
 #include "loop/metrics.h"
 #include "loop/server_config.h"
 
@@ -37,11 +38,5 @@ st_metrics *st_server_metrics(st_server *s);
 void st_server_request_shutdown(st_server *s);
 /* After uv_run returned. Accepts NULL. */
 void st_server_free(st_server *s);
-
-/* One log line to stderr: time, level, then the message. */
-void st_log(st_log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-/* Lines above this level are dropped (default ST_LOG_INFO). */
-void st_log_set_level(st_log_level level);
 
 #endif

@@ -81,12 +81,6 @@ static const limit_key limit_keys[] = {
     LIMIT64(session_linger_ms, 0, MS_PER_DAY),
 };
 
-static const char *const log_level_names[] = {
-    [ST_LOG_ERROR] = "error",
-    [ST_LOG_WARN] = "warn",
-    [ST_LOG_INFO] = "info",
-    [ST_LOG_DEBUG] = "debug",
-};
 
 /* The "full" spelling of distill.trainable (as in the student config). */
 static const char trainable_full_name[] = "full";
@@ -219,14 +213,6 @@ static int read_string(const char *label, json_t *obj, const char *key,
                         allow_null ? " or null" : "");
   *value = json_string_value(v);
   return ST_OK;
-}
-
-/* Picks the index of `value` in `names`; -1 when it is none of them. */
-static int name_index(const char *value, const char *const *names, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (names[i] && strcmp(value, names[i]) == 0)
-      return (int)i;
-  return -1;
 }
 
 /* ---- paths --------------------------------------------------------------- */
@@ -549,13 +535,11 @@ static int parse_root(const char *label, const char *base_dir, json_t *root,
   if ((rc = read_string(label, root, "log_level", "log_level", 0, &level)))
     return rc;
   if (level) {
-    int i = name_index(level, log_level_names, COUNT(log_level_names));
-    if (i < 0)
+    if (st_log_level_from_name(level, &c.log_level))
       return st_error_set(ST_EINVAL,
                           "%s: log_level must be \"error\", \"warn\", "
                           "\"info\" or \"debug\"",
                           label);
-    c.log_level = (st_log_level)i;
   }
 
   /* Files last, so every mistake in this file is reported before any in

@@ -56,6 +56,7 @@
 
 #include <stdint.h>
 
+#include "base/log.h"
 #include "gpu/backend.h"
 #include "models/config.h"
 #include "proto/proto.h"
@@ -80,12 +81,6 @@
  * features learns nothing useful). */
 #define ST_SERVER_DEFAULT_BOOTSTRAP_NO_WEIGHTS 16
 
-typedef enum st_log_level {
-  ST_LOG_ERROR = 0,
-  ST_LOG_WARN,
-  ST_LOG_INFO,
-  ST_LOG_DEBUG
-} st_log_level;
 
 typedef struct st_server_limits {
   uint32_t max_clients;
