@@ -12,8 +12,8 @@
 #include "loop/worker.h"
 #include "proto/proto.h"
 
-/* Bytes read from a socket in one go while between messages (a header and
- * small messages); a large body is read straight into its own buffer. */
+/* Smallest read buffer of a connection (it grows to the last message's
+ * size, so a stream of equal key frames is read without copies). */
 #define ST_SERVER_READ_CHUNK_BYTES (64u * 1024u)
 /* The sweep that enforces deadlines runs this often, at most and at least. */
 #define ST_SERVER_SWEEP_MIN_MS 5
@@ -45,11 +45,13 @@ typedef struct session {
   char id[ST_PROTO_SESSION_BYTES + 1];   /* our session id */
   char client_id[ST_PROTO_CLIENT_ID_BYTES + 1];
   char peer[ST_SERVER_PEER_BYTES];       /* "addr:port" for logs */
-  /* framing */
-  uint8_t hdr[ST_PROTO_HEADER_BYTES];    /* length prefix being read */
-  size_t hdr_have;                       /* bytes of it so far */
-  uint8_t *body;                         /* owned: body being read, or NULL */
-  uint32_t body_len, body_have;
+  /* framing: bytes read and not yet handled, from a message boundary */
+  uint8_t *rx;                           /* owned, or NULL between reads */
+  size_t rx_len, rx_cap;
+  uint32_t rx_body_len;                  /* body length of the message at
+                                            rx[0] once its prefix is in */
+  size_t rx_hint;                        /* size of the last message: the
+                                            next buffer is made that big */
   /* deadlines (uv_now milliseconds) */
   uint64_t accepted_ms;                  /* connection accepted */
   uint64_t active_ms;                    /* last complete message or reply */
@@ -86,8 +88,6 @@ struct st_server {
   uint64_t next_session;                 /* counter part of session ids */
   struct lingering *lingers;             /* newest first */
   size_t linger_count;
-  uint8_t read_chunk[ST_SERVER_READ_CHUNK_BYTES]; /* shared: one reader at
-                                            a time on the loop thread */
 };
 
 /* A session whose connection dropped: its learner waits for a `hello`
@@ -116,7 +116,7 @@ static void server_maybe_finish(st_server *srv);
 static void session_free(session *s) {
   st_learner_free(s->learner);
   st_job_free(s->waiting);
-  free(s->body);
+  free(s->rx);
   free(s);
 }
 
@@ -578,13 +578,14 @@ static void on_frame(session *s, st_msg_type type, const st_msg_frame *f,
   s->waiting = job;
 }
 
-/* Handles one complete message; takes ownership of body. */
+/* Handles one complete message: `body` is the message buffer (prefix
+ * first, then `len` body bytes); takes ownership of it. */
 static void session_on_message(session *s, uint8_t *body, uint32_t len) {
   st_server *srv = s->srv;
   st_proto_limits lim = {.max_message_bytes = srv->cfg->limits.max_message_bytes};
   st_msg m;
   st_error_clear();
-  int rc = st_msg_decode(body, len, &lim, &m);
+  int rc = st_msg_decode(body + ST_PROTO_HEADER_BYTES, len, &lim, &m);
   if (rc) {
     free(body);
     session_error(s, rc, 1, "%s", st_error_detail());
@@ -634,82 +635,102 @@ static void session_on_message(session *s, uint8_t *body, uint32_t len) {
   free(body);
 }
 
-/* ---- reading ----------------------------------------------------------------- */
+/* ---- reading -----------------------------------------------------------------
+ * Every message is read into one buffer that then becomes the message:
+ * its prefix at the start, the body right after, so a key frame is never
+ * copied on its way to the worker. A read never goes past the end of a
+ * message whose length is known; only a read that starts a new message may
+ * pull in the beginning of the next one (pipelined small messages), and
+ * those few bytes move to a fresh buffer. Idle connections hold no buffer:
+ * libuv asks for one only when the socket is readable. */
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)suggested;
   session *s = h->data;
-  if (s->body && s->body_have < s->body_len) {
-    /* Mid-body: straight into the body buffer, never past its end. */
-    *buf = uv_buf_init((char *)s->body + s->body_have,
-                       s->body_len - s->body_have);
-    return;
+  if (!s->rx) {
+    size_t cap = s->rx_hint > ST_SERVER_READ_CHUNK_BYTES
+                     ? s->rx_hint
+                     : ST_SERVER_READ_CHUNK_BYTES;
+    s->rx = malloc(cap);
+    s->rx_cap = s->rx ? cap : 0;
+    s->rx_len = 0;
   }
-  *buf = uv_buf_init((char *)s->srv->read_chunk, sizeof s->srv->read_chunk);
+  size_t want = s->rx_body_len
+                    ? ST_PROTO_HEADER_BYTES + s->rx_body_len - s->rx_len
+                    : s->rx_cap - s->rx_len;
+  /* A NULL/0 buffer makes libuv report UV_ENOBUFS to read_cb. */
+  *buf = uv_buf_init(s->rx ? (char *)s->rx + s->rx_len : NULL,
+                     s->rx ? (unsigned)want : 0);
 }
 
-/* A header has been read: check it and allocate the body. */
-static int session_start_body(session *s) {
+/* The prefix is in: check it, and make room for the whole message. */
+static int session_start_message(session *s) {
   uint32_t len = 0;
   st_error_clear();
-  int rc = st_frame_header_parse(s->hdr, s->srv->cfg->limits.max_message_bytes,
+  int rc = st_frame_header_parse(s->rx, s->srv->cfg->limits.max_message_bytes,
                                  &len);
   if (rc) {
     session_error(s, rc, 1, "%s", st_error_detail());
     return rc;
   }
-  s->body = malloc(len);
-  if (!s->body) {
-    session_error(s, ST_ENOMEM, 1, "out of memory for a %u-byte message", len);
-    return ST_ENOMEM;
+  size_t total = ST_PROTO_HEADER_BYTES + (size_t)len;
+  if (total > s->rx_cap) {
+    uint8_t *p = realloc(s->rx, total);
+    if (!p) {
+      session_error(s, ST_ENOMEM, 1, "out of memory for a %u-byte message",
+                    len);
+      return ST_ENOMEM;
+    }
+    s->rx = p;
+    s->rx_cap = total;
   }
-  s->body_len = len;
-  s->body_have = 0;
+  s->rx_body_len = len;
   return ST_OK;
 }
 
-static void session_body_complete(session *s) {
-  uint8_t *body = s->body;
-  uint32_t len = s->body_len;
-  s->body = NULL;
-  s->body_len = s->body_have = 0;
-  s->hdr_have = 0;
-  s->message_started_ms = 0;
-  session_on_message(s, body, len);
-}
-
-/* Consumes bytes read into the shared chunk: headers, small bodies, and the
- * start of a large body (the rest of which is then read in place). */
-static void session_consume(session *s, const uint8_t *p, size_t n) {
-  while (n > 0 && !s->closing && s->state != SESSION_CLOSING) {
-    if (!s->message_started_ms)
-      s->message_started_ms = uv_now(s->srv->loop);
-    if (!s->body) {
-      size_t take = ST_PROTO_HEADER_BYTES - s->hdr_have;
-      if (take > n)
-        take = n;
-      memcpy(s->hdr + s->hdr_have, p, take);
-      s->hdr_have += take;
-      p += take;
-      n -= take;
-      if (s->hdr_have < ST_PROTO_HEADER_BYTES)
+/* Handles every complete message in rx. */
+static void session_drain_rx(session *s) {
+  while (!s->closing && s->state != SESSION_CLOSING) {
+    if (!s->rx_body_len) {
+      if (s->rx_len < ST_PROTO_HEADER_BYTES)
         return;
-      if (session_start_body(s))
+      if (session_start_message(s))
         return;
     }
-    size_t take = s->body_len - s->body_have;
-    if (take > n)
-      take = n;
-    memcpy(s->body + s->body_have, p, take);
-    s->body_have += (uint32_t)take;
-    p += take;
-    n -= take;
-    if (s->body_have == s->body_len)
-      session_body_complete(s);
+    size_t total = ST_PROTO_HEADER_BYTES + (size_t)s->rx_body_len;
+    if (s->rx_len < total)
+      return;
+    uint8_t *msg = s->rx;
+    uint32_t body_len = s->rx_body_len;
+    size_t leftover = s->rx_len - total;
+    s->rx = NULL;
+    s->rx_len = s->rx_cap = 0;
+    s->rx_body_len = 0;
+    s->rx_hint = total;
+    s->message_started_ms = 0;
+    if (leftover) {
+      size_t cap = total > ST_SERVER_READ_CHUNK_BYTES
+                       ? total
+                       : ST_SERVER_READ_CHUNK_BYTES;
+      if (cap < leftover)
+        cap = leftover;
+      s->rx = malloc(cap);
+      if (!s->rx) {
+        free(msg);
+        session_error(s, ST_ENOMEM, 1, "out of memory");
+        return;
+      }
+      memcpy(s->rx, msg + total, leftover);
+      s->rx_len = leftover;
+      s->rx_cap = cap;
+      s->message_started_ms = uv_now(s->srv->loop);
+    }
+    session_on_message(s, msg, body_len);
   }
 }
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+  (void)buf;
   session *s = stream->data;
   if (nread < 0) {
     if (nread != UV_EOF)
@@ -720,15 +741,12 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
   if (nread == 0)
     return;
+  if (!s->message_started_ms)
+    s->message_started_ms = uv_now(s->srv->loop);
   s->bytes_in += (uint64_t)nread;
   st_metrics_add(s->srv->metrics, ST_CTR_BYTES_IN, (uint64_t)nread);
-  if (s->body && (const uint8_t *)buf->base == s->body + s->body_have) {
-    s->body_have += (uint32_t)nread;
-    if (s->body_have == s->body_len)
-      session_body_complete(s);
-    return;
-  }
-  session_consume(s, (const uint8_t *)buf->base, (size_t)nread);
+  s->rx_len += (size_t)nread;
+  session_drain_rx(s);
 }
 
 /* ---- accepting --------------------------------------------------------------- */
