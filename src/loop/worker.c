@@ -196,6 +196,7 @@ void st_learner_free(st_learner *l) {
     return;
   st_student_state_free(l->state);
   st_student_state_free(l->mirror);
+  st_teacher_state_free(l->teacher_state);
   free(l);
 }
 
@@ -344,7 +345,7 @@ static int frame_image(worker *w, const st_msg_frame *f, st_tensor *image) {
   return ST_OK;
 }
 
-static int label_frame(worker *w, const st_tensor *image) {
+static int label_frame(worker *w, st_learner *l, const st_tensor *image) {
   size_t px = (size_t)(image->shape[0] * image->shape[1]);
   if (px > w->map_cap) {
     size_t cap = w->map_cap, wcap = w->map_cap;
@@ -352,7 +353,12 @@ static int label_frame(worker *w, const st_tensor *image) {
     TRY(grow((void **)&w->weight, &wcap, px, sizeof(float)));
     w->map_cap = px;
   }
-  TRY(st_teacher_label(w->teacher, image, NULL, w->label, w->weight));
+  /* A recurrent teacher continues this client's stream: key frames of one
+   * session are labelled in order, one at a time (one job per session). */
+  if (l && !l->teacher_state && st_teacher_is_recurrent(w->teacher))
+    TRY(st_teacher_state_new(w->teacher, &l->teacher_state));
+  TRY(st_teacher_label_session(w->teacher, l ? l->teacher_state : NULL, image,
+                               NULL, w->label, w->weight));
   /* The student stream may only read the targets once the teacher stream
    * produced them; st_teacher_label synchronises today, the event keeps
    * the ordering explicit for asynchronous teachers. */
@@ -464,7 +470,7 @@ static int run_keyframe(worker *w, st_job *job) {
   job->timing.decode_ms = ms_since(t);
 
   t = uv_hrtime();
-  TRY(label_frame(w, &image));
+  TRY(label_frame(w, job->learner, &image));
   job->timing.teacher_ms = ms_since(t);
 
   t = uv_hrtime();
@@ -527,7 +533,7 @@ static int run_offload(worker *w, st_job *job) {
     TRY(frame_image(w, &job->frame, &image));
     job->timing.decode_ms = ms_since(t);
     t = uv_hrtime();
-    TRY(label_frame(w, &image));
+    TRY(label_frame(w, job->learner, &image));
     job->timing.teacher_ms = ms_since(t);
   }
   lm->data = w->label;

@@ -73,6 +73,10 @@ typedef struct st_learner {
   uint64_t floor_version;
   int32_t stride;           /* the stride last sent */
   uint64_t keyframes;       /* key frames distilled so far */
+  /* The teacher's recurrent state along this client's video (RVM with
+   * "recurrent": "session"); created by the first job, NULL before. Host
+   * memory, so any worker continues it. */
+  struct st_teacher_state *teacher_state;
   int bootstrapping;        /* 1 while every layer is trained */
 } st_learner;
 

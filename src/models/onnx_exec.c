@@ -20,6 +20,10 @@
 
 #include "base/error.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
 /* Longest "what is missing" text of a refusal. */
 #define EXEC_MSG_BYTES 320
 /* Values the planner may add per node (an unfused BatchNormalization
@@ -46,10 +50,20 @@ typedef struct exec_value {
                      planning), or a constant's device copy once uploaded */
   int uploaded;   /* constant: rt is its device copy */
   int root;       /* runtime: value owning the storage */
+  int64_t offset; /* runtime: bytes from the start of the root's storage
+                     (a view of a contiguous part: a channel split) */
   int buffer;     /* root: planned buffer index; -1 none */
   int def_step;   /* root: step writing it; -1 for the graph input */
   int last_use;   /* root: last step reading it or a view of it */
 } exec_value;
+
+/* A zero-valued spatial Pad whose only reader is a Conv (or another such
+ * Pad): not run, its amounts added to the Conv's own padding instead. */
+typedef struct deferred_pad {
+  int active;     /* 1: this value is a deferred pad of `src` */
+  int src;        /* the unpadded value */
+  int64_t begin[2], end[2]; /* rows/columns added before and after, H and W */
+} deferred_pad;
 
 typedef enum step_kind {
   STEP_CONV = 0,
@@ -63,6 +77,7 @@ typedef enum step_kind {
   STEP_CONCAT,
   STEP_SLICE,
   STEP_ARGMAX,
+  STEP_CONV_TRANSPOSE,
 } step_kind;
 
 typedef struct exec_step {
@@ -101,13 +116,19 @@ struct st_onnx_plan {
   char *absorbed;             /* nodes fused into an earlier one */
   exec_step *steps;           /* run order */
   int n_steps, cap_steps;
-  int input_id;               /* the graph input */
+  int input_id;               /* the first runtime graph input */
+  int n_plan_inputs;          /* inputs given to st_onnx_plan_new_inputs */
+  int *plan_input_ids;        /* their value ids; -1 for bound constants */
+  const st_tensor **run_inputs; /* per model input: the tensor of the
+                                   current run (runtime inputs only) */
+  struct deferred_pad *deferred; /* per value: a zero Pad left for the
+                                    Conv reading it to absorb */
   int *outputs;               /* value ids of the graph outputs */
   int n_outputs;
   void **buffers;             /* planned activation buffers, owned */
   int64_t *buffer_bytes;
   int n_buffers;
-  int *input_views;           /* runtime values stored in the input */
+  int *input_views;           /* runtime values stored in a graph input */
   int n_input_views;
   st_onnx_plan_stats stats;
 };
@@ -281,6 +302,7 @@ static void set_runtime(st_onnx_plan *p, int id, st_dtype dt, int ndim,
   v->is_const = 0;
   v->rt = st_tensor_view(NULL, dt, ndim, shape);
   v->root = root;
+  v->offset = 0;
   v->buffer = -1;
   v->def_step = -1;
   v->last_use = -1;
@@ -411,6 +433,15 @@ static void make_view(st_onnx_plan *p, int out, int src, int ndim,
                       const int64_t *shape) {
   const exec_value *s = &p->values[src];
   set_runtime(p, out, s->rt.dtype, ndim, shape, s->root);
+  p->values[out].offset = s->offset;
+}
+
+/* Same, starting `elems` elements into src's storage. */
+static void make_view_at(st_onnx_plan *p, int out, int src, int ndim,
+                         const int64_t *shape, int64_t elems) {
+  make_view(p, out, src, ndim, shape);
+  p->values[out].offset +=
+      elems * (int64_t)st_dtype_size(p->values[src].rt.dtype);
 }
 
 /* ---- broadcasting ------------------------------------------------------ */
@@ -762,6 +793,10 @@ static int slice_plan(st_onnx_plan *p, const st_onnx_node *n,
 
 /* ---- node handlers ----------------------------------------------------- */
 
+static int slice_to(st_onnx_plan *p, const st_onnx_node *n, int x,
+                    const int64_t *starts, const int64_t *steps,
+                    const int64_t *shape, int out);
+
 typedef int (*node_fn)(st_onnx_plan *p, const st_onnx_node *n);
 
 static const char *const NO_ATTRS[] = {NULL};
@@ -991,14 +1026,7 @@ static int op_slice(st_onnx_plan *p, const st_onnx_node *n) {
   TRY(slice_plan(p, n, t, c.start, c.step, shape));
   if (is_const(p, x))
     return fold_gather_elems(p, out, t, t->ndim, shape, slice_src, &c);
-  exec_step s = {.kind = STEP_SLICE, .in = {x, -1}, .out = out};
-  memcpy(s.starts, c.start, sizeof s.starts);
-  memcpy(s.steps, c.step, sizeof s.steps);
-  TRY(f32_operand(p, n, x));
-  if (shape_numel(t->ndim, shape) == 0)
-    return REFUSE(n, "an empty slice at run time is not supported");
-  step_output(p, out, ST_F32, t->ndim, shape);
-  return push_step(p, &s);
+  return slice_to(p, n, x, c.start, c.step, shape, out);
 }
 
 static int op_concat(st_onnx_plan *p, const st_onnx_node *n) {
@@ -1428,6 +1456,9 @@ static int op_conv(st_onnx_plan *p, const st_onnx_node *n) {
   TRY(check_outputs(n, 1));
   int x = 0, wid = 0, bid = -1;
   TRY(rank4_input(p, n, &x));
+  /* A zero Pad before the Conv was left unrun for it: the geometry below
+   * sees the padded extents, the step reads the unpadded tensor. */
+  deferred_pad dp = p->deferred[x];
   TRY(input_id(p, n, 1, &wid));
   if (!is_const(p, wid))
     return REFUSE(n, "weights computed at run time are not supported");
@@ -1458,6 +1489,16 @@ static int op_conv(st_onnx_plan *p, const st_onnx_node *n) {
   TRY(read_pair(n, "strides", 1, g.stride));
   TRY(read_pair(n, "dilations", 1, g.dilation));
   TRY(window_geometry(n, 0, &g));
+  if (dp.active) {
+    for (int i = 0; i < 2; i++) {
+      if (g.pad_begin[i] + dp.begin[i] > INT_MAX ||
+          g.pad_end[i] + dp.end[i] > INT_MAX)
+        return node_fail(ST_ERANGE, n, "padding too large");
+      g.pad_begin[i] += (int)dp.begin[i];
+      g.pad_end[i] += (int)dp.end[i];
+    }
+    x = dp.src;
+  }
   /* st_conv2d_fwd pads symmetrically: the common part of the padding goes
    * to it, the rest is concatenated to the input as zeros. */
   int sym_pad[2];
@@ -1866,6 +1907,799 @@ static int op_argmax(st_onnx_plan *p, const st_onnx_node *n) {
   return ST_OK;
 }
 
+/* ---- ops of imported (TensorFlow.js) graphs ------------------------------
+ * ONNX ops that exporters of convolutional teachers rarely write but that
+ * src/models/tfjs.c maps TensorFlow ops onto: Pad, Split, ReduceMean,
+ * Expand, Min, Max, Mod, Tanh, ConvTranspose. Each folds on constants and
+ * runs on F32 tensors where the backend has what it needs. */
+
+/* Host copy of `x` with every element passed through `fn` (constants). */
+static int fold_unary(st_onnx_plan *p, int out, const st_tensor *x,
+                      double (*fn)(double)) {
+  st_tensor y;
+  TRY(host_alloc(&y, x->dtype, x->ndim, x->shape));
+  for (int64_t i = 0; i < st_tensor_numel(x); i++)
+    hset(&y, i, fn(hget(x, i)));
+  set_const(p, out, y, 1);
+  return ST_OK;
+}
+
+/* A scalar constant of value v (F32) as a new value. */
+static int scalar_const(st_onnx_plan *p, float v, int *id) {
+  st_tensor t;
+  TRY(new_value(p, id));
+  TRY(host_alloc(&t, ST_F32, 0, NULL));
+  hset(&t, 0, v);
+  set_const(p, *id, t, 1);
+  return ST_OK;
+}
+
+/* y = a (op) b as a runtime step writing `out` (a new value when out < 0). */
+static int push_binary(st_onnx_plan *p, const st_onnx_node *n,
+                       st_binary_kind kind, int a, int b, int out,
+                       int *written) {
+  int r;
+  int64_t shape[ST_MAX_DIMS];
+  TRY(broadcast_shape(n, vt(p, a), vt(p, b), &r, shape));
+  if (out < 0)
+    TRY(new_value(p, &out));
+  TRY(f32_operand(p, n, a));
+  TRY(f32_operand(p, n, b));
+  exec_step s = {.kind = STEP_BINARY, .in = {a, b}, .out = out,
+                 .binary = kind};
+  step_output(p, out, ST_F32, r, shape);
+  TRY(push_step(p, &s));
+  if (written)
+    *written = out;
+  return ST_OK;
+}
+
+static int push_unary_to(st_onnx_plan *p, const st_onnx_node *n,
+                         st_unary_kind kind, float alpha, float beta, int x,
+                         int out, int *written) {
+  if (out < 0)
+    TRY(new_value(p, &out));
+  TRY(f32_operand(p, n, x));
+  exec_step s = {.kind = STEP_UNARY, .in = {x, -1}, .out = out,
+                 .unary = kind, .alpha = alpha, .beta = beta};
+  step_output(p, out, ST_F32, vt(p, x)->ndim, vt(p, x)->shape);
+  TRY(push_step(p, &s));
+  if (written)
+    *written = out;
+  return ST_OK;
+}
+
+/* The part of runtime value x given by starts/steps and shape `shape`
+ * written to `out`: a view when it is one contiguous block of x (a
+ * channel split of a batch-1 tensor), a Slice step otherwise. */
+static int slice_to(st_onnx_plan *p, const st_onnx_node *n, int x,
+                    const int64_t *starts, const int64_t *steps,
+                    const int64_t *shape, int out) {
+  const st_tensor *t = vt(p, x);
+  int r = t->ndim, d0 = 0, contiguous = 1;
+  for (int d = 0; d < r; d++)
+    if (steps[d] != 1)
+      contiguous = 0;
+  while (d0 < r && shape[d0] == t->shape[d0])
+    d0++;
+  /* After the first axis cut, every axis must be whole; before it, every
+   * axis must have extent 1, or the block is strided. */
+  for (int d = d0 + 1; d < r && contiguous; d++)
+    if (shape[d] != t->shape[d])
+      contiguous = 0;
+  for (int d = 0; d < d0 && d < r && contiguous; d++)
+    if (t->shape[d] != 1)
+      contiguous = 0;
+  if (contiguous) {
+    int64_t strides[ST_MAX_DIMS], off = 0;
+    strides_of(r, t->shape, strides);
+    for (int d = 0; d < r; d++)
+      off += starts[d] * strides[d];
+    make_view_at(p, out, x, r, shape, off);
+    return ST_OK;
+  }
+  if (shape_numel(r, shape) == 0)
+    return REFUSE(n, "an empty slice at run time is not supported");
+  TRY(f32_operand(p, n, x));
+  exec_step s = {.kind = STEP_SLICE, .in = {x, -1}, .out = out};
+  memcpy(s.starts, starts, (size_t)r * sizeof *starts);
+  memcpy(s.steps, steps, (size_t)r * sizeof *steps);
+  step_output(p, out, ST_F32, r, shape);
+  return push_step(p, &s);
+}
+
+/* Pad (opset 11+: pads and constant_value are inputs; mode "constant"). */
+static int op_pad(st_onnx_plan *p, const st_onnx_node *n) {
+  static const char *const known[] = {"mode", NULL};
+  TRY(check_attrs(n, known));
+  TRY(check_outputs(n, 1));
+  const char *mode;
+  TRY(st_onnx_attr_string(n, "mode", "constant", &mode));
+  if (strcmp(mode, "constant"))
+    return REFUSE(n, "mode '%s' is not supported (only constant)", mode);
+  if (has_input(n, 3))
+    return REFUSE(n, "the axes input is not supported");
+  int x = 0, pid = 0, out = output_id(p, n, 0);
+  TRY(input_id(p, n, 0, &x));
+  TRY(input_id(p, n, 1, &pid));
+  double value = 0.0;
+  if (has_input(n, 2)) {
+    int vid;
+    TRY(input_id(p, n, 2, &vid));
+    TRY(const_scalar(p, n, vid, "constant_value", &value));
+  }
+  const st_tensor *t = vt(p, x);
+  int r = t->ndim;
+  int64_t pads[2 * ST_MAX_DIMS];
+  size_t count;
+  TRY(const_ints(p, n, pid, "pads", pads, 2 * ST_MAX_DIMS, &count));
+  if (count != 2 * (size_t)r)
+    return node_fail(ST_ESHAPE, n, "pads has %zu values for rank %d", count,
+                     r);
+  /* A Pad of a deferred Pad pads the original by the sum. */
+  deferred_pad in_dp = p->deferred[x];
+  if (in_dp.active) {
+    x = in_dp.src;
+    t = vt(p, x);
+    for (int i = 0; i < 2; i++) {
+      pads[2 + i] += in_dp.begin[i];
+      pads[r + 2 + i] += in_dp.end[i];
+    }
+  }
+  int64_t shape[ST_MAX_DIMS];
+  int negative = 0, positive = 0;
+  for (int d = 0; d < r; d++) {
+    shape[d] = t->shape[d] + pads[d] + pads[r + d];
+    if (shape[d] < 0)
+      return node_fail(ST_ESHAPE, n, "pads remove more than axis %d holds",
+                       d);
+    negative |= pads[d] < 0 || pads[r + d] < 0;
+    positive |= pads[d] > 0 || pads[r + d] > 0;
+  }
+  if (is_const(p, x)) {
+    st_tensor y;
+    TRY(host_alloc(&y, t->dtype, r, shape));
+    int64_t idx[ST_MAX_DIMS], strides[ST_MAX_DIMS];
+    strides_of(r, t->shape, strides);
+    for (int64_t i = 0; i < st_tensor_numel(&y); i++) {
+      unravel(i, r, shape, idx);
+      int64_t off = 0, inside = 1;
+      for (int d = 0; d < r; d++) {
+        int64_t k = idx[d] - pads[d];
+        inside &= k >= 0 && k < t->shape[d];
+        off += k * strides[d];
+      }
+      hset(&y, i, inside ? hget(t, off) : value);
+    }
+    set_const(p, out, y, 1);
+    p->stats.folded_nodes++;
+    return ST_OK;
+  }
+  /* Left for the Conv (or Pad) that alone reads it. */
+  int spatial_only = r == 4 && !negative && value == 0.0;
+  for (int d = 0; d < 2 && spatial_only; d++)
+    spatial_only = pads[d] == 0 && pads[r + d] == 0;
+  if (spatial_only && (sole_consumer(p, out, "Conv") ||
+                       sole_consumer(p, out, "Pad"))) {
+    set_runtime(p, out, ST_F32, r, shape, p->values[x].root);
+    p->stats.views--; /* not a view: nothing reads it */
+    deferred_pad *dp = &p->deferred[out];
+    dp->active = 1;
+    dp->src = x;
+    for (int i = 0; i < 2; i++) {
+      dp->begin[i] = pads[2 + i];
+      dp->end[i] = pads[r + 2 + i];
+    }
+    return ST_OK;
+  }
+  int cur = x;
+  if (negative) {
+    int64_t starts[ST_MAX_DIMS], steps[ST_MAX_DIMS], cshape[ST_MAX_DIMS];
+    for (int d = 0; d < r; d++) {
+      int64_t b = pads[d] < 0 ? -pads[d] : 0, e = pads[r + d] < 0
+                                                       ? -pads[r + d]
+                                                       : 0;
+      starts[d] = b;
+      steps[d] = 1;
+      cshape[d] = t->shape[d] - b - e;
+    }
+    int cropped = out;
+    if (positive)
+      TRY(new_value(p, &cropped));
+    TRY(slice_to(p, n, cur, starts, steps, cshape, cropped));
+    cur = cropped;
+  }
+  if (!positive) {
+    if (!negative)
+      make_view(p, out, x, r, shape);
+    return ST_OK;
+  }
+  /* Each padded axis is a Concat of filled blocks around the tensor. */
+  for (int d = 0; d < r; d++) {
+    int64_t b = pads[d] > 0 ? pads[d] : 0, e = pads[r + d] > 0 ? pads[r + d]
+                                                               : 0;
+    if (!b && !e)
+      continue;
+    const st_tensor *ct = vt(p, cur);
+    int64_t bshape[ST_MAX_DIMS];
+    memcpy(bshape, ct->shape, sizeof bshape);
+    int ids[3], count_in = 0;
+    int64_t extents[3] = {b, 0, e};
+    for (int k = 0; k < 3; k++) {
+      if (k == 1) {
+        ids[count_in++] = cur;
+        continue;
+      }
+      if (!extents[k])
+        continue;
+      st_tensor block;
+      bshape[d] = extents[k];
+      TRY(new_value(p, &ids[count_in]));
+      TRY(host_alloc(&block, ST_F32, r, bshape));
+      for (int64_t i = 0; value != 0.0 && i < st_tensor_numel(&block); i++)
+        hset(&block, i, value);
+      set_const(p, ids[count_in++], block, 1);
+    }
+    for (int k = 0; k < count_in; k++)
+      TRY(f32_operand(p, n, ids[k]));
+    int y = out;
+    int last = 1;
+    for (int d2 = d + 1; d2 < r; d2++)
+      if (pads[d2] > 0 || pads[r + d2] > 0)
+        last = 0;
+    if (!last)
+      TRY(new_value(p, &y));
+    int64_t yshape[ST_MAX_DIMS];
+    memcpy(yshape, ct->shape, sizeof yshape);
+    yshape[d] += b + e;
+    exec_step s = {.kind = STEP_CONCAT, .n_ins = count_in, .out = y,
+                   .axis = d};
+    s.ins = calloc((size_t)count_in, sizeof *s.ins);
+    s.in_tensors = calloc((size_t)count_in, sizeof *s.in_tensors);
+    if (!s.ins || !s.in_tensors) {
+      free(s.ins);
+      free(s.in_tensors);
+      return st_error_set(ST_ENOMEM, "onnx plan: out of memory");
+    }
+    for (int k = 0; k < count_in; k++) {
+      s.ins[k] = ids[k];
+      s.in_tensors[k] = &p->values[ids[k]].rt;
+    }
+    step_output(p, y, ST_F32, r, yshape);
+    int rc = push_step(p, &s);
+    if (rc) {
+      free(s.ins);
+      free(s.in_tensors);
+      return rc;
+    }
+    cur = y;
+  }
+  return ST_OK;
+}
+
+/* Split (opset 13+: sizes as an optional input; opset 18: num_outputs). */
+static int op_split(st_onnx_plan *p, const st_onnx_node *n) {
+  static const char *const known[] = {"axis", "num_outputs", NULL};
+  TRY(check_attrs(n, known));
+  int x = 0, axis = 0;
+  TRY(input_id(p, n, 0, &x));
+  const st_tensor *t = vt(p, x);
+  int64_t axis_attr, num;
+  TRY(st_onnx_attr_int(n, "axis", 0, &axis_attr));
+  TRY(normalize_axis(n, axis_attr, t->ndim, &axis));
+  size_t outs = n->n_outputs;
+  TRY(st_onnx_attr_int(n, "num_outputs", (int64_t)outs, &num));
+  if (num != (int64_t)outs || outs < 1)
+    return node_fail(ST_EFORMAT, n, "num_outputs %lld for %zu outputs",
+                     (long long)num, outs);
+  int64_t *sizes = calloc(outs, sizeof *sizes);
+  if (!sizes)
+    return st_error_set(ST_ENOMEM, "onnx plan: out of memory");
+  int rc = ST_OK;
+  int64_t dim = t->shape[axis], total = 0;
+  if (has_input(n, 1)) {
+    int sid = 0;
+    size_t count = 0;
+    rc = input_id(p, n, 1, &sid);
+    if (!rc)
+      rc = const_ints(p, n, sid, "split", sizes, outs, &count);
+    if (!rc && count != outs)
+      rc = node_fail(ST_ESHAPE, n, "split has %zu sizes for %zu outputs",
+                     count, outs);
+  } else {
+    /* Equal parts, the last one smaller when the axis does not divide. */
+    int64_t part = (dim + (int64_t)outs - 1) / (int64_t)outs;
+    for (size_t k = 0; k < outs; k++) {
+      int64_t left = dim - part * (int64_t)k;
+      sizes[k] = left < part ? (left > 0 ? left : 0) : part;
+    }
+  }
+  for (size_t k = 0; !rc && k < outs; k++) {
+    if (sizes[k] < 0)
+      rc = node_fail(ST_ESHAPE, n, "negative split size");
+    total += sizes[k];
+  }
+  if (!rc && total != dim)
+    rc = node_fail(ST_ESHAPE, n, "split sizes add up to %lld, the axis has "
+                   "%lld", (long long)total, (long long)dim);
+  int64_t start = 0;
+  for (size_t k = 0; !rc && k < outs; k++) {
+    int64_t starts[ST_MAX_DIMS] = {0}, steps[ST_MAX_DIMS], shape[ST_MAX_DIMS];
+    for (int d = 0; d < t->ndim; d++) {
+      steps[d] = 1;
+      shape[d] = t->shape[d];
+    }
+    starts[axis] = start;
+    shape[axis] = sizes[k];
+    start += sizes[k];
+    if (!n->outputs[k][0])
+      continue;
+    int out = output_id(p, n, k);
+    if (is_const(p, x)) {
+      slice_ctx c = {.x = t};
+      memcpy(c.start, starts, sizeof c.start);
+      memcpy(c.step, steps, sizeof c.step);
+      rc = fold_gather_elems(p, out, t, t->ndim, shape, slice_src, &c);
+    } else {
+      rc = slice_to(p, n, x, starts, steps, shape, out);
+    }
+  }
+  free(sizes);
+  return rc;
+}
+
+/* The reduced axes of ReduceMean (an attribute before opset 18, an input
+ * since); none given means all. */
+static int reduce_axes(st_onnx_plan *p, const st_onnx_node *n, int rank,
+                       int *reduce) {
+  int64_t axes[ST_MAX_DIMS];
+  size_t count = 0;
+  enum { OPSET_REDUCE_AXES_AS_INPUT = 18 };
+  if (p->m->opset >= OPSET_REDUCE_AXES_AS_INPUT) {
+    if (has_input(n, 1)) {
+      int id;
+      TRY(input_id(p, n, 1, &id));
+      TRY(const_ints(p, n, id, "axes", axes, ST_MAX_DIMS, &count));
+    }
+  } else {
+    const int64_t *v;
+    TRY(st_onnx_attr_ints(n, "axes", &v, &count));
+    if (count > ST_MAX_DIMS)
+      return REFUSE(n, "more than %d axes", ST_MAX_DIMS);
+    memcpy(axes, v, count * sizeof *v);
+  }
+  int64_t noop;
+  TRY(st_onnx_attr_int(n, "noop_with_empty_axes", 0, &noop));
+  if (!count && noop)
+    return REFUSE(n, "noop_with_empty_axes=1 is not supported");
+  for (int d = 0; d < rank; d++)
+    reduce[d] = count == 0;
+  for (size_t i = 0; i < count; i++) {
+    int a = 0;
+    TRY(normalize_axis(n, axes[i], rank, &a));
+    reduce[a] = 1;
+  }
+  return ST_OK;
+}
+
+static int op_reduce_mean(st_onnx_plan *p, const st_onnx_node *n) {
+  static const char *const known[] = {"axes", "keepdims",
+                                      "noop_with_empty_axes", NULL};
+  TRY(check_attrs(n, known));
+  TRY(check_outputs(n, 1));
+  int x = 0, out = output_id(p, n, 0), reduce[ST_MAX_DIMS];
+  TRY(input_id(p, n, 0, &x));
+  const st_tensor *t = vt(p, x);
+  int64_t keepdims;
+  TRY(st_onnx_attr_int(n, "keepdims", 1, &keepdims));
+  TRY(reduce_axes(p, n, t->ndim, reduce));
+  int64_t kept[ST_MAX_DIMS], dropped[ST_MAX_DIMS];
+  int r_dropped = 0;
+  for (int d = 0; d < t->ndim; d++) {
+    kept[d] = reduce[d] ? 1 : t->shape[d];
+    if (!reduce[d])
+      dropped[r_dropped++] = t->shape[d];
+  }
+  if (is_const(p, x)) {
+    st_tensor y;
+    TRY(host_alloc(&y, ST_F32, t->ndim, kept));
+    double *acc = calloc((size_t)st_tensor_numel(&y), sizeof *acc);
+    if (!acc) {
+      st_tensor_free(&y);
+      return st_error_set(ST_ENOMEM, "onnx plan: out of memory");
+    }
+    int64_t idx[ST_MAX_DIMS], ystr[ST_MAX_DIMS];
+    strides_of(t->ndim, kept, ystr);
+    for (int64_t i = 0; i < st_tensor_numel(t); i++) {
+      unravel(i, t->ndim, t->shape, idx);
+      int64_t o = 0;
+      for (int d = 0; d < t->ndim; d++)
+        o += (reduce[d] ? 0 : idx[d]) * ystr[d];
+      acc[o] += hget(t, i);
+    }
+    int64_t per = st_tensor_numel(&y) ? st_tensor_numel(t) /
+                                            st_tensor_numel(&y)
+                                      : 1;
+    for (int64_t i = 0; i < st_tensor_numel(&y); i++)
+      hset(&y, i, acc[i] / (double)(per ? per : 1));
+    free(acc);
+    if (!keepdims) {
+      y.ndim = r_dropped;
+      for (int d = 0; d < ST_MAX_DIMS; d++)
+        y.shape[d] = d < r_dropped ? dropped[d] : 1;
+    }
+    set_const(p, out, y, 1);
+    p->stats.folded_nodes++;
+    return ST_OK;
+  }
+  if (t->ndim != 4)
+    return REFUSE(n, "a mean over a rank-%d runtime tensor is not supported "
+                  "(only NCHW)", t->ndim);
+  int spatial = !reduce[0] && !reduce[1] && reduce[2] && reduce[3];
+  int channels = !reduce[0] && reduce[1] && !reduce[2] && !reduce[3];
+  if (!spatial && !channels)
+    return REFUSE(n, "a mean over these axes is not supported (only H,W or "
+                  "C of NCHW)");
+  int target = out;
+  if (!keepdims)
+    TRY(new_value(p, &target));
+  TRY(f32_operand(p, n, x));
+  if (spatial) {
+    exec_step s = {.kind = STEP_GLOBAL_AVG_POOL, .in = {x, -1},
+                   .out = target};
+    step_output(p, target, ST_F32, 4, kept);
+    TRY(push_step(p, &s));
+  } else {
+    /* The channel mean is a 1x1 convolution with weights 1/C. */
+    exec_step s = {.kind = STEP_CONV, .in = {x, -1}, .out = target,
+                   .act = ST_ACT_NONE};
+    s.conv = (st_conv2d_params){.stride = {1, 1}, .pad = {0, 0},
+                                .dilation = {1, 1}, .groups = 1};
+    const int64_t wshape[4] = {1, t->shape[1], 1, 1};
+    float *w = malloc((size_t)t->shape[1] * sizeof *w);
+    if (!w)
+      return st_error_set(ST_ENOMEM, "onnx plan: out of memory");
+    for (int64_t c = 0; c < t->shape[1]; c++)
+      w[c] = (float)(1.0 / (double)t->shape[1]);
+    int rc = st_tensor_alloc(p->be, &s.w, ST_F32, 4, wshape);
+    if (!rc)
+      rc = st_tensor_upload(p->be, &s.w, w, st_tensor_nbytes(&s.w));
+    free(w);
+    if (!rc) {
+      step_output(p, target, ST_F32, 4, kept);
+      rc = push_step(p, &s);
+    }
+    if (rc) {
+      st_tensor_free(&s.w);
+      return rc;
+    }
+  }
+  if (!keepdims)
+    make_view(p, out, target, r_dropped, dropped);
+  return ST_OK;
+}
+
+/* Expand: x broadcast to a shape (numpy rules, both ways). */
+static int op_expand(st_onnx_plan *p, const st_onnx_node *n) {
+  TRY(check_attrs(n, NO_ATTRS));
+  TRY(check_outputs(n, 1));
+  int x = 0, sid = 0, out = output_id(p, n, 0);
+  TRY(input_id(p, n, 0, &x));
+  TRY(input_id(p, n, 1, &sid));
+  int64_t want[ST_MAX_DIMS];
+  size_t count;
+  TRY(const_ints(p, n, sid, "shape", want, ST_MAX_DIMS, &count));
+  st_tensor target = st_tensor_view(NULL, ST_F32, (int)count, want);
+  int r;
+  int64_t shape[ST_MAX_DIMS];
+  TRY(broadcast_shape(n, vt(p, x), &target, &r, shape));
+  const st_tensor *t = vt(p, x);
+  if (is_const(p, x)) {
+    st_tensor y;
+    TRY(host_alloc(&y, t->dtype, r, shape));
+    int64_t idx[ST_MAX_DIMS];
+    size_t es = st_dtype_size(t->dtype);
+    for (int64_t i = 0; i < st_tensor_numel(&y); i++) {
+      unravel(i, r, shape, idx);
+      memcpy((char *)y.data + i * es,
+             (const char *)t->data + broadcast_index(t, r, idx) * es, es);
+    }
+    set_const(p, out, y, 1);
+    p->stats.folded_nodes++;
+    return ST_OK;
+  }
+  if (shape_numel(r, shape) == st_tensor_numel(t)) {
+    make_view(p, out, x, r, shape); /* nothing to repeat */
+    return ST_OK;
+  }
+  /* x + zeros of the target shape: the backend's broadcasting binary op
+   * does the repeating. */
+  int zeros = 0;
+  st_tensor z;
+  TRY(new_value(p, &zeros));
+  TRY(host_alloc(&z, ST_F32, r, shape));
+  set_const(p, zeros, z, 1);
+  return push_binary(p, n, ST_BINARY_ADD, x, zeros, out, NULL);
+}
+
+/* Min and Max of two operands: folded on constants, a Clip against a
+ * scalar constant at run time. */
+static int op_min_max(st_onnx_plan *p, const st_onnx_node *n) {
+  TRY(check_attrs(n, NO_ATTRS));
+  TRY(check_outputs(n, 1));
+  int is_max = !strcmp(n->op_type, "Max");
+  if (n->n_inputs != 2)
+    return REFUSE(n, "%zu operands are not supported (only 2)", n->n_inputs);
+  int a = 0, b = 0, out = output_id(p, n, 0);
+  TRY(input_id(p, n, 0, &a));
+  TRY(input_id(p, n, 1, &b));
+  if (is_const(p, a) && is_const(p, b)) {
+    const st_tensor *ta = vt(p, a), *tb = vt(p, b);
+    if (ta->dtype != tb->dtype)
+      return node_fail(ST_EDTYPE, n, "operands are %s and %s",
+                       st_dtype_name(ta->dtype), st_dtype_name(tb->dtype));
+    int r;
+    int64_t shape[ST_MAX_DIMS], idx[ST_MAX_DIMS];
+    TRY(broadcast_shape(n, ta, tb, &r, shape));
+    st_tensor y;
+    TRY(host_alloc(&y, ta->dtype, r, shape));
+    int integer = ta->dtype != ST_F32 && ta->dtype != ST_F16;
+    for (int64_t i = 0; i < shape_numel(r, shape); i++) {
+      unravel(i, r, shape, idx);
+      int64_t ia = broadcast_index(ta, r, idx), ib = broadcast_index(tb, r,
+                                                                     idx);
+      if (integer) {
+        int64_t u = hgeti(ta, ia), v = hgeti(tb, ib);
+        hseti(&y, i, is_max ? (u > v ? u : v) : (u < v ? u : v));
+      } else {
+        double u = hget(ta, ia), v = hget(tb, ib);
+        hset(&y, i, is_max ? fmax(u, v) : fmin(u, v));
+      }
+    }
+    set_const(p, out, y, 1);
+    p->stats.folded_nodes++;
+    return ST_OK;
+  }
+  if (is_const(p, a)) {
+    int tmp = a;
+    a = b;
+    b = tmp;
+  }
+  if (is_const(p, b) && st_tensor_numel(vt(p, b)) == 1 &&
+      vt(p, b)->ndim <= vt(p, a)->ndim) {
+    float c = (float)hget(vt(p, b), 0);
+    return push_unary_to(p, n, ST_UNARY_CLIP, is_max ? c : -INFINITY,
+                         is_max ? INFINITY : c, a, out, NULL);
+  }
+  return REFUSE(n, "%s of two runtime tensors is not supported (only against "
+                "a scalar constant)", n->op_type);
+}
+
+/* Mod, on constants only (shape arithmetic). */
+static int op_mod(st_onnx_plan *p, const st_onnx_node *n) {
+  static const char *const known[] = {"fmod", NULL};
+  TRY(check_attrs(n, known));
+  TRY(check_outputs(n, 1));
+  int64_t use_fmod;
+  TRY(st_onnx_attr_int(n, "fmod", 0, &use_fmod));
+  int a = 0, b = 0, out = output_id(p, n, 0);
+  TRY(input_id(p, n, 0, &a));
+  TRY(input_id(p, n, 1, &b));
+  if (!is_const(p, a) || !is_const(p, b))
+    return REFUSE(n, "Mod of a tensor computed at run time is not supported "
+                  "(only shape arithmetic is)");
+  const st_tensor *ta = vt(p, a), *tb = vt(p, b);
+  if (ta->dtype != tb->dtype)
+    return node_fail(ST_EDTYPE, n, "operands are %s and %s",
+                     st_dtype_name(ta->dtype), st_dtype_name(tb->dtype));
+  int integer = ta->dtype != ST_F32 && ta->dtype != ST_F16;
+  if (!integer && !use_fmod)
+    return node_fail(ST_EINVAL, n, "fmod must be 1 for floating point");
+  int r;
+  int64_t shape[ST_MAX_DIMS], idx[ST_MAX_DIMS];
+  TRY(broadcast_shape(n, ta, tb, &r, shape));
+  st_tensor y;
+  TRY(host_alloc(&y, ta->dtype, r, shape));
+  for (int64_t i = 0; i < shape_numel(r, shape); i++) {
+    unravel(i, r, shape, idx);
+    int64_t ia = broadcast_index(ta, r, idx), ib = broadcast_index(tb, r, idx);
+    if (integer) {
+      int64_t u = hgeti(ta, ia), v = hgeti(tb, ib);
+      if (v == 0) {
+        st_tensor_free(&y);
+        return node_fail(ST_ERANGE, n, "integer modulo by zero");
+      }
+      int64_t m = u % v; /* C truncates; ONNX's fmod=0 follows the divisor */
+      if (!use_fmod && m != 0 && ((m < 0) != (v < 0)))
+        m += v;
+      hseti(&y, i, m);
+    } else {
+      hset(&y, i, fmod(hget(ta, ia), hget(tb, ib)));
+    }
+  }
+  set_const(p, out, y, 1);
+  p->stats.folded_nodes++;
+  return ST_OK;
+}
+
+/* Tanh: the backend has a sigmoid, and tanh(x) = 2 * sigmoid(2x) - 1. */
+static int op_tanh(st_onnx_plan *p, const st_onnx_node *n) {
+  TRY(check_attrs(n, NO_ATTRS));
+  TRY(check_outputs(n, 1));
+  int x = 0, out = output_id(p, n, 0);
+  TRY(input_id(p, n, 0, &x));
+  if (is_const(p, x)) {
+    p->stats.folded_nodes++;
+    return fold_unary(p, out, vt(p, x), tanh);
+  }
+  int two = 0, one = 0, v1 = 0, v2 = 0, v3 = 0;
+  TRY(scalar_const(p, 2.0f, &two));
+  TRY(scalar_const(p, 1.0f, &one));
+  TRY(push_binary(p, n, ST_BINARY_MUL, x, two, -1, &v1));
+  TRY(use_value(p, v1));
+  TRY(push_unary_to(p, n, ST_UNARY_SIGMOID, 0.0f, 0.0f, v1, -1, &v2));
+  TRY(use_value(p, v2));
+  TRY(push_binary(p, n, ST_BINARY_MUL, v2, two, -1, &v3));
+  TRY(use_value(p, v3));
+  return push_binary(p, n, ST_BINARY_SUB, v3, one, out, NULL);
+}
+
+/* ConvTranspose: the data gradient of the convolution it inverts
+ * (st_conv2d_bwd_data), plus the bias. Padding that differs between the
+ * two ends of an axis is run as the smaller one and the rest cropped off
+ * the end. */
+static int op_conv_transpose(st_onnx_plan *p, const st_onnx_node *n) {
+  static const char *const known[] = {"auto_pad", "dilations", "group",
+                                      "kernel_shape", "output_padding",
+                                      "output_shape", "pads", "strides",
+                                      NULL};
+  TRY(check_attrs(n, known));
+  TRY(check_outputs(n, 1));
+  int x = 0, wid = 0, bid = -1, out = output_id(p, n, 0);
+  TRY(rank4_input(p, n, &x));
+  TRY(input_id(p, n, 1, &wid));
+  if (!is_const(p, wid))
+    return REFUSE(n, "weights computed at run time are not supported");
+  if (has_input(n, 2)) {
+    TRY(input_id(p, n, 2, &bid));
+    if (!is_const(p, bid))
+      return REFUSE(n, "a bias computed at run time is not supported");
+  }
+  const st_tensor *xt = vt(p, x), *wt = vt(p, wid);
+  if (wt->ndim != 4)
+    return REFUSE(n, "rank %d weights; only 2-D is supported", wt->ndim);
+  int64_t group;
+  TRY(st_onnx_attr_int(n, "group", 1, &group));
+  if (group != 1)
+    return REFUSE(n, "group=%lld is not supported", (long long)group);
+  if (wt->shape[0] != xt->shape[1])
+    return node_fail(ST_ESHAPE, n, "weights take %lld channels, the input "
+                     "has %lld", (long long)wt->shape[0],
+                     (long long)xt->shape[1]);
+  int64_t cout = wt->shape[1];
+  int stride[2], dil[2];
+  TRY(read_pair(n, "strides", 1, stride));
+  TRY(read_pair(n, "dilations", 1, dil));
+  const int64_t *v;
+  size_t count;
+  int64_t outpad[2] = {0, 0}, pads[4] = {0, 0, 0, 0}, osize[2];
+  TRY(st_onnx_attr_ints(n, "output_padding", &v, &count));
+  if (count && count != 2)
+    return REFUSE(n, "output_padding with %zu values", count);
+  for (size_t i = 0; i < count; i++)
+    outpad[i] = v[i];
+  const char *auto_pad;
+  TRY(st_onnx_attr_string(n, "auto_pad", "NOTSET", &auto_pad));
+  const int64_t *oshape;
+  size_t ocount;
+  TRY(st_onnx_attr_ints(n, "output_shape", &oshape, &ocount));
+  for (int i = 0; i < 2; i++) {
+    int64_t span = (wt->shape[2 + i] - 1) * dil[i] + 1;
+    int64_t full = (xt->shape[2 + i] - 1) * stride[i] + outpad[i] + span;
+    if (ocount) {
+      if (ocount != 2)
+        return REFUSE(n, "output_shape with %zu values", ocount);
+      int64_t total = full - oshape[i];
+      if (total < 0)
+        return node_fail(ST_ESHAPE, n, "output_shape larger than the full "
+                         "transposed convolution");
+      /* SAME_LOWER puts the odd cell first; otherwise it goes last. */
+      int lower = !strcmp(auto_pad, "SAME_LOWER");
+      pads[i] = lower ? total - total / 2 : total / 2;
+      pads[2 + i] = total - pads[i];
+    } else if (!strcmp(auto_pad, "SAME_UPPER") ||
+               !strcmp(auto_pad, "SAME_LOWER")) {
+      int64_t total = full - xt->shape[2 + i] * stride[i];
+      if (total < 0)
+        total = 0;
+      int lower = !strcmp(auto_pad, "SAME_LOWER");
+      pads[i] = lower ? total - total / 2 : total / 2;
+      pads[2 + i] = total - pads[i];
+    } else {
+      const int64_t *pv;
+      size_t pc;
+      TRY(st_onnx_attr_ints(n, "pads", &pv, &pc));
+      if (pc && pc != 4)
+        return REFUSE(n, "'pads' has %zu values", pc);
+      if (pc) {
+        pads[i] = pv[i];
+        pads[2 + i] = pv[2 + i];
+      }
+    }
+    if (pads[i] < 0 || pads[2 + i] < 0 || pads[i] > INT_MAX ||
+        pads[2 + i] > INT_MAX)
+      return node_fail(ST_ERANGE, n, "negative or huge pads");
+    osize[i] = full - pads[i] - pads[2 + i];
+    if (osize[i] < 1)
+      return node_fail(ST_ESHAPE, n, "empty output");
+  }
+  exec_step s = {.kind = STEP_CONV_TRANSPOSE, .in = {x, -1}};
+  int sym[2], crop = 0;
+  int64_t full_shape[4] = {xt->shape[0], cout, 0, 0};
+  for (int i = 0; i < 2; i++) {
+    sym[i] = (int)(pads[i] < pads[2 + i] ? pads[i] : pads[2 + i]);
+    /* The larger end's extra rows are computed and cropped off. */
+    full_shape[2 + i] = osize[i] + (pads[i] - sym[i]) + (pads[2 + i] - sym[i]);
+    crop |= full_shape[2 + i] != osize[i];
+  }
+  if (pads[0] > pads[2] || pads[1] > pads[3])
+    return REFUSE(n, "more padding at the start than at the end is not "
+                  "supported");
+  s.conv = (st_conv2d_params){.stride = {stride[0], stride[1]},
+                              .pad = {sym[0], sym[1]},
+                              .dilation = {dil[0], dil[1]}, .groups = 1};
+  int rc = st_tensor_alloc(p->be, &s.w, ST_F32, 4, wt->shape);
+  float *w = rc ? NULL : malloc((size_t)st_tensor_numel(wt) * sizeof *w);
+  if (!rc && !w)
+    rc = st_error_set(ST_ENOMEM, "onnx plan: out of memory");
+  for (int64_t i = 0; !rc && i < st_tensor_numel(wt); i++)
+    w[i] = (float)hget(wt, i);
+  if (!rc)
+    rc = st_tensor_upload(p->be, &s.w, w, st_tensor_nbytes(&s.w));
+  free(w);
+  if (!rc)
+    rc = f32_operand(p, n, x);
+  int conv_out = out;
+  if (!rc && (crop || bid >= 0))
+    rc = new_value(p, &conv_out);
+  if (!rc) {
+    s.out = conv_out;
+    step_output(p, conv_out, ST_F32, 4, full_shape);
+    rc = push_step(p, &s);
+  }
+  if (rc) {
+    st_tensor_free(&s.w);
+    return rc;
+  }
+  int cur = conv_out;
+  if (crop) {
+    int64_t starts[4] = {0, 0, 0, 0}, steps[4] = {1, 1, 1, 1};
+    int64_t cshape[4] = {full_shape[0], cout, osize[0], osize[1]};
+    int cropped = out;
+    if (bid >= 0)
+      TRY(new_value(p, &cropped));
+    TRY(slice_to(p, n, cur, starts, steps, cshape, cropped));
+    cur = cropped;
+  }
+  if (bid >= 0) {
+    if (st_tensor_numel(vt(p, bid)) != cout)
+      return node_fail(ST_ESHAPE, n, "bias has %lld values for %lld outputs",
+                       (long long)st_tensor_numel(vt(p, bid)),
+                       (long long)cout);
+    int bias = 0;
+    st_tensor bt;
+    const int64_t bshape[4] = {1, cout, 1, 1};
+    TRY(new_value(p, &bias));
+    TRY(host_alloc(&bt, ST_F32, 4, bshape));
+    for (int64_t c = 0; c < cout; c++)
+      hset(&bt, c, hget(vt(p, bid), c));
+    set_const(p, bias, bt, 1);
+    TRY(use_value(p, cur));
+    TRY(push_binary(p, n, ST_BINARY_ADD, cur, bias, out, NULL));
+  }
+  return ST_OK;
+}
+
 typedef struct op_entry {
   const char *name;
   node_fn fn;
@@ -1902,6 +2736,15 @@ static const op_entry OPS[] = {
     {"Cast", op_cast, 1},
     {"Reshape", op_reshape, 1},
     {"Flatten", op_flatten, 1},
+    {"Pad", op_pad, 0},
+    {"Split", op_split, 0},
+    {"ReduceMean", op_reduce_mean, 0},
+    {"Expand", op_expand, 0},
+    {"Min", op_min_max, 0},
+    {"Max", op_min_max, 0},
+    {"Mod", op_mod, 0},
+    {"Tanh", op_tanh, 0},
+    {"ConvTranspose", op_conv_transpose, 0},
 };
 
 /* ---- buffers ----------------------------------------------------------- */
@@ -1985,41 +2828,91 @@ static int bind_storage(st_onnx_plan *p) {
     exec_value *v = &p->values[i];
     if (!v->defined || v->is_const)
       continue;
-    if (v->root == p->input_id)
+    if (v->root < (int)p->m->n_inputs)
       p->input_views[p->n_input_views++] = (int)i;
     else
-      v->rt.data = p->buffers[p->values[v->root].buffer];
+      v->rt.data = (char *)p->buffers[p->values[v->root].buffer] + v->offset;
   }
   return ST_OK;
 }
 
 /* ---- planning ---------------------------------------------------------- */
 
-static int plan_input(st_onnx_plan *p, const int64_t *shape) {
+/* Binds graph input `idx` of the model to plan input `given`: a runtime
+ * F32 tensor of the given shape, or a host constant. */
+static int plan_one_input(st_onnx_plan *p, size_t idx,
+                          const st_onnx_plan_input *given) {
   const st_onnx_model *m = p->m;
-  if (m->n_inputs != 1)
-    return st_error_set(ST_ENOTSUP, "%s: the model has %zu inputs; the "
-                        "executor takes one image", m->label, m->n_inputs);
-  const st_onnx_value_info *in = &m->inputs[0];
-  if (in->elem_type != ST_ONNX_FLOAT)
+  const st_onnx_value_info *in = &m->inputs[idx];
+  int id = (int)idx;
+  if (given->value) {
+    const st_tensor *c = given->value;
+    if (c->backend || (!c->data && st_tensor_nbytes(c)))
+      return st_error_set(ST_EINVAL, "%s: input '%s' must be bound to a host "
+                          "tensor", m->label, in->name);
+    /* Copied: the caller's tensor need not outlive the plan. */
+    st_tensor t;
+    TRY(host_alloc(&t, c->dtype, c->ndim, c->shape));
+    if (st_tensor_nbytes(&t))
+      memcpy(t.data, c->data, st_tensor_nbytes(&t));
+    set_const(p, id, t, 1);
+    return ST_OK;
+  }
+  if (in->elem_type != ST_ONNX_FLOAT && in->elem_type != ST_ONNX_UNDEFINED)
     return st_error_set(ST_ENOTSUP, "%s: input '%s' is %s, not FLOAT",
                         m->label, in->name,
                         st_onnx_elem_type_name(in->elem_type));
-  enum { IMAGE_RANK = 4 };
-  if (in->ndim >= 0 && in->ndim != IMAGE_RANK)
-    return st_error_set(ST_ESHAPE, "%s: input '%s' has rank %d, not 4",
-                        m->label, in->name, in->ndim);
-  for (int d = 0; d < IMAGE_RANK; d++) {
-    if (shape[d] < 1)
+  if (given->ndim < 0 || given->ndim > ST_MAX_DIMS)
+    return st_error_set(ST_ESHAPE, "%s: input '%s': rank %d", m->label,
+                        in->name, given->ndim);
+  if (in->ndim >= 0 && in->ndim != given->ndim)
+    return st_error_set(ST_ESHAPE, "%s: input '%s' has rank %d, not %d",
+                        m->label, in->name, in->ndim, given->ndim);
+  for (int d = 0; d < given->ndim; d++) {
+    if (given->shape[d] < 1)
       return st_error_set(ST_ESHAPE, "%s: input extent %lld", m->label,
-                          (long long)shape[d]);
-    if (in->ndim == IMAGE_RANK && in->dims[d] >= 0 && in->dims[d] != shape[d])
+                          (long long)given->shape[d]);
+    if (in->ndim == given->ndim && in->dims[d] >= 0 &&
+        in->dims[d] != given->shape[d])
       return st_error_set(ST_ESHAPE, "%s: input '%s' is fixed at extent %lld "
                           "on axis %d, asked for %lld", m->label, in->name,
-                          (long long)in->dims[d], d, (long long)shape[d]);
+                          (long long)in->dims[d], d,
+                          (long long)given->shape[d]);
   }
-  p->input_id = 0;
-  set_runtime(p, 0, ST_F32, IMAGE_RANK, shape, 0);
+  set_runtime(p, id, ST_F32, given->ndim, given->shape, id);
+  if (p->input_id < 0)
+    p->input_id = id;
+  return ST_OK;
+}
+
+/* Every graph input is given exactly once, by name. */
+static int plan_inputs(st_onnx_plan *p, const st_onnx_plan_input *inputs,
+                       int n) {
+  const st_onnx_model *m = p->m;
+  p->input_id = -1;
+  p->n_plan_inputs = n;
+  p->plan_input_ids = calloc((size_t)n + 1, sizeof *p->plan_input_ids);
+  p->run_inputs = calloc(m->n_inputs + 1, sizeof *p->run_inputs);
+  if (!p->plan_input_ids || !p->run_inputs)
+    return st_error_set(ST_ENOMEM, "onnx plan: out of memory");
+  for (int k = 0; k < n; k++) {
+    size_t idx = 0;
+    while (idx < m->n_inputs &&
+           (!inputs[k].name || strcmp(m->inputs[idx].name, inputs[k].name)))
+      idx++;
+    if (idx == m->n_inputs)
+      return st_error_set(ST_EINVAL, "%s: the model has no input '%s'",
+                          m->label, inputs[k].name ? inputs[k].name : "");
+    if (p->values[idx].defined)
+      return st_error_set(ST_EINVAL, "%s: input '%s' is given twice",
+                          m->label, inputs[k].name);
+    TRY(plan_one_input(p, idx, &inputs[k]));
+    p->plan_input_ids[k] = inputs[k].value ? -1 : (int)idx;
+  }
+  for (size_t idx = 0; idx < m->n_inputs; idx++)
+    if (!p->values[idx].defined)
+      return st_error_set(ST_EINVAL, "%s: input '%s' is not given", m->label,
+                          m->inputs[idx].name);
   return ST_OK;
 }
 
@@ -2085,10 +2978,11 @@ static int plan_outputs(st_onnx_plan *p) {
   return ST_OK;
 }
 
-int st_onnx_plan_new(st_backend *be, const st_onnx_model *m,
-                     const int64_t *input_shape, st_onnx_plan **out) {
+int st_onnx_plan_new_inputs(st_backend *be, const st_onnx_model *m,
+                            const st_onnx_plan_input *inputs, int n_inputs,
+                            st_onnx_plan **out) {
   *out = NULL;
-  if (!be || !m || !input_shape)
+  if (!be || !m || (!inputs && n_inputs) || n_inputs < 0)
     return st_error_set(ST_EINVAL, "onnx plan: missing argument");
   st_onnx_plan *p = calloc(1, sizeof *p);
   if (!p)
@@ -2110,9 +3004,11 @@ int st_onnx_plan_new(st_backend *be, const st_onnx_model *m,
   p->consumers = calloc(p->cap_values, sizeof *p->consumers);
   p->sole_reader = calloc(p->cap_values, sizeof *p->sole_reader);
   p->absorbed = calloc(m->n_nodes + 1, 1);
-  if (!p->values || !p->consumers || !p->sole_reader || !p->absorbed)
+  p->deferred = calloc(p->cap_values, sizeof *p->deferred);
+  if (!p->values || !p->consumers || !p->sole_reader || !p->absorbed ||
+      !p->deferred)
     goto oom;
-  if ((rc = count_consumers(p)) || (rc = plan_input(p, input_shape)) ||
+  if ((rc = count_consumers(p)) || (rc = plan_inputs(p, inputs, n_inputs)) ||
       (rc = plan_initializers(p)))
     goto err;
   for (size_t k = 0; k < m->n_nodes; k++) {
@@ -2147,7 +3043,53 @@ err:
   return rc;
 }
 
+int st_onnx_plan_new(st_backend *be, const st_onnx_model *m,
+                     const int64_t *input_shape, st_onnx_plan **out) {
+  *out = NULL;
+  if (!be || !m || !input_shape)
+    return st_error_set(ST_EINVAL, "onnx plan: missing argument");
+  if (m->n_inputs != 1)
+    return st_error_set(ST_ENOTSUP, "%s: the model has %zu inputs; the "
+                        "executor takes one image", m->label, m->n_inputs);
+  enum { IMAGE_RANK = 4 };
+  const st_onnx_value_info *in = &m->inputs[0];
+  if (in->ndim >= 0 && in->ndim != IMAGE_RANK)
+    return st_error_set(ST_ESHAPE, "%s: input '%s' has rank %d, not 4",
+                        m->label, in->name, in->ndim);
+  st_onnx_plan_input pi = {.name = in->name, .ndim = IMAGE_RANK};
+  memcpy(pi.shape, input_shape, IMAGE_RANK * sizeof *input_shape);
+  return st_onnx_plan_new_inputs(be, m, &pi, 1, out);
+}
+
 /* ---- running ----------------------------------------------------------- */
+
+/* Subnormal floats: a network whose sigmoids saturate (RVM's recurrent
+ * gates on a dark frame) fills activations with values below FLT_MIN, and
+ * every multiply-add touching one takes a microcode assist: the same RVM
+ * frame ran 55x slower on one core (3.0 s against 53 ms at 384x288). The
+ * CPU threads that run a plan therefore flush subnormal results and inputs
+ * to zero (x86 MXCSR FTZ and DAZ, ARM FPCR FZ), as GPUs and TF's XNNPACK
+ * kernels do; a value below 1.2e-38 has no meaning for a teacher. The
+ * setting is per thread and sticks: set on the caller and on each thread
+ * of its OpenMP team, the team oneDNN and the graph ops use. */
+static void flush_subnormals_on_this_thread(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  enum { MXCSR_FTZ = 1u << 15, MXCSR_DAZ = 1u << 6 };
+  _mm_setcsr(_mm_getcsr() | MXCSR_FTZ | MXCSR_DAZ);
+#elif defined(__aarch64__)
+  enum { FPCR_FZ_SHIFT = 24 };
+  uint64_t fpcr;
+  __asm__ volatile("mrs %0, fpcr" : "=r"(fpcr));
+  fpcr |= (uint64_t)1 << FPCR_FZ_SHIFT;
+  __asm__ volatile("msr fpcr, %0" : : "r"(fpcr));
+#endif
+}
+
+static void flush_subnormals(void) {
+  flush_subnormals_on_this_thread();
+#pragma omp parallel
+  flush_subnormals_on_this_thread();
+}
 
 static st_tensor *rt(st_onnx_plan *p, int id) { return &p->values[id].rt; }
 
@@ -2183,29 +3125,60 @@ static int run_step(st_onnx_plan *p, exec_step *s) {
     return st_slice(be, s->starts, s->steps, x, y);
   case STEP_ARGMAX:
     return st_argmax_axis(be, s->axis, x, y);
+  case STEP_CONV_TRANSPOSE:
+    return st_conv2d_bwd_data(be, &s->conv, x, &s->w, y);
   }
   return st_error_set(ST_EINVAL, "onnx run: bad step");
+}
+
+int st_onnx_plan_run_inputs(st_onnx_plan *p, const st_tensor *const *inputs,
+                            int n_inputs) {
+  if (!p || (!inputs && n_inputs))
+    return st_error_set(ST_EINVAL, "onnx run: missing argument");
+  if (n_inputs != p->n_plan_inputs)
+    return st_error_set(ST_EINVAL, "%s: %d inputs given, the plan takes %d",
+                        p->m->label, n_inputs, p->n_plan_inputs);
+  for (int k = 0; k < n_inputs; k++) {
+    int id = p->plan_input_ids[k];
+    if (id < 0)
+      continue; /* bound at planning */
+    const st_tensor *input = inputs[k];
+    const st_tensor *want = &p->values[id].rt;
+    char a[96], b[96];
+    if (!input || !input->data)
+      return st_error_set(ST_EINVAL, "%s: input '%s' is missing",
+                          p->m->label, p->m->inputs[id].name);
+    if (input->dtype != ST_F32 || !st_tensor_same_shape(input, want))
+      return st_error_set(ST_ESHAPE,
+                          "%s: input is %s %s, the plan takes F32 %s",
+                          p->m->label, st_dtype_name(input->dtype),
+                          st_tensor_shape_str(input, a, sizeof a),
+                          st_tensor_shape_str(want, b, sizeof b));
+    p->run_inputs[id] = input;
+  }
+  if (st_backend_is_host(p->be))
+    flush_subnormals();
+  for (int i = 0; i < p->n_input_views; i++) {
+    exec_value *v = &p->values[p->input_views[i]];
+    v->rt.data = (char *)p->run_inputs[v->root]->data + v->offset;
+  }
+  for (int i = 0; i < p->n_steps; i++) {
+    int rc = run_step(p, &p->steps[i]);
+    if (rc)
+      return rc;
+  }
+  return ST_OK;
 }
 
 int st_onnx_plan_run(st_onnx_plan *p, const st_tensor *input,
                      const st_tensor **output) {
   if (!p || !input)
     return st_error_set(ST_EINVAL, "onnx run: missing argument");
-  const st_tensor *want = &p->values[p->input_id].rt;
-  if (input->dtype != ST_F32 || !st_tensor_same_shape(input, want)) {
-    char a[96], b[96];
-    return st_error_set(ST_ESHAPE, "%s: input is %s %s, the plan takes F32 %s",
-                        p->m->label, st_dtype_name(input->dtype),
-                        st_tensor_shape_str(input, a, sizeof a),
-                        st_tensor_shape_str(want, b, sizeof b));
-  }
-  for (int i = 0; i < p->n_input_views; i++)
-    p->values[p->input_views[i]].rt.data = input->data;
-  for (int i = 0; i < p->n_steps; i++) {
-    int rc = run_step(p, &p->steps[i]);
-    if (rc)
-      return rc;
-  }
+  if (p->n_plan_inputs != 1)
+    return st_error_set(ST_EINVAL, "%s: the plan takes %d inputs; use "
+                        "st_onnx_plan_run_inputs", p->m->label,
+                        p->n_plan_inputs);
+  TRY(st_onnx_plan_run_inputs(p, &input, 1));
   if (output)
     *output = rt(p, p->outputs[0]);
   return ST_OK;
@@ -2255,6 +3228,9 @@ void st_onnx_plan_free(st_onnx_plan *p) {
   free(p->buffers);
   free(p->buffer_bytes);
   free(p->input_views);
+  free(p->plan_input_ids);
+  free(p->run_inputs);
+  free(p->deferred);
   free(p->outputs);
   free(p->values);
   free(p->consumers);

@@ -41,8 +41,29 @@ typedef struct st_onnx_plan st_onnx_plan;
  * declares for its single input). */
 int st_onnx_plan_new(st_backend *be, const st_onnx_model *m,
                      const int64_t *input_shape, st_onnx_plan **out);
+/* One graph input as planned: a runtime F32 tensor of a fixed shape, fed
+ * on every run, or a host constant bound at planning (copied; folded like
+ * an initializer, so the nodes it feeds may fold away). */
+typedef struct st_onnx_plan_input {
+  const char *name;            /* the model's input name */
+  int ndim;                    /* runtime input: rank */
+  int64_t shape[ST_MAX_DIMS];  /* runtime input: extents */
+  const st_tensor *value;      /* non-NULL: bound to this host tensor */
+} st_onnx_plan_input;
+
+/* Plans a model with any number of inputs (recurrent states, scalars):
+ * every graph input must be given exactly once. */
+int st_onnx_plan_new_inputs(st_backend *be, const st_onnx_model *m,
+                            const st_onnx_plan_input *inputs, int n_inputs,
+                            st_onnx_plan **out);
+/* Runs a plan made by st_onnx_plan_new_inputs: inputs[k] is the tensor of
+ * plan input k (F32 on the backend, of its planned shape; ignored, and may
+ * be NULL, for a bound constant). The tensors are read during the run only
+ * and must not be outputs of this plan. */
+int st_onnx_plan_run_inputs(st_onnx_plan *p, const st_tensor *const *inputs,
+                            int n_inputs);
 /* Runs the plan on `input` (F32, on the plan's backend, of the planned
- * shape). *output (may be NULL) receives the model's first output, borrowed;
+ * shape); plans with one runtime input only. *output (may be NULL) receives the model's first output, borrowed;
  * the others are read with st_onnx_plan_output. Queued asynchronously on
  * backends with streams, as every op. */
 int st_onnx_plan_run(st_onnx_plan *p, const st_tensor *input,

@@ -1173,3 +1173,394 @@ int st_onnx_attr_tensor(const st_onnx_node *node, const char *name,
   *out = a ? a->tensor : NULL;
   return rc;
 }
+
+/* ---- building a model in memory ------------------------------------------- */
+
+/* The model under construction grows its arrays on the heap; finishing
+ * copies them into the arena, so a finished model is laid out exactly as a
+ * loaded one and st_onnx_model_free needs no second path. */
+struct st_onnx_builder {
+  st_onnx_model *m;                  /* label, opset, priv (arena, index) */
+  size_t n_names;                    /* names in the index */
+  st_onnx_value_info *inputs;        /* heap, cap_inputs entries */
+  size_t n_inputs, cap_inputs;
+  st_onnx_initializer *inits;        /* heap; tensors owned */
+  size_t n_inits, cap_inits;
+  st_onnx_node *nodes;               /* heap; strings in the arena */
+  size_t n_nodes, cap_nodes;
+  st_onnx_value_info *outputs;       /* heap */
+  size_t n_outputs, cap_outputs;
+};
+
+/* Grows a heap array to hold one more element. */
+static int builder_grow(void **arr, size_t *cap, size_t n, size_t elem) {
+  if (n < *cap)
+    return ST_OK;
+  size_t cap2 = *cap ? 2 * *cap : 16;
+  if (cap2 > SIZE_MAX / elem)
+    return ST_ENOMEM;
+  void *p = realloc(*arr, cap2 * elem);
+  if (!p)
+    return ST_ENOMEM;
+  memset((char *)p + *cap * elem, 0, (cap2 - *cap) * elem);
+  *arr = p;
+  *cap = cap2;
+  return ST_OK;
+}
+
+static int builder_oom(const st_onnx_builder *b) {
+  return st_error_set(ST_ENOMEM, "%s: out of memory", b->m->label);
+}
+
+/* Doubles the name index when it is half full (open addressing needs the
+ * slack) and re-inserts every name. */
+static int builder_index_reserve(st_onnx_builder *b) {
+  struct st_onnx_model_private *priv = b->m->priv;
+  if (2 * (b->n_names + 1) + 1 <= priv->cap)
+    return ST_OK;
+  size_t cap = priv->cap ? 2 * priv->cap : 64;
+  index_slot *old = priv->slots;
+  size_t old_cap = priv->cap;
+  index_slot *slots = arena_array(&priv->arena, cap, sizeof *slots);
+  if (!slots)
+    return builder_oom(b);
+  priv->slots = slots;
+  priv->cap = cap;
+  for (size_t i = 0; i < old_cap; i++)
+    if (old[i].name)
+      *index_slot_for(priv, old[i].name) = old[i];
+  return ST_OK;
+}
+
+/* Registers a new value name; ST_EFORMAT when it is defined already. */
+static int builder_define(st_onnx_builder *b, const char *name,
+                          st_onnx_value_ref ref, const char **interned) {
+  if (!name || !name[0])
+    return st_error_set(ST_EFORMAT, "%s: a value without a name",
+                        b->m->label);
+  int rc = builder_index_reserve(b);
+  if (rc)
+    return rc;
+  index_slot *slot = index_slot_for(b->m->priv, name);
+  if (slot->name)
+    return st_error_set(ST_EFORMAT, "%s: value '%s' is defined twice",
+                        b->m->label, name);
+  const char *s = arena_strdup(&b->m->priv->arena, name);
+  if (!s)
+    return builder_oom(b);
+  slot->name = s;
+  slot->ref = ref;
+  b->n_names++;
+  *interned = s;
+  return ST_OK;
+}
+
+int st_onnx_builder_new(const char *label, int64_t opset,
+                        st_onnx_builder **out) {
+  *out = NULL;
+  label = label ? label : "(built model)";
+  if (opset < ST_ONNX_MIN_OPSET || opset > ST_ONNX_MAX_OPSET)
+    return st_error_set(ST_ENOTSUP, "%s: opset %lld is outside [%d, %d]",
+                        label, (long long)opset, ST_ONNX_MIN_OPSET,
+                        ST_ONNX_MAX_OPSET);
+  st_onnx_builder *b = calloc(1, sizeof *b);
+  st_onnx_model *m = calloc(1, sizeof *m);
+  struct st_onnx_model_private *priv = calloc(1, sizeof *priv);
+  if (!b || !m || !priv) {
+    free(b);
+    free(m);
+    free(priv);
+    return st_error_set(ST_ENOMEM, "%s: out of memory", label);
+  }
+  m->priv = priv;
+  b->m = m;
+  m->opset = opset;
+  m->label = arena_strdup(&priv->arena, label);
+  m->producer_name = m->producer_version = m->graph_name = "";
+  if (!m->label) {
+    st_onnx_builder_free(b);
+    return st_error_set(ST_ENOMEM, "%s: out of memory", label);
+  }
+  *out = b;
+  return ST_OK;
+}
+
+void st_onnx_builder_free(st_onnx_builder *b) {
+  if (!b)
+    return;
+  for (size_t i = 0; i < b->n_inits; i++)
+    st_tensor_free(&b->inits[i].tensor);
+  for (size_t i = 0; i < b->n_nodes; i++)
+    for (size_t k = 0; k < b->nodes[i].n_attrs; k++)
+      if (b->nodes[i].attrs[k].tensor)
+        st_tensor_free((st_tensor *)b->nodes[i].attrs[k].tensor);
+  free(b->inputs);
+  free(b->inits);
+  free(b->nodes);
+  free(b->outputs);
+  st_onnx_model_free(b->m); /* holds no arrays yet: just the arena */
+  free(b);
+}
+
+const char *st_onnx_builder_label(const st_onnx_builder *b) {
+  return b->m->label;
+}
+
+int st_onnx_builder_has(const st_onnx_builder *b, const char *name) {
+  return name && b->m->priv->slots &&
+         index_slot_for(b->m->priv, name)->name != NULL;
+}
+
+int st_onnx_builder_add_input(st_onnx_builder *b, const char *name,
+                              int elem_type, int ndim, const int64_t *dims) {
+  if (ndim > ST_MAX_DIMS)
+    return st_error_set(ST_ESHAPE, "%s: input '%s' has rank %d (at most %d)",
+                        b->m->label, name ? name : "", ndim, ST_MAX_DIMS);
+  if (builder_grow((void **)&b->inputs, &b->cap_inputs, b->n_inputs,
+                   sizeof *b->inputs))
+    return builder_oom(b);
+  st_onnx_value_info *vi = &b->inputs[b->n_inputs];
+  memset(vi, 0, sizeof *vi);
+  int rc = builder_define(
+      b, name, (st_onnx_value_ref){ST_ONNX_VALUE_INPUT, b->n_inputs, 0},
+      &vi->name);
+  if (rc)
+    return rc;
+  vi->elem_type = elem_type;
+  vi->ndim = ndim;
+  for (int i = 0; i < ndim; i++)
+    vi->dims[i] = dims ? dims[i] : -1;
+  b->n_inputs++;
+  return ST_OK;
+}
+
+int st_onnx_builder_add_initializer(st_onnx_builder *b, const char *name,
+                                    st_tensor *t) {
+  if (!t || (t->backend && t->owns) || (!t->data && st_tensor_nbytes(t))) {
+    st_tensor_free(t);
+    return st_error_set(ST_EINVAL, "%s: initializer '%s' is not a host "
+                        "tensor", b->m->label, name ? name : "");
+  }
+  int rc = ST_OK;
+  if (builder_grow((void **)&b->inits, &b->cap_inits, b->n_inits,
+                   sizeof *b->inits))
+    rc = builder_oom(b);
+  st_onnx_initializer *init = rc ? NULL : &b->inits[b->n_inits];
+  if (!rc)
+    rc = builder_define(
+        b, name, (st_onnx_value_ref){ST_ONNX_VALUE_INITIALIZER, b->n_inits, 0},
+        &init->name);
+  if (rc) {
+    st_tensor_free(t);
+    return rc;
+  }
+  init->tensor = *t;
+  memset(t, 0, sizeof *t); /* ownership moved */
+  b->n_inits++;
+  return ST_OK;
+}
+
+/* Deep copy of one attribute into the arena (tensors onto the heap). */
+static int builder_attr_copy(st_onnx_builder *b, const st_onnx_attr *src,
+                             st_onnx_attr *dst) {
+  arena_chunk **arena = &b->m->priv->arena;
+  memset(dst, 0, sizeof *dst);
+  dst->name = arena_strdup(arena, src->name);
+  if (!dst->name)
+    return builder_oom(b);
+  dst->type = src->type;
+  dst->i = src->i;
+  dst->f = src->f;
+  dst->count = src->count;
+  switch (src->type) {
+  case ST_ONNX_ATTR_STRING:
+    dst->s = arena_memdup0(arena, src->s ? src->s : "", src->s_len);
+    dst->s_len = src->s_len;
+    return dst->s ? ST_OK : builder_oom(b);
+  case ST_ONNX_ATTR_INTS: {
+    int64_t *v = arena_array(arena, src->count, sizeof *v);
+    if (!v)
+      return builder_oom(b);
+    if (src->count)
+      memcpy(v, src->ints, src->count * sizeof *v);
+    dst->ints = v;
+    return ST_OK;
+  }
+  case ST_ONNX_ATTR_FLOATS: {
+    float *v = arena_array(arena, src->count, sizeof *v);
+    if (!v)
+      return builder_oom(b);
+    if (src->count)
+      memcpy(v, src->floats, src->count * sizeof *v);
+    dst->floats = v;
+    return ST_OK;
+  }
+  case ST_ONNX_ATTR_STRINGS: {
+    const char **v = arena_array(arena, src->count, sizeof *v);
+    if (!v)
+      return builder_oom(b);
+    for (size_t i = 0; i < src->count; i++)
+      if (!(v[i] = arena_strdup(arena, src->strings[i])))
+        return builder_oom(b);
+    dst->strings = v;
+    return ST_OK;
+  }
+  case ST_ONNX_ATTR_TENSOR: {
+    st_tensor *t = arena_array(arena, 1, sizeof *t);
+    if (!t || !src->tensor)
+      return t ? st_error_set(ST_EINVAL, "%s: TENSOR attribute '%s' holds "
+                              "no tensor", b->m->label, src->name)
+               : builder_oom(b);
+    int rc = st_tensor_alloc(NULL, t, src->tensor->dtype, src->tensor->ndim,
+                             src->tensor->shape);
+    if (rc)
+      return rc;
+    if (st_tensor_nbytes(t))
+      memcpy(t->data, src->tensor->data, st_tensor_nbytes(t));
+    dst->tensor = t;
+    return ST_OK;
+  }
+  case ST_ONNX_ATTR_INT:
+  case ST_ONNX_ATTR_FLOAT:
+    return ST_OK;
+  default:
+    return st_error_set(ST_EINVAL, "%s: attribute '%s' of type %s cannot be "
+                        "built", b->m->label, src->name,
+                        st_onnx_attr_type_name(src->type));
+  }
+}
+
+int st_onnx_builder_add_node(st_onnx_builder *b, const char *op_type,
+                             const char *name, const char *const *inputs,
+                             size_t n_inputs, const char *const *outputs,
+                             size_t n_outputs, const st_onnx_attr *attrs,
+                             size_t n_attrs) {
+  arena_chunk **arena = &b->m->priv->arena;
+  if (!op_type || !op_type[0] || !name || !name[0])
+    return st_error_set(ST_EINVAL, "%s: a node needs an op type and a name",
+                        b->m->label);
+  if (builder_grow((void **)&b->nodes, &b->cap_nodes, b->n_nodes,
+                   sizeof *b->nodes))
+    return builder_oom(b);
+  size_t ni = b->n_nodes;
+  st_onnx_node *node = &b->nodes[ni];
+  memset(node, 0, sizeof *node);
+  node->label = b->m->label;
+  node->op_type = arena_strdup(arena, op_type);
+  node->name = arena_strdup(arena, name);
+  const char **ins = arena_array(arena, n_inputs, sizeof *ins);
+  const char **outs = arena_array(arena, n_outputs, sizeof *outs);
+  st_onnx_attr *as = arena_array(arena, n_attrs, sizeof *as);
+  if (!node->op_type || !node->name || !ins || !outs || !as)
+    return builder_oom(b);
+  node->inputs = ins;
+  node->outputs = outs;
+  node->attrs = as;
+  /* The node counts once its attributes are copied, so that a failure
+   * leaves nothing half-built for st_onnx_builder_free to walk. */
+  for (size_t k = 0; k < n_attrs; k++) {
+    int rc = builder_attr_copy(b, &attrs[k], &as[k]);
+    if (rc) {
+      for (size_t j = 0; j <= k; j++)
+        if (as[j].tensor)
+          st_tensor_free((st_tensor *)as[j].tensor);
+      return rc;
+    }
+  }
+  node->n_attrs = n_attrs;
+  for (size_t k = 0; k < n_inputs; k++) {
+    const char *in = inputs[k] ? inputs[k] : "";
+    ins[k] = "";
+    if (!in[0])
+      continue;
+    index_slot *slot = b->m->priv->slots ? index_slot_for(b->m->priv, in)
+                                         : NULL;
+    if (!slot || !slot->name) {
+      b->n_nodes++; /* its attribute tensors are freed with the builder */
+      return st_error_set(ST_EFORMAT,
+                          "%s: node '%s' (%s) reads '%s', which nothing "
+                          "defined before it",
+                          b->m->label, name, op_type, in);
+    }
+    ins[k] = slot->name;
+  }
+  node->n_inputs = n_inputs;
+  node->n_outputs = n_outputs;
+  b->n_nodes++;
+  for (size_t k = 0; k < n_outputs; k++) {
+    outs[k] = "";
+    if (!outputs[k] || !outputs[k][0])
+      continue;
+    int rc = builder_define(
+        b, outputs[k], (st_onnx_value_ref){ST_ONNX_VALUE_NODE_OUTPUT, ni, k},
+        &outs[k]);
+    if (rc)
+      return rc;
+  }
+  return ST_OK;
+}
+
+int st_onnx_builder_add_output(st_onnx_builder *b, const char *name) {
+  if (!st_onnx_builder_has(b, name))
+    return st_error_set(ST_EFORMAT, "%s: output '%s' is not defined",
+                        b->m->label, name ? name : "");
+  if (builder_grow((void **)&b->outputs, &b->cap_outputs, b->n_outputs,
+                   sizeof *b->outputs))
+    return builder_oom(b);
+  st_onnx_value_info *vi = &b->outputs[b->n_outputs];
+  memset(vi, 0, sizeof *vi);
+  vi->name = index_slot_for(b->m->priv, name)->name;
+  vi->elem_type = ST_ONNX_UNDEFINED;
+  vi->ndim = -1;
+  b->n_outputs++;
+  return ST_OK;
+}
+
+/* An arena copy of a heap array (NULL-safe for empty arrays). */
+static void *builder_freeze(st_onnx_builder *b, const void *src, size_t count,
+                            size_t size) {
+  void *p = arena_array(&b->m->priv->arena, count, size);
+  if (p && count)
+    memcpy(p, src, count * size);
+  return p;
+}
+
+int st_onnx_builder_finish(st_onnx_builder *b, st_onnx_model **out) {
+  *out = NULL;
+  if (!b->n_outputs) {
+    int rc = st_error_set(ST_EFORMAT, "%s: the graph has no outputs",
+                          b->m->label);
+    st_onnx_builder_free(b);
+    return rc;
+  }
+  st_onnx_model *m = b->m;
+  st_onnx_value_info *inputs =
+      builder_freeze(b, b->inputs, b->n_inputs, sizeof *inputs);
+  st_onnx_initializer *inits =
+      builder_freeze(b, b->inits, b->n_inits, sizeof *inits);
+  st_onnx_node *nodes = builder_freeze(b, b->nodes, b->n_nodes, sizeof *nodes);
+  st_onnx_value_info *outputs =
+      builder_freeze(b, b->outputs, b->n_outputs, sizeof *outputs);
+  if (!inputs || !inits || !nodes || !outputs) {
+    int rc = builder_oom(b);
+    st_onnx_builder_free(b);
+    return rc;
+  }
+  /* From here the model owns the tensors: the heap arrays go without
+   * freeing what they point to. */
+  m->inputs = inputs;
+  m->n_inputs = b->n_inputs;
+  m->initializers = inits;
+  m->n_initializers = b->n_inits;
+  m->nodes = nodes;
+  m->n_nodes = b->n_nodes;
+  m->outputs = outputs;
+  m->n_outputs = b->n_outputs;
+  free(b->inputs);
+  free(b->inits);
+  free(b->nodes);
+  free(b->outputs);
+  free(b);
+  *out = m;
+  return ST_OK;
+}

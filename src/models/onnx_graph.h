@@ -222,4 +222,50 @@ int st_onnx_attr_strings(const st_onnx_node *node, const char *name,
 int st_onnx_attr_tensor(const st_onnx_node *node, const char *name,
                         const st_tensor **out);
 
+/* ---- building a model in memory -----------------------------------------
+ * Importers of other formats (src/models/tfjs.c: TensorFlow.js graph
+ * models) produce the same st_onnx_model, node by node, so that one
+ * executor plans and runs every teacher. The builder enforces the loader's
+ * structural rules as it goes: every value is defined once, and a node may
+ * only read values defined before it (graph inputs, initializers, outputs
+ * of earlier nodes), so nodes end up in topological order. Op semantics are
+ * the executor's question, as for a loaded file.
+ *
+ * Every call returns a status with a detail line naming the builder's label;
+ * after a failure the builder stays usable (and must still be freed or
+ * finished). */
+typedef struct st_onnx_builder st_onnx_builder;
+
+/* An empty model called `label` (in messages, as a file path would be) at
+ * `opset` of the default domain, within [ST_ONNX_MIN_OPSET,
+ * ST_ONNX_MAX_OPSET]. */
+int st_onnx_builder_new(const char *label, int64_t opset,
+                        st_onnx_builder **out);
+/* Accepts NULL. */
+void st_onnx_builder_free(st_onnx_builder *b);
+/* The label given to st_onnx_builder_new. */
+const char *st_onnx_builder_label(const st_onnx_builder *b);
+/* 1 when `name` is already defined. */
+int st_onnx_builder_has(const st_onnx_builder *b, const char *name);
+/* A graph input; dims may be NULL (all -1: unknown), ndim -1 for unknown
+ * rank. */
+int st_onnx_builder_add_input(st_onnx_builder *b, const char *name,
+                              int elem_type, int ndim, const int64_t *dims);
+/* A constant. Takes ownership of *t (a host tensor, owned or empty), also
+ * on failure; *t is cleared. */
+int st_onnx_builder_add_initializer(st_onnx_builder *b, const char *name,
+                                    st_tensor *t);
+/* A node. Everything is copied (TENSOR attributes too); "" names an absent
+ * optional input or an unused output. */
+int st_onnx_builder_add_node(st_onnx_builder *b, const char *op_type,
+                             const char *name, const char *const *inputs,
+                             size_t n_inputs, const char *const *outputs,
+                             size_t n_outputs, const st_onnx_attr *attrs,
+                             size_t n_attrs);
+/* Marks a defined value as a graph output (type and shape left unknown). */
+int st_onnx_builder_add_output(st_onnx_builder *b, const char *name);
+/* Hands the model over and frees the builder, also on failure (a graph
+ * needs at least one output). */
+int st_onnx_builder_finish(st_onnx_builder *b, st_onnx_model **out);
+
 #endif

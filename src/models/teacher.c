@@ -13,13 +13,33 @@
 #include "base/json.h"
 #include "models/onnx_exec.h"
 #include "models/onnx_graph.h"
+#include "models/tfjs.h"
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+#define TRY(expr)                                                              \
+  do {                                                                         \
+    int try_rc_ = (expr);                                                      \
+    if (try_rc_)                                                               \
+      return try_rc_;                                                          \
+  } while (0)
 
 /* Every key of the schema; all are required. */
 static const char *const top_keys[] = {"model",   "input",     "output",
                                        "classes", "class_map",
                                        "student_classes"};
+/* Optional keys, for TF.js models (docs/teacher.md). */
+static const char *const optional_keys[] = {"downsample_ratio", "recurrent",
+                                            "alpha_threshold"};
+
+typedef struct recurrent_name {
+  const char *name;
+  st_teacher_recurrent mode;
+} recurrent_name;
+
+static const recurrent_name recurrent_modes[] = {
+    {"zero", ST_TEACHER_RECURRENT_ZERO},
+    {"session", ST_TEACHER_RECURRENT_SESSION},
+};
 static const char *const input_keys[] = {"width", "height", "channel_order",
                                          "scale", "mean",   "std"};
 
@@ -250,13 +270,65 @@ static int parse_class_map(const char *label, json_t *v,
   return ST_OK;
 }
 
+/* A number in (lo, hi] (lo_open) or (lo, hi) (both open). */
+static int read_ratio(const char *label, json_t *v, const char *path,
+                      int hi_open, double *dst) {
+  if (!json_is_number(v))
+    return st_error_set(ST_EFORMAT, "%s: %s must be a number", label, path);
+  double x = json_number_value(v);
+  if (!(x > 0.0) || x > 1.0 || (hi_open && x == 1.0))
+    return st_error_set(ST_EINVAL, "%s: %s must be in (0, 1%c", label, path,
+                        hi_open ? ')' : ']');
+  *dst = x;
+  return ST_OK;
+}
+
+static int parse_optional(const char *label, json_t *root,
+                          st_teacher_config *c) {
+  json_t *v;
+  int rc;
+  if ((v = json_object_get(root, "downsample_ratio")) &&
+      (rc = read_ratio(label, v, "downsample_ratio", 0, &c->downsample_ratio)))
+    return rc;
+  if ((v = json_object_get(root, "alpha_threshold")) &&
+      (rc = read_ratio(label, v, "alpha_threshold", 1, &c->alpha_threshold)))
+    return rc;
+  if (c->alpha_threshold > 0.0 && c->classes != ST_TEACHER_ALPHA_CLASSES)
+    return st_error_set(ST_EINVAL, "%s: classes must be %d with "
+                        "alpha_threshold (below and above it)", label,
+                        ST_TEACHER_ALPHA_CLASSES);
+  c->recurrent = ST_TEACHER_RECURRENT_ZERO;
+  if ((v = json_object_get(root, "recurrent"))) {
+    size_t i = 0;
+    while (i < COUNT(recurrent_modes) &&
+           (!json_is_string(v) ||
+            strcmp(json_string_value(v), recurrent_modes[i].name)))
+      i++;
+    if (i == COUNT(recurrent_modes))
+      return st_error_set(json_is_string(v) ? ST_EINVAL : ST_EFORMAT,
+                          "%s: recurrent must be \"zero\" or \"session\"",
+                          label);
+    c->recurrent = recurrent_modes[i].mode;
+  }
+  return ST_OK;
+}
+
 static int parse_root(const char *label, const char *base_dir, json_t *root,
                       st_teacher_config *out) {
   if (!json_is_object(root))
     return st_error_set(ST_EFORMAT, "%s: top level must be an object", label);
-  int rc = check_keys(label, root, "", top_keys, COUNT(top_keys));
+  const char *known[COUNT(top_keys) + COUNT(optional_keys)];
+  for (size_t i = 0; i < COUNT(top_keys); i++)
+    known[i] = top_keys[i];
+  for (size_t i = 0; i < COUNT(optional_keys); i++)
+    known[COUNT(top_keys) + i] = optional_keys[i];
+  int rc = st_json_check_keys(label, root, "", known, COUNT(known), 0);
   if (rc)
     return rc;
+  for (size_t i = 0; i < COUNT(top_keys); i++)
+    if (!json_object_get(root, top_keys[i]))
+      return st_error_set(ST_EFORMAT, "%s: missing key %s", label,
+                          top_keys[i]);
   json_t *input = json_object_get(root, "input");
   if (!json_is_object(input))
     return st_error_set(ST_EFORMAT, "%s: input must be an object", label);
@@ -287,7 +359,8 @@ static int parse_root(const char *label, const char *base_dir, json_t *root,
                                                          "student_classes"),
                                   c, &background)) ||
       (rc = parse_class_map(label, json_object_get(root, "class_map"), c,
-                            background)))
+                            background)) ||
+      (rc = parse_optional(label, root, c)))
     goto done;
   *out = *c;
 done:
@@ -361,6 +434,21 @@ struct st_teacher {
   st_tensor input;           /* F32 [1,3,height,width]: the model input */
   frame_plan frame;          /* per-frame-size buffers */
   st_labels_scratch scratch; /* loss-weight working memory */
+  /* Recurrent state (session mode): plan inputs 1..n_states. */
+  int n_states;
+  char state_in[ST_TEACHER_MAX_STATES][ST_TFJS_NAME_BYTES]; /* "r1i" */
+  int state_out[ST_TEACHER_MAX_STATES];  /* plan output index ("r1o") */
+  st_tensor state_dev[ST_TEACHER_MAX_STATES]; /* fed to the plan */
+  char image_in[ST_TFJS_NAME_BYTES];     /* the image input's name */
+  /* Alpha teachers: [threshold plane, alpha] as two-class logits. */
+  st_tensor alpha_logits;    /* F32 [1,2,h,w]; unallocated otherwise */
+};
+
+struct st_teacher_state {
+  int n;                                 /* states (0: nothing to carry) */
+  size_t bytes[ST_TEACHER_MAX_STATES];   /* each state's size */
+  void *data[ST_TEACHER_MAX_STATES];     /* host copies; NULL until used */
+  int valid;                             /* holds a previous frame's state */
 };
 
 static void frame_plan_free(frame_plan *f) {
@@ -376,6 +464,9 @@ void st_teacher_free(st_teacher *t) {
     return;
   frame_plan_free(&t->frame);
   st_tensor_free(&t->input);
+  st_tensor_free(&t->alpha_logits);
+  for (int k = 0; k < t->n_states; k++)
+    st_tensor_free(&t->state_dev[k]);
   st_labels_scratch_free(&t->scratch);
   st_onnx_plan_free(t->plan);
   st_onnx_model_free(t->model);
@@ -389,14 +480,125 @@ const st_teacher_config *st_teacher_get_config(const st_teacher *t) {
 /* Loads the model, plans it for the config's input size and checks the
  * logits output. In bare mode (`bare`) the first output is used and the
  * class count and map come from its channel count. */
+/* Imports a TF.js model with the config's bindings: downsample_ratio
+ * bound, state inputs bound to zero (`zero_states`) or runtime rank-4
+ * tensors, outputs `output` and, for states, their partners. */
+static int import_tfjs(st_teacher *t, const st_tfjs_input_info *infos,
+                       size_t n_infos, int zero_states, st_onnx_model **out) {
+  const st_teacher_config *c = &t->cfg;
+  st_tfjs_input opts_in[ST_TEACHER_MAX_STATES + 2];
+  const char *outs[ST_TEACHER_MAX_STATES + 1];
+  char out_names[ST_TEACHER_MAX_STATES][ST_TFJS_NAME_BYTES];
+  size_t n_in = 0, n_out = 0;
+  outs[n_out++] = c->output;
+  for (size_t i = 0; i < n_infos; i++) {
+    if (!strcmp(infos[i].name, ST_TEACHER_DOWNSAMPLE_INPUT))
+      opts_in[n_in++] = (st_tfjs_input){.name = infos[i].name, .bound = 1,
+                                        .value = c->downsample_ratio};
+  }
+  for (int k = 0; k < t->n_states; k++) {
+    enum { STATE_RANK = 4 }; /* NHWC feature maps */
+    opts_in[n_in++] = zero_states
+                          ? (st_tfjs_input){.name = t->state_in[k], .bound = 1}
+                          : (st_tfjs_input){.name = t->state_in[k],
+                                            .rank = STATE_RANK};
+    /* "r1i" is paired with "r1o". */
+    snprintf(out_names[k], sizeof out_names[k], "%s", t->state_in[k]);
+    out_names[k][strlen(out_names[k]) - 1] = 'o';
+    outs[n_out++] = out_names[k];
+  }
+  st_tfjs_options o = {.inputs = opts_in, .n_inputs = n_in, .outputs = outs,
+                       .n_outputs = n_out};
+  return st_tfjs_load(c->model_path, &o, out);
+}
+
+/* Sorts the inputs of a TF.js model: the image (the one of rank 4), the
+ * downsample ratio, and recurrent states (names ending in 'i'). */
+static int classify_tfjs_inputs(st_teacher *t, st_tfjs_input_info *infos,
+                                size_t n) {
+  const st_teacher_config *c = &t->cfg;
+  t->image_in[0] = '\0';
+  for (size_t i = 0; i < n; i++) {
+    const char *name = infos[i].name;
+    size_t len = strlen(name);
+    if (!strcmp(name, ST_TEACHER_DOWNSAMPLE_INPUT)) {
+      if (!(c->downsample_ratio > 0.0))
+        return st_error_set(ST_EINVAL, "%s: the model has an input '%s': set "
+                            "downsample_ratio in the teacher config",
+                            c->model_path, name);
+    } else if (infos[i].rank == 4 && !t->image_in[0]) {
+      snprintf(t->image_in, sizeof t->image_in, "%s", name);
+    } else if (len > 1 && name[len - 1] == 'i' &&
+               t->n_states < ST_TEACHER_MAX_STATES) {
+      snprintf(t->state_in[t->n_states++], sizeof t->state_in[0], "%s", name);
+    } else {
+      return st_error_set(ST_ENOTSUP, "%s: input '%s' is neither the image "
+                          "(rank 4), downsample_ratio nor a recurrent state "
+                          "('<name>i' with an output '<name>o')",
+                          c->model_path, name);
+    }
+  }
+  if (!t->image_in[0])
+    return st_error_set(ST_ENOTSUP, "%s: no input of rank 4 (the image)",
+                        c->model_path);
+  return ST_OK;
+}
+
+/* Loads and plans a TF.js teacher. In session mode the state shapes come
+ * from a first plan with zero states; the plan kept takes them as inputs. */
+static int start_tfjs(st_teacher *t) {
+  st_teacher_config *c = &t->cfg;
+  enum { MAX_INPUTS = ST_TEACHER_MAX_STATES + 2 };
+  st_tfjs_input_info infos[MAX_INPUTS];
+  size_t n = 0;
+  TRY(st_tfjs_list_inputs(c->model_path, infos, MAX_INPUTS, &n));
+  TRY(classify_tfjs_inputs(t, infos, n));
+  const int64_t in_shape[4] = {1, 3, c->height, c->width};
+  int session = c->recurrent == ST_TEACHER_RECURRENT_SESSION && t->n_states;
+  TRY(import_tfjs(t, infos, n, 1, &t->model));
+  TRY(st_onnx_plan_new(t->be, t->model, in_shape, &t->plan));
+  if (!session) {
+    t->n_states = 0; /* bound to zero: nothing to feed */
+    return ST_OK;
+  }
+  st_onnx_plan_input pin[ST_TEACHER_MAX_STATES + 1];
+  memset(pin, 0, sizeof pin);
+  pin[0].name = t->image_in;
+  pin[0].ndim = 4;
+  memcpy(pin[0].shape, in_shape, sizeof in_shape);
+  for (int k = 0; k < t->n_states; k++) {
+    const st_tensor *o = st_onnx_plan_output(t->plan, 1 + k);
+    pin[1 + k].name = t->state_in[k];
+    pin[1 + k].ndim = o->ndim;
+    memcpy(pin[1 + k].shape, o->shape, sizeof o->shape);
+    TRY(st_tensor_alloc(t->be, &t->state_dev[k], ST_F32, o->ndim, o->shape));
+  }
+  st_onnx_plan_free(t->plan);
+  st_onnx_model_free(t->model);
+  t->plan = NULL;
+  t->model = NULL;
+  TRY(import_tfjs(t, infos, n, 0, &t->model));
+  TRY(st_onnx_plan_new_inputs(t->be, t->model, pin, 1 + t->n_states,
+                              &t->plan));
+  for (int k = 0; k < t->n_states; k++)
+    t->state_out[k] = 1 + k;
+  return ST_OK;
+}
+
 static int teacher_start(st_teacher *t, int bare) {
   st_teacher_config *c = &t->cfg;
-  int rc = st_onnx_model_load(c->model_path, &t->model);
-  if (rc)
-    return rc;
-  const int64_t in_shape[4] = {1, 3, c->height, c->width};
-  if ((rc = st_onnx_plan_new(t->be, t->model, in_shape, &t->plan)))
-    return rc;
+  int rc;
+  if (!bare && st_tfjs_is_model_path(c->model_path)) {
+    TRY(start_tfjs(t));
+  } else {
+    if (c->downsample_ratio > 0.0 ||
+        c->recurrent != ST_TEACHER_RECURRENT_ZERO)
+      return st_error_set(ST_ENOTSUP, "%s: downsample_ratio and recurrent "
+                          "apply to TF.js models only", c->model_path);
+    TRY(st_onnx_model_load(c->model_path, &t->model));
+    const int64_t in_shape[4] = {1, 3, c->height, c->width};
+    TRY(st_onnx_plan_new(t->be, t->model, in_shape, &t->plan));
+  }
   if (bare) {
     t->output_index = 0;
     snprintf(c->output, sizeof c->output, "%s", t->model->outputs[0].name);
@@ -427,6 +629,15 @@ static int teacher_start(st_teacher *t, int bare) {
     /* The last class is the background of a bare model. */
     if ((rc = st_class_map_identity(&c->class_map, c->classes,
                                     c->classes - 1)))
+      return rc;
+  } else if (c->alpha_threshold > 0.0) {
+    if (out->shape[1] != 1)
+      return st_error_set(ST_ESHAPE, "%s: output '%s' has %lld channels; an "
+                          "alpha matte (alpha_threshold) has one",
+                          c->model_path, c->output, (long long)out->shape[1]);
+    if ((rc = st_tensor_alloc4(t->be, &t->alpha_logits, ST_F32, 1,
+                               ST_TEACHER_ALPHA_CLASSES, out->shape[2],
+                               out->shape[3])))
       return rc;
   } else if (out->shape[1] != c->classes) {
     return st_error_set(ST_ESHAPE,
@@ -514,12 +725,20 @@ int st_teacher_open_bare(st_backend *be, const char *onnx_path, int64_t height,
 
 /* Plans the per-frame buffers for an HxW frame (a no-op at the planned
  * size). */
+/* The logits the label map is made from: the model's output, or for an
+ * alpha teacher the planes [threshold, alpha] (so that the argmax picks
+ * class 1 exactly where alpha > threshold). */
+static const st_tensor *logits_of(const st_teacher *t) {
+  return t->alpha_logits.data ? &t->alpha_logits
+                              : st_onnx_plan_output(t->plan, t->output_index);
+}
+
 static int frame_plan_ensure(st_teacher *t, int64_t h, int64_t w) {
   frame_plan *f = &t->frame;
   if (f->height == h && f->width == w)
     return ST_OK;
   frame_plan_free(f);
-  const st_tensor *out = st_onnx_plan_output(t->plan, t->output_index);
+  const st_tensor *out = logits_of(t);
   const int64_t img_shape[3] = {h, w, 3}, label_shape[3] = {1, h, w};
   int rc;
   if ((rc = st_tensor_alloc(t->be, &f->image, ST_U8, 3, img_shape)) ||
@@ -542,8 +761,72 @@ err:
   return rc;
 }
 
+/* Runs the plan from `state` (NULL: zero) and stores the new state. */
+static int run_model(st_teacher *t, st_teacher_state *state) {
+  if (!t->n_states)
+    return st_onnx_plan_run(t->plan, &t->input, NULL);
+  const st_tensor *inputs[ST_TEACHER_MAX_STATES + 1] = {&t->input};
+  for (int k = 0; k < t->n_states; k++) {
+    st_tensor *d = &t->state_dev[k];
+    if (state && state->valid)
+      TRY(st_tensor_upload(t->be, d, state->data[k], state->bytes[k]));
+    else
+      TRY(st_fill(t->be, d, 0.0f));
+    inputs[1 + k] = d;
+  }
+  TRY(st_onnx_plan_run_inputs(t->plan, inputs, 1 + t->n_states));
+  if (!state)
+    return ST_OK;
+  for (int k = 0; k < t->n_states; k++) {
+    const st_tensor *o = st_onnx_plan_output(t->plan, t->state_out[k]);
+    size_t bytes = st_tensor_nbytes(o);
+    if (state->n != t->n_states || (state->data[k] && state->bytes[k] != bytes))
+      return st_error_set(ST_ESHAPE, "teacher: the state belongs to a teacher "
+                          "of another model or input size");
+    if (!state->data[k] && !(state->data[k] = malloc(bytes)))
+      return st_error_set(ST_ENOMEM, "teacher: out of memory for a state");
+    state->bytes[k] = bytes;
+    TRY(st_tensor_download(t->be, o, state->data[k], bytes));
+  }
+  state->valid = 1;
+  return ST_OK;
+}
+
+int st_teacher_state_new(const st_teacher *t, st_teacher_state **out) {
+  if (!t || !out)
+    return st_error_set(ST_EINVAL, "teacher: NULL argument");
+  *out = calloc(1, sizeof **out);
+  if (!*out)
+    return st_error_set(ST_ENOMEM, "teacher: out of memory");
+  (*out)->n = t->n_states;
+  return ST_OK;
+}
+
+void st_teacher_state_reset(st_teacher_state *s) {
+  if (s)
+    s->valid = 0;
+}
+
+void st_teacher_state_free(st_teacher_state *s) {
+  if (!s)
+    return;
+  for (int k = 0; k < ST_TEACHER_MAX_STATES; k++)
+    free(s->data[k]);
+  free(s);
+}
+
+int st_teacher_is_recurrent(const st_teacher *t) {
+  return t && t->n_states > 0;
+}
+
 int st_teacher_label(st_teacher *t, const st_tensor *image,
                      const st_tensor **logits, uint8_t *label, float *weight) {
+  return st_teacher_label_session(t, NULL, image, logits, label, weight);
+}
+
+int st_teacher_label_session(st_teacher *t, st_teacher_state *state,
+                             const st_tensor *image, const st_tensor **logits,
+                             uint8_t *label, float *weight) {
   if (!t || !image || !label || !weight)
     return st_error_set(ST_EINVAL, "teacher: NULL argument");
   char shape[96];
@@ -573,9 +856,22 @@ int st_teacher_label(st_teacher *t, const st_tensor *image,
                                       &t->input))) {
     return rc;
   }
-  if ((rc = st_onnx_plan_run(t->plan, &t->input, NULL)))
+  if ((rc = run_model(t, state)))
     return rc;
   const st_tensor *out = st_onnx_plan_output(t->plan, t->output_index);
+  if (t->alpha_logits.data) {
+    /* Plane 0 is the threshold, plane 1 the alpha (contiguous: N is 1). */
+    const st_tensor *a = &t->alpha_logits;
+    int64_t plane = a->shape[2] * a->shape[3];
+    st_tensor p0 = st_tensor_view4(a->data, ST_F32, 1, 1, a->shape[2],
+                                   a->shape[3]);
+    st_tensor p1 = st_tensor_view4((float *)a->data + plane, ST_F32, 1, 1,
+                                   a->shape[2], a->shape[3]);
+    if ((rc = st_fill(t->be, &p0, (float)t->cfg.alpha_threshold)) ||
+        (rc = st_copy(t->be, out, &p1)))
+      return rc;
+    out = a;
+  }
   if ((rc = st_labels_from_logits(t->be, out, &t->cfg.class_map,
                                   f->resized.data ? &f->resized : NULL,
                                   &f->label, label)) ||
