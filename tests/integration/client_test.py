@@ -821,7 +821,7 @@ class FakeServerTest(unittest.TestCase):
         try:
             run = run_client(["--server", "127.0.0.1:%d" % fake.port,
                               "--input", CLIPS["clip72"], "--realtime",
-                              "--weights", WEIGHTS])
+                              "--queue-frames", "72", "--weights", WEIGHTS])
         finally:
             fake.close()
         self.assertEqual(run.rc, 0, run.stderr[-3000:])
