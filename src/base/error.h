@@ -42,6 +42,15 @@ typedef enum st_errno {
   ST__ERR_END_
 } st_errno;
 
+/* Returns from the calling function with the status of `expr` when it is
+ * not ST_OK: error paths read `ST_TRY(st_tensor_alloc(...));`. */
+#define ST_TRY(expr)                                                           \
+  do {                                                                         \
+    int st_try_rc_ = (expr);                                                   \
+    if (st_try_rc_)                                                            \
+      return st_try_rc_;                                                       \
+  } while (0)
+
 /* Human message for a status code ("unknown error" for anything else). */
 const char *st_strerror(int err);
 /* Stable wire name for a status code ("unknown" for anything else). */

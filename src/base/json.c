@@ -1,6 +1,7 @@
 #include "base/json.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -49,4 +50,54 @@ int st_json_load(const char *path, json_t **root) {
   *root = json_loadf(f, JSON_REJECT_DUPLICATES, &err);
   fclose(f);
   return *root ? ST_OK : syntax_error(path, &err);
+}
+
+/* ---- typed readers ---------------------------------------------------------- */
+
+int st_json_object(const char *label, json_t *parent, const char *key,
+                   const char *const *known, size_t n, json_t **out) {
+  *out = json_object_get(parent, key);
+  if (!*out)
+    return ST_OK;
+  if (!json_is_object(*out))
+    return st_error_set(ST_EFORMAT, "%s: %s must be an object", label, key);
+  char prefix[64];
+  snprintf(prefix, sizeof prefix, "%s.", key);
+  return st_json_check_keys(label, *out, prefix, known, n, 0);
+}
+
+int st_json_int(const char *label, json_t *obj, const char *key,
+                const char *path, long long lo, long long hi, long long *dst,
+                int *present) {
+  json_t *v = obj ? json_object_get(obj, key) : NULL;
+  if (present)
+    *present = v != NULL;
+  if (!v)
+    return ST_OK;
+  if (!json_is_integer(v))
+    return st_error_set(ST_EFORMAT, "%s: %s must be an integer", label, path);
+  long long x = json_integer_value(v);
+  if (x < lo || x > hi) {
+    /* "must be >= 1" reads better than "in [1, 2147483647]" for the
+     * common mistake; the full range is given for the overflow case. */
+    if (hi == INT_MAX && x < lo)
+      return st_error_set(ST_EINVAL, "%s: %s must be >= %lld", label, path, lo);
+    return st_error_set(ST_EINVAL, "%s: %s must be in [%lld, %lld]", label,
+                        path, lo, hi);
+  }
+  *dst = x;
+  return ST_OK;
+}
+
+int st_json_number(const char *label, json_t *obj, const char *key,
+                   const char *path, double *dst, int *present) {
+  json_t *v = obj ? json_object_get(obj, key) : NULL;
+  if (present)
+    *present = v != NULL;
+  if (!v)
+    return ST_OK;
+  if (!json_is_number(v))
+    return st_error_set(ST_EFORMAT, "%s: %s must be a number", label, path);
+  *dst = json_number_value(v);
+  return ST_OK;
 }

@@ -128,48 +128,11 @@ void st_server_config_defaults(st_server_config *c) {
 
 /* ---- typed readers: each leaves *dst alone when the key is absent -------- */
 
-/* A nested object checked against its key list; *out is NULL when absent. */
-static int read_object(const char *label, json_t *parent, const char *key,
-                       const char *const *known, size_t n, json_t **out) {
-  *out = json_object_get(parent, key);
-  if (!*out)
-    return ST_OK;
-  if (!json_is_object(*out))
-    return st_error_set(ST_EFORMAT, "%s: %s must be an object", label, key);
-  char prefix[64];
-  snprintf(prefix, sizeof prefix, "%s.", key);
-  return st_json_check_keys(label, *out, prefix, known, n, 0);
-}
-
-/* An integer in [lo, hi]; *present tells whether the key was there. As in
- * the student config, a range without a real upper bound (hi == INT_MAX)
- * reads "must be >= lo" for the common mistake. */
-static int read_int64(const char *label, json_t *obj, const char *key,
-                      const char *path, long long lo, long long hi,
-                      long long *dst, int *present) {
-  json_t *v = obj ? json_object_get(obj, key) : NULL;
-  if (present)
-    *present = v != NULL;
-  if (!v)
-    return ST_OK;
-  if (!json_is_integer(v))
-    return st_error_set(ST_EFORMAT, "%s: %s must be an integer", label, path);
-  long long x = json_integer_value(v);
-  if (x < lo || x > hi) {
-    if (hi == INT_MAX && x < lo)
-      return st_error_set(ST_EINVAL, "%s: %s must be >= %lld", label, path, lo);
-    return st_error_set(ST_EINVAL, "%s: %s must be in [%lld, %lld]", label,
-                        path, lo, hi);
-  }
-  *dst = x;
-  return ST_OK;
-}
-
 static int read_int(const char *label, json_t *obj, const char *key,
                     const char *path, int lo, int hi, int *dst, int *present) {
   long long x = 0;
   int here = 0;
-  int rc = read_int64(label, obj, key, path, lo, hi, &x, &here);
+  int rc = st_json_int(label, obj, key, path, lo, hi, &x, &here);
   if (present)
     *present = here;
   if (rc == ST_OK && here)
@@ -185,19 +148,6 @@ static int read_bool(const char *label, json_t *obj, const char *key,
   if (!json_is_boolean(v))
     return st_error_set(ST_EFORMAT, "%s: %s must be true or false", label, key);
   *dst = json_is_true(v);
-  return ST_OK;
-}
-
-/* A number; *present tells whether the key was there. */
-static int read_number(const char *label, json_t *obj, const char *key,
-                       const char *path, double *dst, int *present) {
-  json_t *v = obj ? json_object_get(obj, key) : NULL;
-  *present = v != NULL;
-  if (!v)
-    return ST_OK;
-  if (!json_is_number(v))
-    return st_error_set(ST_EFORMAT, "%s: %s must be a number", label, path);
-  *dst = json_number_value(v);
   return ST_OK;
 }
 
@@ -329,7 +279,7 @@ static int parse_distill(const char *label, json_t *d, distill_overrides *o,
                          st_update_encoding *encoding) {
   if (!d)
     return ST_OK;
-  int rc = read_number(label, d, "threshold", "distill.threshold",
+  int rc = st_json_number(label, d, "threshold", "distill.threshold",
                        &o->threshold, &o->has_threshold);
   if (rc)
     return rc;
@@ -342,7 +292,7 @@ static int parse_distill(const char *label, json_t *d, distill_overrides *o,
                      &o->max_stride, &o->has_max_stride)) ||
       (rc = read_int(label, d, "max_updates", "distill.max_updates", 0, INT_MAX,
                      &o->max_updates, &o->has_max_updates)) ||
-      (rc = read_number(label, d, "lr", "distill.lr", &o->lr, &o->has_lr)))
+      (rc = st_json_number(label, d, "lr", "distill.lr", &o->lr, &o->has_lr)))
     return rc;
   if (o->has_lr && (!(o->lr > 0.0) || !isfinite(o->lr)))
     return st_error_set(ST_EINVAL, "%s: distill.lr must be > 0", label);
@@ -412,7 +362,7 @@ static int parse_limits(const char *label, json_t *limits,
     snprintf(path, sizeof path, "limits.%s", k->key);
     long long x = 0;
     int present;
-    int rc = read_int64(label, limits, k->key, path, (long long)k->lo,
+    int rc = st_json_int(label, limits, k->key, path, (long long)k->lo,
                         (long long)k->hi, &x, &present);
     if (rc)
       return rc;
@@ -458,15 +408,15 @@ static int parse_root(const char *label, const char *base_dir, json_t *root,
   /* Every object's keys are checked before any value is read, so an
    * unknown key is reported wherever it is. */
   json_t *listen, *metrics, *student, *distill, *limits;
-  if ((rc = read_object(label, root, "listen", endpoint_keys,
+  if ((rc = st_json_object(label, root, "listen", endpoint_keys,
                         COUNT(endpoint_keys), &listen)) ||
-      (rc = read_object(label, root, "metrics", endpoint_keys,
+      (rc = st_json_object(label, root, "metrics", endpoint_keys,
                         COUNT(endpoint_keys), &metrics)) ||
-      (rc = read_object(label, root, "student", student_keys,
+      (rc = st_json_object(label, root, "student", student_keys,
                         COUNT(student_keys), &student)) ||
-      (rc = read_object(label, root, "distill", distill_keys,
+      (rc = st_json_object(label, root, "distill", distill_keys,
                         COUNT(distill_keys), &distill)) ||
-      (rc = read_object(label, root, "limits", limit_names, COUNT(limit_names),
+      (rc = st_json_object(label, root, "limits", limit_names, COUNT(limit_names),
                         &limits)))
     return rc;
 

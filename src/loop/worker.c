@@ -18,12 +18,6 @@
 #include "proto/codec.h"
 #include "proto/jpeg.h"
 
-#define TRY(expr)                                                              \
-  do {                                                                         \
-    int try_rc_ = (expr);                                                      \
-    if (try_rc_)                                                               \
-      return try_rc_;                                                          \
-  } while (0)
 
 /* Base weights files larger than this are refused (the student is 2 MB). */
 #define ST_WEIGHTS_MAX_BYTES (256u * 1024u * 1024u)
@@ -39,7 +33,7 @@ static double ms_since(uint64_t t0_ns) {
 static int sha256_file_hex(const char *path, char *hex) {
   uint8_t *buf = NULL;
   size_t len = 0;
-  TRY(st_read_file(path, ST_WEIGHTS_MAX_BYTES, ST_ERANGE, &buf, &len));
+  ST_TRY(st_read_file(path, ST_WEIGHTS_MAX_BYTES, ST_ERANGE, &buf, &len));
   struct AVSHA *sha = av_sha_alloc();
   if (!sha) {
     free(buf);
@@ -120,13 +114,13 @@ static int model_info_fill(st_model_info *mi, const st_server_config *cfg,
   }
   if (cfg->student_weights_path[0]) {
     st_safetensors *file = NULL;
-    TRY(st_safetensors_open(cfg->student_weights_path, &file));
+    ST_TRY(st_safetensors_open(cfg->student_weights_path, &file));
     int rc = st_student_load(s, file, cfg->student_weights_path);
     st_safetensors_free(file);
-    TRY(rc);
-    TRY(sha256_file_hex(cfg->student_weights_path, mi->hash));
+    ST_TRY(rc);
+    ST_TRY(sha256_file_hex(cfg->student_weights_path, mi->hash));
   }
-  TRY(st_student_state_new(s, &mi->base));
+  ST_TRY(st_student_state_new(s, &mi->base));
 
   st_wire_tensor *tensors = calloc(n, sizeof *tensors);
   if (!tensors)
@@ -276,14 +270,14 @@ static int worker_open(worker *w) {
                            .threads = cfg->threads_per_worker,
                            .device = cfg->device,
                            .deterministic = cfg->deterministic};
-  TRY(st_backend_new(&bo, &w->teacher_be));
+  ST_TRY(st_backend_new(&bo, &w->teacher_be));
   /* AUTO resolved to one kind for the teacher; the pair must agree. */
   bo.kind = st_backend_get_kind(w->teacher_be);
-  TRY(st_backend_new(&bo, &w->student_be));
-  TRY(st_event_new(w->teacher_be, &w->labelled));
-  TRY(st_teacher_open(w->teacher_be, cfg->teacher_path, &w->teacher));
-  TRY(st_student_new_from_config(w->student_be, &cfg->student, &w->partial));
-  TRY(st_jpeg_new(&w->jpeg));
+  ST_TRY(st_backend_new(&bo, &w->student_be));
+  ST_TRY(st_event_new(w->teacher_be, &w->labelled));
+  ST_TRY(st_teacher_open(w->teacher_be, cfg->teacher_path, &w->teacher));
+  ST_TRY(st_student_new_from_config(w->student_be, &cfg->student, &w->partial));
+  ST_TRY(st_jpeg_new(&w->jpeg));
   w->wire = calloc(w->pool->mi->count ? w->pool->mi->count : 1,
                    sizeof *w->wire);
   if (!w->wire)
@@ -294,20 +288,20 @@ static int worker_open(worker *w) {
   const st_teacher_config *tc = st_teacher_get_config(w->teacher);
   int64_t h = tc->height, wd = tc->width;
   size_t px = (size_t)(h * wd);
-  TRY(grow((void **)&w->rgb, &w->rgb_cap, px * 3, 1));
-  TRY(grow((void **)&w->label, &w->map_cap, px, 1));
+  ST_TRY(grow((void **)&w->rgb, &w->rgb_cap, px * 3, 1));
+  ST_TRY(grow((void **)&w->label, &w->map_cap, px, 1));
   size_t wcap = 0;
-  TRY(grow((void **)&w->weight, &wcap, px, sizeof(float)));
+  ST_TRY(grow((void **)&w->weight, &wcap, px, sizeof(float)));
   memset(w->rgb, 0, px * 3);
   const int64_t ishape[3] = {h, wd, 3}, mshape[2] = {h, wd};
   st_tensor image = st_tensor_view(w->rgb, ST_U8, 3, ishape);
-  TRY(st_teacher_label(w->teacher, &image, NULL, w->label, w->weight));
+  ST_TRY(st_teacher_label(w->teacher, &image, NULL, w->label, w->weight));
   st_tensor lab = st_tensor_view(w->label, ST_U8, 2, mshape);
   st_tensor wt = st_tensor_view(w->weight, ST_F32, 2, mshape);
-  TRY(st_student_state_load(w->partial, w->pool->mi->base));
-  TRY(st_student_set_example(w->partial, &image, &lab, &wt));
+  ST_TRY(st_student_state_load(w->partial, w->pool->mi->base));
+  ST_TRY(st_student_set_example(w->partial, &image, &lab, &wt));
   float loss;
-  TRY(st_student_train_step(w->partial, &loss, NULL));
+  ST_TRY(st_student_train_step(w->partial, &loss, NULL));
   return st_backend_sync(w->student_be);
 }
 
@@ -338,8 +332,8 @@ static int frame_image(worker *w, const st_msg_frame *f, st_tensor *image) {
     *image = st_tensor_view((void *)f->data, ST_U8, 3, shape);
     return ST_OK;
   }
-  TRY(grow((void **)&w->rgb, &w->rgb_cap, px * 3, 1));
-  TRY(st_jpeg_decode(w->jpeg, f->data, f->data_len, (int)f->width,
+  ST_TRY(grow((void **)&w->rgb, &w->rgb_cap, px * 3, 1));
+  ST_TRY(st_jpeg_decode(w->jpeg, f->data, f->data_len, (int)f->width,
                      (int)f->height, w->rgb));
   *image = st_tensor_view(w->rgb, ST_U8, 3, shape);
   return ST_OK;
@@ -349,28 +343,28 @@ static int label_frame(worker *w, st_learner *l, const st_tensor *image) {
   size_t px = (size_t)(image->shape[0] * image->shape[1]);
   if (px > w->map_cap) {
     size_t cap = w->map_cap, wcap = w->map_cap;
-    TRY(grow((void **)&w->label, &cap, px, 1));
-    TRY(grow((void **)&w->weight, &wcap, px, sizeof(float)));
+    ST_TRY(grow((void **)&w->label, &cap, px, 1));
+    ST_TRY(grow((void **)&w->weight, &wcap, px, sizeof(float)));
     w->map_cap = px;
   }
   /* A recurrent teacher continues this client's stream: key frames of one
    * session are labelled in order, one at a time (one job per session). */
   if (l && !l->teacher_state && st_teacher_is_recurrent(w->teacher))
-    TRY(st_teacher_state_new(w->teacher, &l->teacher_state));
-  TRY(st_teacher_label_session(w->teacher, l ? l->teacher_state : NULL, image,
+    ST_TRY(st_teacher_state_new(w->teacher, &l->teacher_state));
+  ST_TRY(st_teacher_label_session(w->teacher, l ? l->teacher_state : NULL, image,
                                NULL, w->label, w->weight));
   /* The student stream may only read the targets once the teacher stream
    * produced them; st_teacher_label synchronises today, the event keeps
    * the ordering explicit for asynchronous teachers. */
-  TRY(st_event_record(w->teacher_be, w->labelled));
+  ST_TRY(st_event_record(w->teacher_be, w->labelled));
   return st_backend_wait_event(w->student_be, w->labelled);
 }
 
 static int full_student(worker *w, st_student **out) {
   if (!w->full) {
-    TRY(st_student_new_from_config(w->student_be, &w->pool->cfg->student,
+    ST_TRY(st_student_new_from_config(w->student_be, &w->pool->cfg->student,
                                    &w->full));
-    TRY(st_student_set_trainable(w->full, NULL, 0, 1));
+    ST_TRY(st_student_set_trainable(w->full, NULL, 0, 1));
   }
   *out = w->full;
   return ST_OK;
@@ -407,7 +401,7 @@ static int encode_update(worker *w, st_job *job, int32_t stride,
     if (send[i])
       total += st_codec_bytes(enc, numel);
   }
-  TRY(grow((void **)&w->payload, &w->payload_cap, total ? total : 1, 1));
+  ST_TRY(grow((void **)&w->payload, &w->payload_cap, total ? total : 1, 1));
   size_t off = 0;
   for (size_t i = 0; i < mi->count && i < ST_PROTO_MAX_TENSORS; i++) {
     if (!send[i])
@@ -423,7 +417,7 @@ static int encode_update(worker *w, st_job *job, int32_t stride,
     t->dtype = st_codec_dtype(enc);
     t->bytes = st_codec_bytes(enc, numel);
     t->data = w->payload + off;
-    TRY(st_codec_encode(enc, numel, v, m, w->payload + off));
+    ST_TRY(st_codec_encode(enc, numel, v, m, w->payload + off));
     off += t->bytes;
   }
   st_msg msg = {.type = ST_MSG_UPDATE};
@@ -466,17 +460,17 @@ static int run_keyframe(worker *w, st_job *job) {
   }
   uint64_t t = uv_hrtime();
   st_tensor image;
-  TRY(frame_image(w, &job->frame, &image));
+  ST_TRY(frame_image(w, &job->frame, &image));
   job->timing.decode_ms = ms_since(t);
 
   t = uv_hrtime();
-  TRY(label_frame(w, job->learner, &image));
+  ST_TRY(label_frame(w, job->learner, &image));
   job->timing.teacher_ms = ms_since(t);
 
   t = uv_hrtime();
   st_student *s = w->partial;
   if (l->bootstrapping && l->keyframes < (uint64_t)cfg->bootstrap_full_keyframes) {
-    TRY(full_student(w, &s));
+    ST_TRY(full_student(w, &s));
   } else if (l->bootstrapping) {
     /* Bootstrap over: partial distillation from here on, with a fresh
      * optimiser for the new trainable set (as set_trainable does). */
@@ -499,14 +493,14 @@ static int run_keyframe(worker *w, st_job *job) {
   const int64_t mshape[2] = {image.shape[0], image.shape[1]};
   st_tensor lab = st_tensor_view(w->label, ST_U8, 2, mshape);
   st_tensor wt = st_tensor_view(w->weight, ST_F32, 2, mshape);
-  TRY(st_student_state_load(s, l->state));
-  TRY(st_student_set_example(s, &image, &lab, &wt));
+  ST_TRY(st_student_state_load(s, l->state));
+  ST_TRY(st_student_set_example(s, &image, &lab, &wt));
   st_distill_learner learner = st_student_learner(s);
   st_distill_params dp = st_student_config_distill(&cfg->student);
   st_distill_result res;
-  TRY(st_distill_run(&learner, &dp, &res));
-  TRY(st_student_state_save(s, l->state));
-  TRY(st_backend_sync(w->student_be));
+  ST_TRY(st_distill_run(&learner, &dp, &res));
+  ST_TRY(st_student_state_save(s, l->state));
+  ST_TRY(st_backend_sync(w->student_be));
   l->keyframes++;
   job->metric = res.metric;
   job->steps = res.steps;
@@ -525,15 +519,15 @@ static int run_offload(worker *w, st_job *job) {
   lm->height = job->frame.height;
   size_t px = (size_t)job->frame.width * job->frame.height;
   if (w->pool->cfg->null_compute) {
-    TRY(grow((void **)&w->label, &w->map_cap, px, 1));
+    ST_TRY(grow((void **)&w->label, &w->map_cap, px, 1));
     memset(w->label, 0, px);
   } else {
     uint64_t t = uv_hrtime();
     st_tensor image;
-    TRY(frame_image(w, &job->frame, &image));
+    ST_TRY(frame_image(w, &job->frame, &image));
     job->timing.decode_ms = ms_since(t);
     t = uv_hrtime();
-    TRY(label_frame(w, job->learner, &image));
+    ST_TRY(label_frame(w, job->learner, &image));
     job->timing.teacher_ms = ms_since(t);
   }
   lm->data = w->label;

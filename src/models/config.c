@@ -84,53 +84,14 @@ static int check_keys(const char *label, json_t *obj, const char *prefix,
   return st_json_check_keys(label, obj, prefix, known, n, 0);
 }
 
-/* A nested object, checked against its key list; *out is NULL when the key
- * is absent. */
-static int read_object(const char *label, json_t *parent, const char *key,
-                       const char *const *known, size_t n, json_t **out) {
-  *out = json_object_get(parent, key);
-  if (!*out)
-    return ST_OK;
-  if (!json_is_object(*out))
-    return st_error_set(ST_EFORMAT, "%s: %s must be an object", label, key);
-  char prefix[64];
-  snprintf(prefix, sizeof prefix, "%s.", key);
-  return check_keys(label, *out, prefix, known, n);
-}
-
 static int read_int(const char *label, json_t *obj, const char *key,
-                    const char *path, json_int_t lo, json_int_t hi,
-                    int *dst) {
-  json_t *v = obj ? json_object_get(obj, key) : NULL;
-  if (!v)
-    return ST_OK;
-  if (!json_is_integer(v))
-    return st_error_set(ST_EFORMAT, "%s: %s must be an integer", label, path);
-  json_int_t x = json_integer_value(v);
-  if (x < lo || x > hi) {
-    /* "must be >= 1" reads better than "in [1, 2147483647]" for the
-     * common mistake; the full range is given for the overflow case. */
-    if (hi == INT_MAX && x < lo)
-      return st_error_set(ST_EINVAL, "%s: %s must be >= %lld", label, path,
-                          (long long)lo);
-    return st_error_set(ST_EINVAL, "%s: %s must be in [%lld, %lld]", label,
-                        path, (long long)lo, (long long)hi);
-  }
-  *dst = (int)x;
-  return ST_OK;
-}
-
-/* *present tells whether the key was there. */
-static int read_number(const char *label, json_t *obj, const char *key,
-                       const char *path, double *dst, int *present) {
-  json_t *v = obj ? json_object_get(obj, key) : NULL;
-  *present = v != NULL;
-  if (!v)
-    return ST_OK;
-  if (!json_is_number(v))
-    return st_error_set(ST_EFORMAT, "%s: %s must be a number", label, path);
-  *dst = json_number_value(v);
-  return ST_OK;
+                    const char *path, int lo, int hi, int *dst) {
+  long long x = 0;
+  int here = 0;
+  int rc = st_json_int(label, obj, key, path, lo, hi, &x, &here);
+  if (rc == ST_OK && here)
+    *dst = (int)x;
+  return rc;
 }
 
 /* A double that must be representable as a finite float. */
@@ -258,7 +219,7 @@ static int parse_distill(const char *label, json_t *distill,
     return ST_OK;
   double x = 0.0;
   int present;
-  int rc = read_number(label, distill, "threshold", "distill.threshold", &x,
+  int rc = st_json_number(label, distill, "threshold", "distill.threshold", &x,
                        &present);
   if (rc)
     return rc;
@@ -271,7 +232,7 @@ static int parse_distill(const char *label, json_t *distill,
   if ((rc = read_int(label, distill, "max_updates", "distill.max_updates", 0,
                      INT_MAX, &c->max_updates)))
     return rc;
-  if ((rc = read_number(label, distill, "lr", "distill.lr", &x, &present)))
+  if ((rc = st_json_number(label, distill, "lr", "distill.lr", &x, &present)))
     return rc;
   if (present) {
     if (!(x > 0.0) || !isfinite(x))
@@ -291,11 +252,11 @@ static int parse_root(const char *label, json_t *root, st_student_config *out) {
   if (rc)
     return rc;
   json_t *input, *distill, *stride;
-  if ((rc = read_object(label, root, "input", input_keys, COUNT(input_keys),
+  if ((rc = st_json_object(label, root, "input", input_keys, COUNT(input_keys),
                         &input)) ||
-      (rc = read_object(label, root, "distill", distill_keys,
+      (rc = st_json_object(label, root, "distill", distill_keys,
                         COUNT(distill_keys), &distill)) ||
-      (rc = read_object(label, root, "stride", stride_keys,
+      (rc = st_json_object(label, root, "stride", stride_keys,
                         COUNT(stride_keys), &stride)))
     return rc;
 

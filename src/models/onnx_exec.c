@@ -147,12 +147,6 @@ static int node_fail(int code, const st_onnx_node *n, const char *fmt, ...) {
                       n->op_type, msg);
 }
 #define REFUSE(n, ...) node_fail(ST_ENOTSUP, (n), __VA_ARGS__)
-#define TRY(expr)                                                              \
-  do {                                                                         \
-    int try_rc_ = (expr);                                                      \
-    if (try_rc_)                                                               \
-      return try_rc_;                                                          \
-  } while (0)
 
 /* Refuses any attribute not in `known` (NULL-terminated): an attribute we
  * do not read would silently change the meaning. */
@@ -394,7 +388,7 @@ static int upload_const(st_onnx_plan *p, int id) {
   exec_value *v = &p->values[id];
   if (v->uploaded)
     return ST_OK;
-  TRY(st_tensor_alloc(p->be, &v->rt, v->host.dtype, v->host.ndim,
+  ST_TRY(st_tensor_alloc(p->be, &v->rt, v->host.dtype, v->host.ndim,
                       v->host.shape));
   v->uploaded = 1;
   return st_tensor_upload(p->be, &v->rt, v->host.data,
@@ -490,9 +484,9 @@ static int fold_binary(st_onnx_plan *p, const st_onnx_node *n, int a_id,
                      st_dtype_name(a->dtype), st_dtype_name(b->dtype));
   int r;
   int64_t shape[ST_MAX_DIMS], idx[ST_MAX_DIMS];
-  TRY(broadcast_shape(n, a, b, &r, shape));
+  ST_TRY(broadcast_shape(n, a, b, &r, shape));
   st_tensor y;
-  TRY(host_alloc(&y, a->dtype, r, shape));
+  ST_TRY(host_alloc(&y, a->dtype, r, shape));
   int integer = a->dtype != ST_F32 && a->dtype != ST_F16;
   for (int64_t i = 0; i < shape_numel(r, shape); i++) {
     unravel(i, r, shape, idx);
@@ -535,7 +529,7 @@ static int fold_gather_elems(st_onnx_plan *p, int out, const st_tensor *x,
                              int ndim, const int64_t *shape, src_index_fn fn,
                              const void *ctx) {
   st_tensor y;
-  TRY(host_alloc(&y, x->dtype, ndim, shape));
+  ST_TRY(host_alloc(&y, x->dtype, ndim, shape));
   size_t es = st_dtype_size(x->dtype);
   int64_t idx[ST_MAX_DIMS];
   for (int64_t i = 0; i < shape_numel(ndim, shape); i++) {
@@ -605,10 +599,10 @@ static int reshape_shape(st_onnx_plan *p, const st_onnx_node *n,
                          const st_tensor *x, int shape_id, int *ndim,
                          int64_t *shape) {
   int64_t allowzero;
-  TRY(st_onnx_attr_int(n, "allowzero", 0, &allowzero));
+  ST_TRY(st_onnx_attr_int(n, "allowzero", 0, &allowzero));
   int64_t want[ST_MAX_DIMS];
   size_t count;
-  TRY(const_ints(p, n, shape_id, "the target shape", want, ST_MAX_DIMS,
+  ST_TRY(const_ints(p, n, shape_id, "the target shape", want, ST_MAX_DIMS,
                  &count));
   int infer = -1;
   int64_t known = 1;
@@ -652,11 +646,11 @@ static int read_axes(st_onnx_plan *p, const st_onnx_node *n, int64_t *axes,
     if (!has_input(n, 1))
       return ST_OK;
     int id;
-    TRY(input_id(p, n, 1, &id));
+    ST_TRY(input_id(p, n, 1, &id));
     return const_ints(p, n, id, "axes", axes, ST_MAX_DIMS, count);
   }
   const int64_t *v;
-  TRY(st_onnx_attr_ints(n, "axes", &v, count));
+  ST_TRY(st_onnx_attr_ints(n, "axes", &v, count));
   if (*count > ST_MAX_DIMS)
     return REFUSE(n, "more than %d axes", ST_MAX_DIMS);
   memcpy(axes, v, *count * sizeof *v);
@@ -675,11 +669,11 @@ static int squeeze_shape(st_onnx_plan *p, const st_onnx_node *n,
                          const st_tensor *x, int *ndim, int64_t *shape) {
   int64_t axes[ST_MAX_DIMS];
   size_t count;
-  TRY(read_axes(p, n, axes, &count));
+  ST_TRY(read_axes(p, n, axes, &count));
   int drop[ST_MAX_DIMS] = {0};
   for (size_t i = 0; i < count; i++) {
     int a = 0;
-    TRY(normalize_axis(n, axes[i], x->ndim, &a));
+    ST_TRY(normalize_axis(n, axes[i], x->ndim, &a));
     if (x->shape[a] != 1)
       return node_fail(ST_ESHAPE, n, "axis %d has extent %lld, not 1", a,
                        (long long)x->shape[a]);
@@ -697,14 +691,14 @@ static int unsqueeze_shape(st_onnx_plan *p, const st_onnx_node *n,
                            const st_tensor *x, int *ndim, int64_t *shape) {
   int64_t axes[ST_MAX_DIMS];
   size_t count;
-  TRY(read_axes(p, n, axes, &count));
+  ST_TRY(read_axes(p, n, axes, &count));
   int r = x->ndim + (int)count;
   if (r > ST_MAX_DIMS)
     return REFUSE(n, "rank %d exceeds %d", r, ST_MAX_DIMS);
   int add[ST_MAX_DIMS] = {0};
   for (size_t i = 0; i < count; i++) {
     int a = 0;
-    TRY(normalize_axis(n, axes[i], r, &a));
+    ST_TRY(normalize_axis(n, axes[i], r, &a));
     if (add[a])
       return node_fail(ST_ESHAPE, n, "axis %d repeated", a);
     add[a] = 1;
@@ -718,12 +712,12 @@ static int unsqueeze_shape(st_onnx_plan *p, const st_onnx_node *n,
 static int flatten_shape(const st_onnx_node *n, const st_tensor *x, int *ndim,
                          int64_t *shape) {
   int64_t axis;
-  TRY(st_onnx_attr_int(n, "axis", 1, &axis));
+  ST_TRY(st_onnx_attr_int(n, "axis", 1, &axis));
   int a = 0;
   if (axis == x->ndim)
     a = x->ndim;
   else
-    TRY(normalize_axis(n, axis, x->ndim, &a));
+    ST_TRY(normalize_axis(n, axis, x->ndim, &a));
   shape[0] = shape_numel(a, x->shape);
   shape[1] = shape_numel(x->ndim - a, x->shape + a);
   *ndim = 2;
@@ -738,21 +732,21 @@ static int slice_plan(st_onnx_plan *p, const st_onnx_node *n,
       steps[ST_MAX_DIMS];
   size_t ns, ne, na, nst;
   int id = 0;
-  TRY(input_id(p, n, 1, &id));
-  TRY(const_ints(p, n, id, "starts", starts, ST_MAX_DIMS, &ns));
-  TRY(input_id(p, n, 2, &id));
-  TRY(const_ints(p, n, id, "ends", ends, ST_MAX_DIMS, &ne));
+  ST_TRY(input_id(p, n, 1, &id));
+  ST_TRY(const_ints(p, n, id, "starts", starts, ST_MAX_DIMS, &ns));
+  ST_TRY(input_id(p, n, 2, &id));
+  ST_TRY(const_ints(p, n, id, "ends", ends, ST_MAX_DIMS, &ne));
   if (has_input(n, 3)) {
-    TRY(input_id(p, n, 3, &id));
-    TRY(const_ints(p, n, id, "axes", axes, ST_MAX_DIMS, &na));
+    ST_TRY(input_id(p, n, 3, &id));
+    ST_TRY(const_ints(p, n, id, "axes", axes, ST_MAX_DIMS, &na));
   } else {
     na = ns;
     for (size_t i = 0; i < na; i++)
       axes[i] = (int64_t)i;
   }
   if (has_input(n, 4)) {
-    TRY(input_id(p, n, 4, &id));
-    TRY(const_ints(p, n, id, "steps", steps, ST_MAX_DIMS, &nst));
+    ST_TRY(input_id(p, n, 4, &id));
+    ST_TRY(const_ints(p, n, id, "steps", steps, ST_MAX_DIMS, &nst));
   } else {
     nst = ns;
     for (size_t i = 0; i < nst; i++)
@@ -768,7 +762,7 @@ static int slice_plan(st_onnx_plan *p, const st_onnx_node *n,
   }
   for (size_t i = 0; i < ns; i++) {
     int a = 0;
-    TRY(normalize_axis(n, axes[i], x->ndim, &a));
+    ST_TRY(normalize_axis(n, axes[i], x->ndim, &a));
     int64_t dim = x->shape[a], s = starts[i], e = ends[i], k = steps[i];
     if (k == 0)
       return node_fail(ST_ESHAPE, n, "step 0");
@@ -804,8 +798,8 @@ static const char *const NO_ATTRS[] = {NULL};
 static int op_constant(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"value", "value_float", "value_floats",
                                       "value_int", "value_ints", NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int out = output_id(p, n, 0);
   if (n->n_attrs != 1)
     return node_fail(ST_EFORMAT, n, "needs exactly one value attribute");
@@ -815,7 +809,7 @@ static int op_constant(st_onnx_plan *p, const st_onnx_node *n) {
   switch (a->type) {
   case ST_ONNX_ATTR_TENSOR:
     if (a->tensor->dtype == ST_F16) {
-      TRY(host_alloc(&t, ST_F32, a->tensor->ndim, a->tensor->shape));
+      ST_TRY(host_alloc(&t, ST_F32, a->tensor->ndim, a->tensor->shape));
       for (int64_t i = 0; i < st_tensor_numel(&t); i++)
         hset(&t, i, hget(a->tensor, i));
       set_const(p, out, t, 1);
@@ -824,20 +818,20 @@ static int op_constant(st_onnx_plan *p, const st_onnx_node *n) {
     }
     return ST_OK;
   case ST_ONNX_ATTR_FLOAT:
-    TRY(host_alloc(&t, ST_F32, 0, NULL));
+    ST_TRY(host_alloc(&t, ST_F32, 0, NULL));
     hset(&t, 0, a->f);
     break;
   case ST_ONNX_ATTR_INT:
-    TRY(host_alloc(&t, ST_I64, 0, NULL));
+    ST_TRY(host_alloc(&t, ST_I64, 0, NULL));
     hseti(&t, 0, a->i);
     break;
   case ST_ONNX_ATTR_FLOATS:
-    TRY(host_alloc(&t, ST_F32, 1, &count));
+    ST_TRY(host_alloc(&t, ST_F32, 1, &count));
     for (int64_t i = 0; i < count; i++)
       hset(&t, i, a->floats[i]);
     break;
   case ST_ONNX_ATTR_INTS:
-    TRY(host_alloc(&t, ST_I64, 1, &count));
+    ST_TRY(host_alloc(&t, ST_I64, 1, &count));
     for (int64_t i = 0; i < count; i++)
       hseti(&t, i, a->ints[i]);
     break;
@@ -850,10 +844,10 @@ static int op_constant(st_onnx_plan *p, const st_onnx_node *n) {
 }
 
 static int op_identity(st_onnx_plan *p, const st_onnx_node *n) {
-  TRY(check_attrs(n, NO_ATTRS));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, NO_ATTRS));
+  ST_TRY(check_outputs(n, 1));
   int x, out = output_id(p, n, 0);
-  TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 0, &x));
   if (is_const(p, x)) {
     set_const(p, out, p->values[x].host, 0); /* shares the data */
     return ST_OK;
@@ -864,14 +858,14 @@ static int op_identity(st_onnx_plan *p, const st_onnx_node *n) {
 
 static int op_shape(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"start", "end", NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int x;
-  TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 0, &x));
   const st_tensor *t = vt(p, x);
   int64_t start, end, r = t->ndim;
-  TRY(st_onnx_attr_int(n, "start", 0, &start));
-  TRY(st_onnx_attr_int(n, "end", r, &end));
+  ST_TRY(st_onnx_attr_int(n, "start", 0, &start));
+  ST_TRY(st_onnx_attr_int(n, "end", r, &end));
   if (start < 0)
     start += r;
   if (end < 0)
@@ -880,7 +874,7 @@ static int op_shape(st_onnx_plan *p, const st_onnx_node *n) {
   end = end < start ? start : end > r ? r : end;
   int64_t len = end - start;
   st_tensor y;
-  TRY(host_alloc(&y, ST_I64, 1, &len));
+  ST_TRY(host_alloc(&y, ST_I64, 1, &len));
   for (int64_t i = 0; i < len; i++)
     hseti(&y, i, t->shape[start + i]);
   set_const(p, output_id(p, n, 0), y, 1);
@@ -889,14 +883,14 @@ static int op_shape(st_onnx_plan *p, const st_onnx_node *n) {
 
 static int op_cast(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"to", "saturate", NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int64_t to;
-  TRY(st_onnx_attr_int(n, "to", ST_ONNX_UNDEFINED, &to));
+  ST_TRY(st_onnx_attr_int(n, "to", ST_ONNX_UNDEFINED, &to));
   st_dtype dt = ST_F32;
-  TRY(onnx_dtype(n, to, &dt));
+  ST_TRY(onnx_dtype(n, to, &dt));
   int x, out = output_id(p, n, 0);
-  TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 0, &x));
   const st_tensor *t = vt(p, x);
   if (!is_const(p, x)) {
     if (t->dtype != dt)
@@ -906,7 +900,7 @@ static int op_cast(st_onnx_plan *p, const st_onnx_node *n) {
     return ST_OK;
   }
   st_tensor y;
-  TRY(host_alloc(&y, dt, t->ndim, t->shape));
+  ST_TRY(host_alloc(&y, dt, t->ndim, t->shape));
   for (int64_t i = 0; i < st_tensor_numel(t); i++) {
     if (dt == ST_F32)
       hset(&y, i, hget(t, i));
@@ -938,54 +932,54 @@ static int reshape_like(st_onnx_plan *p, const st_onnx_node *n, int x,
 
 static int op_reshape(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"allowzero", NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int x = 0, s = 0, ndim = 0;
   int64_t shape[ST_MAX_DIMS];
-  TRY(input_id(p, n, 0, &x));
-  TRY(input_id(p, n, 1, &s));
-  TRY(reshape_shape(p, n, vt(p, x), s, &ndim, shape));
+  ST_TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 1, &s));
+  ST_TRY(reshape_shape(p, n, vt(p, x), s, &ndim, shape));
   return reshape_like(p, n, x, ndim, shape);
 }
 
 static int op_flatten(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"axis", NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int x, ndim;
   int64_t shape[ST_MAX_DIMS];
-  TRY(input_id(p, n, 0, &x));
-  TRY(flatten_shape(n, vt(p, x), &ndim, shape));
+  ST_TRY(input_id(p, n, 0, &x));
+  ST_TRY(flatten_shape(n, vt(p, x), &ndim, shape));
   return reshape_like(p, n, x, ndim, shape);
 }
 
 static int op_squeeze(st_onnx_plan *p, const st_onnx_node *n) {
-  TRY(check_attrs(n, axes_attrs(p)));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, axes_attrs(p)));
+  ST_TRY(check_outputs(n, 1));
   int x = 0, ndim = 0;
   int64_t shape[ST_MAX_DIMS];
-  TRY(input_id(p, n, 0, &x));
-  TRY(squeeze_shape(p, n, vt(p, x), &ndim, shape));
+  ST_TRY(input_id(p, n, 0, &x));
+  ST_TRY(squeeze_shape(p, n, vt(p, x), &ndim, shape));
   return reshape_like(p, n, x, ndim, shape);
 }
 
 static int op_unsqueeze(st_onnx_plan *p, const st_onnx_node *n) {
-  TRY(check_attrs(n, axes_attrs(p)));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, axes_attrs(p)));
+  ST_TRY(check_outputs(n, 1));
   int x = 0, ndim = 0;
   int64_t shape[ST_MAX_DIMS];
-  TRY(input_id(p, n, 0, &x));
-  TRY(unsqueeze_shape(p, n, vt(p, x), &ndim, shape));
+  ST_TRY(input_id(p, n, 0, &x));
+  ST_TRY(unsqueeze_shape(p, n, vt(p, x), &ndim, shape));
   return reshape_like(p, n, x, ndim, shape);
 }
 
 static int op_gather(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"axis", NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int x, q;
-  TRY(input_id(p, n, 0, &x));
-  TRY(input_id(p, n, 1, &q));
+  ST_TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 1, &q));
   if (!is_const(p, x) || !is_const(p, q))
     return REFUSE(n, "Gather of a tensor computed at run time is not "
                   "supported (only shape arithmetic is)");
@@ -994,8 +988,8 @@ static int op_gather(st_onnx_plan *p, const st_onnx_node *n) {
     return REFUSE(n, "%s indices are not supported", st_dtype_name(ix->dtype));
   int64_t axis_attr;
   int axis = 0;
-  TRY(st_onnx_attr_int(n, "axis", 0, &axis_attr));
-  TRY(normalize_axis(n, axis_attr, t->ndim, &axis));
+  ST_TRY(st_onnx_attr_int(n, "axis", 0, &axis_attr));
+  ST_TRY(normalize_axis(n, axis_attr, t->ndim, &axis));
   int r = t->ndim - 1 + ix->ndim;
   if (r > ST_MAX_DIMS)
     return REFUSE(n, "rank %d exceeds %d", r, ST_MAX_DIMS);
@@ -1016,14 +1010,14 @@ static int op_gather(st_onnx_plan *p, const st_onnx_node *n) {
 }
 
 static int op_slice(st_onnx_plan *p, const st_onnx_node *n) {
-  TRY(check_attrs(n, NO_ATTRS));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, NO_ATTRS));
+  ST_TRY(check_outputs(n, 1));
   int x, out = output_id(p, n, 0);
-  TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 0, &x));
   const st_tensor *t = vt(p, x);
   slice_ctx c = {.x = t};
   int64_t shape[ST_MAX_DIMS];
-  TRY(slice_plan(p, n, t, c.start, c.step, shape));
+  ST_TRY(slice_plan(p, n, t, c.start, c.step, shape));
   if (is_const(p, x))
     return fold_gather_elems(p, out, t, t->ndim, shape, slice_src, &c);
   return slice_to(p, n, x, c.start, c.step, shape, out);
@@ -1031,16 +1025,16 @@ static int op_slice(st_onnx_plan *p, const st_onnx_node *n) {
 
 static int op_concat(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"axis", NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   if (n->n_inputs == 0)
     return node_fail(ST_EFORMAT, n, "no inputs");
   int64_t axis_attr;
   int axis = 0, all_const = 1, first = 0, out = output_id(p, n, 0);
-  TRY(st_onnx_attr_int(n, "axis", 0, &axis_attr));
-  TRY(input_id(p, n, 0, &first));
+  ST_TRY(st_onnx_attr_int(n, "axis", 0, &axis_attr));
+  ST_TRY(input_id(p, n, 0, &first));
   const st_tensor *t0 = vt(p, first);
-  TRY(normalize_axis(n, axis_attr, t0->ndim, &axis));
+  ST_TRY(normalize_axis(n, axis_attr, t0->ndim, &axis));
   int64_t shape[ST_MAX_DIMS];
   memcpy(shape, t0->shape, sizeof shape);
   shape[axis] = 0;
@@ -1111,14 +1105,14 @@ static int op_concat(st_onnx_plan *p, const st_onnx_node *n) {
 
 static int op_transpose(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"perm", NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int x, out = output_id(p, n, 0);
-  TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 0, &x));
   const st_tensor *t = vt(p, x);
   const int64_t *perm_attr;
   size_t count;
-  TRY(st_onnx_attr_ints(n, "perm", &perm_attr, &count));
+  ST_TRY(st_onnx_attr_ints(n, "perm", &perm_attr, &count));
   int perm[ST_MAX_DIMS], seen[ST_MAX_DIMS] = {0};
   if (count && (int)count != t->ndim)
     return node_fail(ST_ESHAPE, n, "perm has %zu entries for rank %d", count,
@@ -1126,7 +1120,7 @@ static int op_transpose(st_onnx_plan *p, const st_onnx_node *n) {
   int64_t shape[ST_MAX_DIMS];
   for (int d = 0; d < t->ndim; d++) {
     if (count)
-      TRY(normalize_axis(n, perm_attr[d], t->ndim, &perm[d]));
+      ST_TRY(normalize_axis(n, perm_attr[d], t->ndim, &perm[d]));
     else
       perm[d] = t->ndim - 1 - d; /* the default reverses the axes */
     if (seen[perm[d]]++)
@@ -1137,7 +1131,7 @@ static int op_transpose(st_onnx_plan *p, const st_onnx_node *n) {
     transpose_ctx c = {t, perm};
     return fold_gather_elems(p, out, t, t->ndim, shape, transpose_src, &c);
   }
-  TRY(f32_operand(p, n, x));
+  ST_TRY(f32_operand(p, n, x));
   exec_step s = {.kind = STEP_TRANSPOSE, .in = {x, -1}, .out = out};
   memcpy(s.perm, perm, sizeof perm);
   step_output(p, out, ST_F32, t->ndim, shape);
@@ -1145,8 +1139,8 @@ static int op_transpose(st_onnx_plan *p, const st_onnx_node *n) {
 }
 
 static int op_binary(st_onnx_plan *p, const st_onnx_node *n) {
-  TRY(check_attrs(n, NO_ATTRS));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, NO_ATTRS));
+  ST_TRY(check_outputs(n, 1));
   static const struct {
     const char *name;
     st_binary_kind kind;
@@ -1159,17 +1153,17 @@ static int op_binary(st_onnx_plan *p, const st_onnx_node *n) {
     if (!strcmp(n->op_type, kinds[i].name))
       kind = kinds[i].kind;
   int a, b, out = output_id(p, n, 0);
-  TRY(input_id(p, n, 0, &a));
-  TRY(input_id(p, n, 1, &b));
+  ST_TRY(input_id(p, n, 0, &a));
+  ST_TRY(input_id(p, n, 1, &b));
   if (is_const(p, a) && is_const(p, b)) {
     p->stats.folded_nodes++;
     return fold_binary(p, n, a, b, kind, out);
   }
   int r;
   int64_t shape[ST_MAX_DIMS];
-  TRY(broadcast_shape(n, vt(p, a), vt(p, b), &r, shape));
-  TRY(f32_operand(p, n, a));
-  TRY(f32_operand(p, n, b));
+  ST_TRY(broadcast_shape(n, vt(p, a), vt(p, b), &r, shape));
+  ST_TRY(f32_operand(p, n, a));
+  ST_TRY(f32_operand(p, n, b));
   exec_step s = {.kind = STEP_BINARY, .in = {a, b}, .out = out,
                  .binary = kind};
   step_output(p, out, ST_F32, r, shape);
@@ -1178,10 +1172,10 @@ static int op_binary(st_onnx_plan *p, const st_onnx_node *n) {
 
 static int push_unary(st_onnx_plan *p, const st_onnx_node *n,
                       st_unary_kind kind, float alpha, float beta) {
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_outputs(n, 1));
   int x = 0, out = output_id(p, n, 0);
-  TRY(input_id(p, n, 0, &x));
-  TRY(f32_operand(p, n, x));
+  ST_TRY(input_id(p, n, 0, &x));
+  ST_TRY(f32_operand(p, n, x));
   exec_step s = {.kind = STEP_UNARY, .in = {x, -1}, .out = out,
                  .unary = kind, .alpha = alpha, .beta = beta};
   step_output(p, out, ST_F32, vt(p, x)->ndim, vt(p, x)->shape);
@@ -1189,40 +1183,40 @@ static int push_unary(st_onnx_plan *p, const st_onnx_node *n,
 }
 
 static int op_relu(st_onnx_plan *p, const st_onnx_node *n) {
-  TRY(check_attrs(n, NO_ATTRS));
+  ST_TRY(check_attrs(n, NO_ATTRS));
   return push_unary(p, n, ST_UNARY_RELU, 0.0f, 0.0f);
 }
 
 static int op_sigmoid(st_onnx_plan *p, const st_onnx_node *n) {
-  TRY(check_attrs(n, NO_ATTRS));
+  ST_TRY(check_attrs(n, NO_ATTRS));
   return push_unary(p, n, ST_UNARY_SIGMOID, 0.0f, 0.0f);
 }
 
 static int op_hardswish(st_onnx_plan *p, const st_onnx_node *n) {
-  TRY(check_attrs(n, NO_ATTRS));
+  ST_TRY(check_attrs(n, NO_ATTRS));
   return push_unary(p, n, ST_UNARY_HARDSWISH, 0.0f, 0.0f);
 }
 
 static int op_hardsigmoid(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"alpha", "beta", NULL};
-  TRY(check_attrs(n, known));
+  ST_TRY(check_attrs(n, known));
   float alpha, beta;
-  TRY(st_onnx_attr_float(n, "alpha", ONNX_HARDSIGMOID_ALPHA_DEFAULT, &alpha));
-  TRY(st_onnx_attr_float(n, "beta", ONNX_HARDSIGMOID_BETA_DEFAULT, &beta));
+  ST_TRY(st_onnx_attr_float(n, "alpha", ONNX_HARDSIGMOID_ALPHA_DEFAULT, &alpha));
+  ST_TRY(st_onnx_attr_float(n, "beta", ONNX_HARDSIGMOID_BETA_DEFAULT, &beta));
   return push_unary(p, n, ST_UNARY_HARDSIGMOID, alpha, beta);
 }
 
 static int op_clip(st_onnx_plan *p, const st_onnx_node *n) {
-  TRY(check_attrs(n, NO_ATTRS)); /* min/max are inputs from opset 11 on */
+  ST_TRY(check_attrs(n, NO_ATTRS)); /* min/max are inputs from opset 11 on */
   double lo = -INFINITY, hi = INFINITY;
   int id;
   if (has_input(n, 1)) {
-    TRY(input_id(p, n, 1, &id));
-    TRY(const_scalar(p, n, id, "min", &lo));
+    ST_TRY(input_id(p, n, 1, &id));
+    ST_TRY(const_scalar(p, n, id, "min", &lo));
   }
   if (has_input(n, 2)) {
-    TRY(input_id(p, n, 2, &id));
-    TRY(const_scalar(p, n, id, "max", &hi));
+    ST_TRY(input_id(p, n, 2, &id));
+    ST_TRY(const_scalar(p, n, id, "max", &hi));
   }
   return push_unary(p, n, ST_UNARY_CLIP, (float)lo, (float)hi);
 }
@@ -1239,7 +1233,7 @@ static int read_pair(const st_onnx_node *n, const char *name, int def,
                      int *out) {
   const int64_t *v;
   size_t count;
-  TRY(st_onnx_attr_ints(n, name, &v, &count));
+  ST_TRY(st_onnx_attr_ints(n, name, &v, &count));
   if (!count) {
     out[0] = out[1] = def;
     return ST_OK;
@@ -1260,10 +1254,10 @@ static int read_pair(const st_onnx_node *n, const char *name, int def,
 static int window_geometry(const st_onnx_node *n, int ceil_mode,
                            window2d *g) {
   const char *auto_pad;
-  TRY(st_onnx_attr_string(n, "auto_pad", "NOTSET", &auto_pad));
+  ST_TRY(st_onnx_attr_string(n, "auto_pad", "NOTSET", &auto_pad));
   const int64_t *pads;
   size_t count;
-  TRY(st_onnx_attr_ints(n, "pads", &pads, &count));
+  ST_TRY(st_onnx_attr_ints(n, "pads", &pads, &count));
   for (int i = 0; i < 2; i++) {
     int64_t span = (g->kernel[i] - 1) * g->dilation[i] + 1, s = g->stride[i];
     int64_t in = g->in[i], out, total, begin;
@@ -1310,7 +1304,7 @@ static int window_geometry(const st_onnx_node *n, int ceil_mode,
 }
 
 static int rank4_input(st_onnx_plan *p, const st_onnx_node *n, int *x) {
-  TRY(input_id(p, n, 0, x));
+  ST_TRY(input_id(p, n, 0, x));
   if (vt(p, *x)->ndim != 4)
     return REFUSE(n, "rank %d input; only 2-D (NCHW) is supported",
                   vt(p, *x)->ndim);
@@ -1322,13 +1316,13 @@ static int bn_affine(st_onnx_plan *p, const st_onnx_node *n, int64_t channels,
                      float **scale, float **shift) {
   static const char *const known[] = {"epsilon", "momentum", "training_mode",
                                       "spatial", NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int64_t training, spatial;
   float eps;
-  TRY(st_onnx_attr_int(n, "training_mode", 0, &training));
-  TRY(st_onnx_attr_int(n, "spatial", 1, &spatial));
-  TRY(st_onnx_attr_float(n, "epsilon", ONNX_BN_EPSILON_DEFAULT, &eps));
+  ST_TRY(st_onnx_attr_int(n, "training_mode", 0, &training));
+  ST_TRY(st_onnx_attr_int(n, "spatial", 1, &spatial));
+  ST_TRY(st_onnx_attr_float(n, "epsilon", ONNX_BN_EPSILON_DEFAULT, &eps));
   if (training)
     return REFUSE(n, "training_mode=%lld is not supported (inference only)",
                   (long long)training);
@@ -1339,7 +1333,7 @@ static int bn_affine(st_onnx_plan *p, const st_onnx_node *n, int64_t channels,
                                        "input_var"};
   for (int i = 0; i < 4; i++) {
     int id;
-    TRY(input_id(p, n, (size_t)i + 1, &id));
+    ST_TRY(input_id(p, n, (size_t)i + 1, &id));
     if (!is_const(p, id))
       return REFUSE(n, "%s is computed at run time; it must be a constant",
                     names[i]);
@@ -1402,14 +1396,14 @@ static int pad_with_zeros(st_onnx_plan *p, const st_onnx_node *n, int x,
       continue;
     st_tensor zeros;
     shape[axis] = extents[k];
-    TRY(new_value(p, &ids[count]));
-    TRY(host_alloc(&zeros, ST_F32, xt->ndim, shape)); /* zero-filled */
+    ST_TRY(new_value(p, &ids[count]));
+    ST_TRY(host_alloc(&zeros, ST_F32, xt->ndim, shape)); /* zero-filled */
     set_const(p, ids[count++], zeros, 1);
   }
   for (int k = 0; k < count; k++)
-    TRY(f32_operand(p, n, ids[k]));
+    ST_TRY(f32_operand(p, n, ids[k]));
   int y = 0;
-  TRY(new_value(p, &y));
+  ST_TRY(new_value(p, &y));
   shape[axis] = xt->shape[axis] + before + after;
   exec_step s = {.kind = STEP_CONCAT, .n_ins = count, .out = y,
                  .axis = axis};
@@ -1452,18 +1446,18 @@ static int op_conv(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"auto_pad", "dilations", "group",
                                       "kernel_shape", "pads", "strides",
                                       NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int x = 0, wid = 0, bid = -1;
-  TRY(rank4_input(p, n, &x));
+  ST_TRY(rank4_input(p, n, &x));
   /* A zero Pad before the Conv was left unrun for it: the geometry below
    * sees the padded extents, the step reads the unpadded tensor. */
   deferred_pad dp = p->deferred[x];
-  TRY(input_id(p, n, 1, &wid));
+  ST_TRY(input_id(p, n, 1, &wid));
   if (!is_const(p, wid))
     return REFUSE(n, "weights computed at run time are not supported");
   if (has_input(n, 2)) {
-    TRY(input_id(p, n, 2, &bid));
+    ST_TRY(input_id(p, n, 2, &bid));
     if (!is_const(p, bid))
       return REFUSE(n, "a bias computed at run time is not supported");
   }
@@ -1472,7 +1466,7 @@ static int op_conv(st_onnx_plan *p, const st_onnx_node *n) {
     return REFUSE(n, "rank %d weights; only 2-D convolution is supported",
                   wt->ndim);
   int64_t group;
-  TRY(st_onnx_attr_int(n, "group", 1, &group));
+  ST_TRY(st_onnx_attr_int(n, "group", 1, &group));
   int64_t cout = wt->shape[0];
   if (group < 1 || xt->shape[1] % group || cout % group ||
       wt->shape[1] * group != xt->shape[1])
@@ -1483,12 +1477,12 @@ static int op_conv(st_onnx_plan *p, const st_onnx_node *n) {
                 .kernel = {wt->shape[2], wt->shape[3]}};
   const int64_t *ks;
   size_t kcount;
-  TRY(st_onnx_attr_ints(n, "kernel_shape", &ks, &kcount));
+  ST_TRY(st_onnx_attr_ints(n, "kernel_shape", &ks, &kcount));
   if (kcount && (kcount != 2 || ks[0] != g.kernel[0] || ks[1] != g.kernel[1]))
     return node_fail(ST_ESHAPE, n, "kernel_shape disagrees with the weights");
-  TRY(read_pair(n, "strides", 1, g.stride));
-  TRY(read_pair(n, "dilations", 1, g.dilation));
-  TRY(window_geometry(n, 0, &g));
+  ST_TRY(read_pair(n, "strides", 1, g.stride));
+  ST_TRY(read_pair(n, "dilations", 1, g.dilation));
+  ST_TRY(window_geometry(n, 0, &g));
   if (dp.active) {
     for (int i = 0; i < 2; i++) {
       if (g.pad_begin[i] + dp.begin[i] > INT_MAX ||
@@ -1593,13 +1587,13 @@ static int op_conv(st_onnx_plan *p, const st_onnx_node *n) {
  * [1,C,1,...] constants. */
 static int op_batchnorm(st_onnx_plan *p, const st_onnx_node *n) {
   int x;
-  TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 0, &x));
   const st_tensor *xt = vt(p, x);
   if (xt->ndim < 2)
     return node_fail(ST_ESHAPE, n, "input of rank %d", xt->ndim);
   int64_t c = xt->shape[1];
   float *scale = NULL, *shift = NULL;
-  TRY(bn_affine(p, n, c, &scale, &shift));
+  ST_TRY(bn_affine(p, n, c, &scale, &shift));
   int64_t shape[ST_MAX_DIMS];
   for (int d = 0; d < xt->ndim; d++)
     shape[d] = d == 1 ? c : 1;
@@ -1617,17 +1611,17 @@ static int op_batchnorm(st_onnx_plan *p, const st_onnx_node *n) {
   }
   free(scale);
   free(shift);
-  TRY(rc);
+  ST_TRY(rc);
   int mid = 0, out = output_id(p, n, 0);
-  TRY(new_value(p, &mid));
-  TRY(f32_operand(p, n, x));
-  TRY(f32_operand(p, n, ids[0]));
+  ST_TRY(new_value(p, &mid));
+  ST_TRY(f32_operand(p, n, x));
+  ST_TRY(f32_operand(p, n, ids[0]));
   exec_step mul = {.kind = STEP_BINARY, .in = {x, ids[0]}, .out = mid,
                    .binary = ST_BINARY_MUL};
   step_output(p, mid, ST_F32, xt->ndim, xt->shape);
-  TRY(push_step(p, &mul));
-  TRY(use_value(p, mid));
-  TRY(f32_operand(p, n, ids[1]));
+  ST_TRY(push_step(p, &mul));
+  ST_TRY(use_value(p, mid));
+  ST_TRY(f32_operand(p, n, ids[1]));
   exec_step add = {.kind = STEP_BINARY, .in = {mid, ids[1]}, .out = out,
                    .binary = ST_BINARY_ADD};
   step_output(p, out, ST_F32, xt->ndim, xt->shape);
@@ -1643,32 +1637,32 @@ static int op_pool(st_onnx_plan *p, const st_onnx_node *n, st_pool_kind kind) {
                                           "count_include_pad",
                                           "kernel_shape", "pads", "strides",
                                           NULL};
-  TRY(check_attrs(n, kind == ST_POOL_MAX ? max_known : avg_known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, kind == ST_POOL_MAX ? max_known : avg_known));
+  ST_TRY(check_outputs(n, 1));
   int x = 0, out = output_id(p, n, 0);
-  TRY(rank4_input(p, n, &x));
+  ST_TRY(rank4_input(p, n, &x));
   const st_tensor *xt = vt(p, x);
   int64_t ceil_mode, storage_order, include_pad;
-  TRY(st_onnx_attr_int(n, "ceil_mode", 0, &ceil_mode));
-  TRY(st_onnx_attr_int(n, "storage_order", 0, &storage_order));
-  TRY(st_onnx_attr_int(n, "count_include_pad", 0, &include_pad));
+  ST_TRY(st_onnx_attr_int(n, "ceil_mode", 0, &ceil_mode));
+  ST_TRY(st_onnx_attr_int(n, "storage_order", 0, &storage_order));
+  ST_TRY(st_onnx_attr_int(n, "count_include_pad", 0, &include_pad));
   if (storage_order != 0)
     return REFUSE(n, "storage_order=%lld is not supported (only 0)",
                   (long long)storage_order);
   int kernel[2];
   const int64_t *ks;
   size_t kcount;
-  TRY(st_onnx_attr_ints(n, "kernel_shape", &ks, &kcount));
+  ST_TRY(st_onnx_attr_ints(n, "kernel_shape", &ks, &kcount));
   if (kcount != 2)
     return REFUSE(n, "kernel_shape with %zu values; only 2-D is supported",
                   kcount);
-  TRY(read_pair(n, "kernel_shape", 1, kernel));
+  ST_TRY(read_pair(n, "kernel_shape", 1, kernel));
   window2d g = {.in = {xt->shape[2], xt->shape[3]},
                 .kernel = {kernel[0], kernel[1]}};
-  TRY(read_pair(n, "strides", 1, g.stride));
-  TRY(read_pair(n, "dilations", 1, g.dilation));
-  TRY(window_geometry(n, ceil_mode != 0, &g));
-  TRY(f32_operand(p, n, x));
+  ST_TRY(read_pair(n, "strides", 1, g.stride));
+  ST_TRY(read_pair(n, "dilations", 1, g.dilation));
+  ST_TRY(window_geometry(n, ceil_mode != 0, &g));
+  ST_TRY(f32_operand(p, n, x));
   exec_step s = {.kind = STEP_POOL, .in = {x, -1}, .out = out};
   s.pool = (st_pool2d_params){
       .kind = kind,
@@ -1692,11 +1686,11 @@ static int op_avgpool(st_onnx_plan *p, const st_onnx_node *n) {
 }
 
 static int op_global_avg_pool(st_onnx_plan *p, const st_onnx_node *n) {
-  TRY(check_attrs(n, NO_ATTRS));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, NO_ATTRS));
+  ST_TRY(check_outputs(n, 1));
   int x = 0, out = output_id(p, n, 0);
-  TRY(rank4_input(p, n, &x));
-  TRY(f32_operand(p, n, x));
+  ST_TRY(rank4_input(p, n, &x));
+  ST_TRY(f32_operand(p, n, x));
   const st_tensor *xt = vt(p, x);
   exec_step s = {.kind = STEP_GLOBAL_AVG_POOL, .in = {x, -1}, .out = out};
   int64_t shape[4] = {xt->shape[0], xt->shape[1], 1, 1};
@@ -1737,25 +1731,25 @@ static int op_resize(st_onnx_plan *p, const st_onnx_node *n) {
       {"round_prefer_ceil", ST_NEAREST_ROUND_PREFER_CEIL},
       {"floor", ST_NEAREST_FLOOR},
       {"ceil", ST_NEAREST_CEIL}};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   const char *mode, *coord, *nearest, *policy;
   int64_t exclude, antialias;
-  TRY(st_onnx_attr_string(n, "mode", "nearest", &mode));
-  TRY(st_onnx_attr_string(n, "coordinate_transformation_mode", "half_pixel",
+  ST_TRY(st_onnx_attr_string(n, "mode", "nearest", &mode));
+  ST_TRY(st_onnx_attr_string(n, "coordinate_transformation_mode", "half_pixel",
                           &coord));
-  TRY(st_onnx_attr_string(n, "nearest_mode", "round_prefer_floor", &nearest));
-  TRY(st_onnx_attr_string(n, "keep_aspect_ratio_policy", "stretch", &policy));
-  TRY(st_onnx_attr_int(n, "exclude_outside", 0, &exclude));
-  TRY(st_onnx_attr_int(n, "antialias", 0, &antialias));
+  ST_TRY(st_onnx_attr_string(n, "nearest_mode", "round_prefer_floor", &nearest));
+  ST_TRY(st_onnx_attr_string(n, "keep_aspect_ratio_policy", "stretch", &policy));
+  ST_TRY(st_onnx_attr_int(n, "exclude_outside", 0, &exclude));
+  ST_TRY(st_onnx_attr_int(n, "antialias", 0, &antialias));
   st_resize_params rp;
   int code = 0;
-  TRY(lookup(n, "mode", mode, modes, sizeof modes / sizeof modes[0], &code));
+  ST_TRY(lookup(n, "mode", mode, modes, sizeof modes / sizeof modes[0], &code));
   rp.mode = (st_resize_mode)code;
-  TRY(lookup(n, "coordinate_transformation_mode", coord, coords,
+  ST_TRY(lookup(n, "coordinate_transformation_mode", coord, coords,
              sizeof coords / sizeof coords[0], &code));
   rp.coord = (st_resize_coord)code;
-  TRY(lookup(n, "nearest_mode", nearest, nearests,
+  ST_TRY(lookup(n, "nearest_mode", nearest, nearests,
              sizeof nearests / sizeof nearests[0], &code));
   rp.nearest = (st_nearest_mode)code;
   if (exclude)
@@ -1767,19 +1761,19 @@ static int op_resize(st_onnx_plan *p, const st_onnx_node *n) {
     return REFUSE(n, "keep_aspect_ratio_policy '%s' is not supported",
                   policy);
   int x = 0, out = output_id(p, n, 0);
-  TRY(rank4_input(p, n, &x));
+  ST_TRY(rank4_input(p, n, &x));
   const st_tensor *xt = vt(p, x);
   /* Which axes the scales/sizes name: all four, or (opset 18) a list that
    * must be the two spatial ones. */
   const int64_t *axes;
   size_t n_axes;
-  TRY(st_onnx_attr_ints(n, "axes", &axes, &n_axes));
+  ST_TRY(st_onnx_attr_ints(n, "axes", &axes, &n_axes));
   int first_axis = 0;
   if (n_axes) {
     int a0 = -1, a1 = -1;
-    TRY(normalize_axis(n, axes[0], 4, &a0));
+    ST_TRY(normalize_axis(n, axes[0], 4, &a0));
     if (n_axes == 2)
-      TRY(normalize_axis(n, axes[1], 4, &a1));
+      ST_TRY(normalize_axis(n, axes[1], 4, &a1));
     if (n_axes != 2 || a0 != 2 || a1 != 3)
       return REFUSE(n, "axes other than the last two are not supported");
     first_axis = 2;
@@ -1792,12 +1786,12 @@ static int op_resize(st_onnx_plan *p, const st_onnx_node *n) {
   int64_t osize[4];
   int scales_id = -1, sizes_id = -1;
   if (has_input(n, 2)) {
-    TRY(input_id(p, n, 2, &scales_id));
+    ST_TRY(input_id(p, n, 2, &scales_id));
     if (is_const(p, scales_id) && st_tensor_numel(vt(p, scales_id)) == 0)
       scales_id = -1;
   }
   if (has_input(n, 3)) {
-    TRY(input_id(p, n, 3, &sizes_id));
+    ST_TRY(input_id(p, n, 3, &sizes_id));
     if (is_const(p, sizes_id) && st_tensor_numel(vt(p, sizes_id)) == 0)
       sizes_id = -1;
   }
@@ -1822,7 +1816,7 @@ static int op_resize(st_onnx_plan *p, const st_onnx_node *n) {
     for (int d = 0; d < 4; d++)
       osize[d] = (int64_t)floor((double)xt->shape[d] * scale[d]);
   } else {
-    TRY(const_ints(p, n, sizes_id, "sizes", vals, ST_MAX_DIMS, &count));
+    ST_TRY(const_ints(p, n, sizes_id, "sizes", vals, ST_MAX_DIMS, &count));
     if (count != want)
       return node_fail(ST_ESHAPE, n, "sizes has %zu values, expected %zu",
                        count, want);
@@ -1837,7 +1831,7 @@ static int op_resize(st_onnx_plan *p, const st_onnx_node *n) {
     return node_fail(ST_ESHAPE, n, "empty output");
   rp.scale[0] = scale[2];
   rp.scale[1] = scale[3];
-  TRY(f32_operand(p, n, x));
+  ST_TRY(f32_operand(p, n, x));
   exec_step s = {.kind = STEP_RESIZE, .in = {x, -1}, .out = out,
                  .resize = rp};
   step_output(p, out, ST_F32, 4, osize);
@@ -1846,16 +1840,16 @@ static int op_resize(st_onnx_plan *p, const st_onnx_node *n) {
 
 static int op_softmax(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"axis", NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int x = 0, out = output_id(p, n, 0), axis = 0;
-  TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 0, &x));
   const st_tensor *xt = vt(p, x);
   int coerced = p->m->opset < OPSET_SOFTMAX_SINGLE_AXIS;
   int64_t axis_attr;
-  TRY(st_onnx_attr_int(n, "axis", coerced ? 1 : -1, &axis_attr));
-  TRY(normalize_axis(n, axis_attr, xt->ndim, &axis));
-  TRY(f32_operand(p, n, x));
+  ST_TRY(st_onnx_attr_int(n, "axis", coerced ? 1 : -1, &axis_attr));
+  ST_TRY(normalize_axis(n, axis_attr, xt->ndim, &axis));
+  ST_TRY(f32_operand(p, n, x));
   exec_step s = {.kind = STEP_SOFTMAX, .in = {x, -1}, .out = out,
                  .axis = axis};
   if (coerced) {
@@ -1873,30 +1867,30 @@ static int op_softmax(st_onnx_plan *p, const st_onnx_node *n) {
 static int op_argmax(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"axis", "keepdims", "select_last_index",
                                       NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int64_t axis_attr, keepdims, last;
-  TRY(st_onnx_attr_int(n, "axis", 0, &axis_attr));
-  TRY(st_onnx_attr_int(n, "keepdims", 1, &keepdims));
-  TRY(st_onnx_attr_int(n, "select_last_index", 0, &last));
+  ST_TRY(st_onnx_attr_int(n, "axis", 0, &axis_attr));
+  ST_TRY(st_onnx_attr_int(n, "keepdims", 1, &keepdims));
+  ST_TRY(st_onnx_attr_int(n, "select_last_index", 0, &last));
   if (last)
     return REFUSE(n, "select_last_index=%lld is not supported",
                   (long long)last);
   int x = 0, axis = 0, out = output_id(p, n, 0);
-  TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 0, &x));
   const st_tensor *xt = vt(p, x);
-  TRY(normalize_axis(n, axis_attr, xt->ndim, &axis));
-  TRY(f32_operand(p, n, x));
+  ST_TRY(normalize_axis(n, axis_attr, xt->ndim, &axis));
+  ST_TRY(f32_operand(p, n, x));
   int64_t shape[ST_MAX_DIMS];
   memcpy(shape, xt->shape, sizeof shape);
   shape[axis] = 1;
   int target = out;
   if (!keepdims)
-    TRY(new_value(p, &target));
+    ST_TRY(new_value(p, &target));
   exec_step s = {.kind = STEP_ARGMAX, .in = {x, -1}, .out = target,
                  .axis = axis};
   step_output(p, target, ST_I64, xt->ndim, shape);
-  TRY(push_step(p, &s));
+  ST_TRY(push_step(p, &s));
   if (!keepdims) {
     int64_t dropped[ST_MAX_DIMS];
     for (int d = 0, k = 0; d < xt->ndim; d++)
@@ -1917,7 +1911,7 @@ static int op_argmax(st_onnx_plan *p, const st_onnx_node *n) {
 static int fold_unary(st_onnx_plan *p, int out, const st_tensor *x,
                       double (*fn)(double)) {
   st_tensor y;
-  TRY(host_alloc(&y, x->dtype, x->ndim, x->shape));
+  ST_TRY(host_alloc(&y, x->dtype, x->ndim, x->shape));
   for (int64_t i = 0; i < st_tensor_numel(x); i++)
     hset(&y, i, fn(hget(x, i)));
   set_const(p, out, y, 1);
@@ -1927,8 +1921,8 @@ static int fold_unary(st_onnx_plan *p, int out, const st_tensor *x,
 /* A scalar constant of value v (F32) as a new value. */
 static int scalar_const(st_onnx_plan *p, float v, int *id) {
   st_tensor t;
-  TRY(new_value(p, id));
-  TRY(host_alloc(&t, ST_F32, 0, NULL));
+  ST_TRY(new_value(p, id));
+  ST_TRY(host_alloc(&t, ST_F32, 0, NULL));
   hset(&t, 0, v);
   set_const(p, *id, t, 1);
   return ST_OK;
@@ -1940,15 +1934,15 @@ static int push_binary(st_onnx_plan *p, const st_onnx_node *n,
                        int *written) {
   int r;
   int64_t shape[ST_MAX_DIMS];
-  TRY(broadcast_shape(n, vt(p, a), vt(p, b), &r, shape));
+  ST_TRY(broadcast_shape(n, vt(p, a), vt(p, b), &r, shape));
   if (out < 0)
-    TRY(new_value(p, &out));
-  TRY(f32_operand(p, n, a));
-  TRY(f32_operand(p, n, b));
+    ST_TRY(new_value(p, &out));
+  ST_TRY(f32_operand(p, n, a));
+  ST_TRY(f32_operand(p, n, b));
   exec_step s = {.kind = STEP_BINARY, .in = {a, b}, .out = out,
                  .binary = kind};
   step_output(p, out, ST_F32, r, shape);
-  TRY(push_step(p, &s));
+  ST_TRY(push_step(p, &s));
   if (written)
     *written = out;
   return ST_OK;
@@ -1958,12 +1952,12 @@ static int push_unary_to(st_onnx_plan *p, const st_onnx_node *n,
                          st_unary_kind kind, float alpha, float beta, int x,
                          int out, int *written) {
   if (out < 0)
-    TRY(new_value(p, &out));
-  TRY(f32_operand(p, n, x));
+    ST_TRY(new_value(p, &out));
+  ST_TRY(f32_operand(p, n, x));
   exec_step s = {.kind = STEP_UNARY, .in = {x, -1}, .out = out,
                  .unary = kind, .alpha = alpha, .beta = beta};
   step_output(p, out, ST_F32, vt(p, x)->ndim, vt(p, x)->shape);
-  TRY(push_step(p, &s));
+  ST_TRY(push_step(p, &s));
   if (written)
     *written = out;
   return ST_OK;
@@ -2000,7 +1994,7 @@ static int slice_to(st_onnx_plan *p, const st_onnx_node *n, int x,
   }
   if (shape_numel(r, shape) == 0)
     return REFUSE(n, "an empty slice at run time is not supported");
-  TRY(f32_operand(p, n, x));
+  ST_TRY(f32_operand(p, n, x));
   exec_step s = {.kind = STEP_SLICE, .in = {x, -1}, .out = out};
   memcpy(s.starts, starts, (size_t)r * sizeof *starts);
   memcpy(s.steps, steps, (size_t)r * sizeof *steps);
@@ -2011,28 +2005,28 @@ static int slice_to(st_onnx_plan *p, const st_onnx_node *n, int x,
 /* Pad (opset 11+: pads and constant_value are inputs; mode "constant"). */
 static int op_pad(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"mode", NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   const char *mode;
-  TRY(st_onnx_attr_string(n, "mode", "constant", &mode));
+  ST_TRY(st_onnx_attr_string(n, "mode", "constant", &mode));
   if (strcmp(mode, "constant"))
     return REFUSE(n, "mode '%s' is not supported (only constant)", mode);
   if (has_input(n, 3))
     return REFUSE(n, "the axes input is not supported");
   int x = 0, pid = 0, out = output_id(p, n, 0);
-  TRY(input_id(p, n, 0, &x));
-  TRY(input_id(p, n, 1, &pid));
+  ST_TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 1, &pid));
   double value = 0.0;
   if (has_input(n, 2)) {
     int vid;
-    TRY(input_id(p, n, 2, &vid));
-    TRY(const_scalar(p, n, vid, "constant_value", &value));
+    ST_TRY(input_id(p, n, 2, &vid));
+    ST_TRY(const_scalar(p, n, vid, "constant_value", &value));
   }
   const st_tensor *t = vt(p, x);
   int r = t->ndim;
   int64_t pads[2 * ST_MAX_DIMS];
   size_t count;
-  TRY(const_ints(p, n, pid, "pads", pads, 2 * ST_MAX_DIMS, &count));
+  ST_TRY(const_ints(p, n, pid, "pads", pads, 2 * ST_MAX_DIMS, &count));
   if (count != 2 * (size_t)r)
     return node_fail(ST_ESHAPE, n, "pads has %zu values for rank %d", count,
                      r);
@@ -2058,7 +2052,7 @@ static int op_pad(st_onnx_plan *p, const st_onnx_node *n) {
   }
   if (is_const(p, x)) {
     st_tensor y;
-    TRY(host_alloc(&y, t->dtype, r, shape));
+    ST_TRY(host_alloc(&y, t->dtype, r, shape));
     int64_t idx[ST_MAX_DIMS], strides[ST_MAX_DIMS];
     strides_of(r, t->shape, strides);
     for (int64_t i = 0; i < st_tensor_numel(&y); i++) {
@@ -2105,8 +2099,8 @@ static int op_pad(st_onnx_plan *p, const st_onnx_node *n) {
     }
     int cropped = out;
     if (positive)
-      TRY(new_value(p, &cropped));
-    TRY(slice_to(p, n, cur, starts, steps, cshape, cropped));
+      ST_TRY(new_value(p, &cropped));
+    ST_TRY(slice_to(p, n, cur, starts, steps, cshape, cropped));
     cur = cropped;
   }
   if (!positive) {
@@ -2134,21 +2128,21 @@ static int op_pad(st_onnx_plan *p, const st_onnx_node *n) {
         continue;
       st_tensor block;
       bshape[d] = extents[k];
-      TRY(new_value(p, &ids[count_in]));
-      TRY(host_alloc(&block, ST_F32, r, bshape));
+      ST_TRY(new_value(p, &ids[count_in]));
+      ST_TRY(host_alloc(&block, ST_F32, r, bshape));
       for (int64_t i = 0; value != 0.0 && i < st_tensor_numel(&block); i++)
         hset(&block, i, value);
       set_const(p, ids[count_in++], block, 1);
     }
     for (int k = 0; k < count_in; k++)
-      TRY(f32_operand(p, n, ids[k]));
+      ST_TRY(f32_operand(p, n, ids[k]));
     int y = out;
     int last = 1;
     for (int d2 = d + 1; d2 < r; d2++)
       if (pads[d2] > 0 || pads[r + d2] > 0)
         last = 0;
     if (!last)
-      TRY(new_value(p, &y));
+      ST_TRY(new_value(p, &y));
     int64_t yshape[ST_MAX_DIMS];
     memcpy(yshape, ct->shape, sizeof yshape);
     yshape[d] += b + e;
@@ -2180,15 +2174,15 @@ static int op_pad(st_onnx_plan *p, const st_onnx_node *n) {
 /* Split (opset 13+: sizes as an optional input; opset 18: num_outputs). */
 static int op_split(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"axis", "num_outputs", NULL};
-  TRY(check_attrs(n, known));
+  ST_TRY(check_attrs(n, known));
   int x = 0, axis = 0;
-  TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 0, &x));
   const st_tensor *t = vt(p, x);
   int64_t axis_attr, num;
-  TRY(st_onnx_attr_int(n, "axis", 0, &axis_attr));
-  TRY(normalize_axis(n, axis_attr, t->ndim, &axis));
+  ST_TRY(st_onnx_attr_int(n, "axis", 0, &axis_attr));
+  ST_TRY(normalize_axis(n, axis_attr, t->ndim, &axis));
   size_t outs = n->n_outputs;
-  TRY(st_onnx_attr_int(n, "num_outputs", (int64_t)outs, &num));
+  ST_TRY(st_onnx_attr_int(n, "num_outputs", (int64_t)outs, &num));
   if (num != (int64_t)outs || outs < 1)
     return node_fail(ST_EFORMAT, n, "num_outputs %lld for %zu outputs",
                      (long long)num, outs);
@@ -2258,25 +2252,25 @@ static int reduce_axes(st_onnx_plan *p, const st_onnx_node *n, int rank,
   if (p->m->opset >= OPSET_REDUCE_AXES_AS_INPUT) {
     if (has_input(n, 1)) {
       int id;
-      TRY(input_id(p, n, 1, &id));
-      TRY(const_ints(p, n, id, "axes", axes, ST_MAX_DIMS, &count));
+      ST_TRY(input_id(p, n, 1, &id));
+      ST_TRY(const_ints(p, n, id, "axes", axes, ST_MAX_DIMS, &count));
     }
   } else {
     const int64_t *v;
-    TRY(st_onnx_attr_ints(n, "axes", &v, &count));
+    ST_TRY(st_onnx_attr_ints(n, "axes", &v, &count));
     if (count > ST_MAX_DIMS)
       return REFUSE(n, "more than %d axes", ST_MAX_DIMS);
     memcpy(axes, v, count * sizeof *v);
   }
   int64_t noop;
-  TRY(st_onnx_attr_int(n, "noop_with_empty_axes", 0, &noop));
+  ST_TRY(st_onnx_attr_int(n, "noop_with_empty_axes", 0, &noop));
   if (!count && noop)
     return REFUSE(n, "noop_with_empty_axes=1 is not supported");
   for (int d = 0; d < rank; d++)
     reduce[d] = count == 0;
   for (size_t i = 0; i < count; i++) {
     int a = 0;
-    TRY(normalize_axis(n, axes[i], rank, &a));
+    ST_TRY(normalize_axis(n, axes[i], rank, &a));
     reduce[a] = 1;
   }
   return ST_OK;
@@ -2285,14 +2279,14 @@ static int reduce_axes(st_onnx_plan *p, const st_onnx_node *n, int rank,
 static int op_reduce_mean(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"axes", "keepdims",
                                       "noop_with_empty_axes", NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int x = 0, out = output_id(p, n, 0), reduce[ST_MAX_DIMS];
-  TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 0, &x));
   const st_tensor *t = vt(p, x);
   int64_t keepdims;
-  TRY(st_onnx_attr_int(n, "keepdims", 1, &keepdims));
-  TRY(reduce_axes(p, n, t->ndim, reduce));
+  ST_TRY(st_onnx_attr_int(n, "keepdims", 1, &keepdims));
+  ST_TRY(reduce_axes(p, n, t->ndim, reduce));
   int64_t kept[ST_MAX_DIMS], dropped[ST_MAX_DIMS];
   int r_dropped = 0;
   for (int d = 0; d < t->ndim; d++) {
@@ -2302,7 +2296,7 @@ static int op_reduce_mean(st_onnx_plan *p, const st_onnx_node *n) {
   }
   if (is_const(p, x)) {
     st_tensor y;
-    TRY(host_alloc(&y, ST_F32, t->ndim, kept));
+    ST_TRY(host_alloc(&y, ST_F32, t->ndim, kept));
     double *acc = calloc((size_t)st_tensor_numel(&y), sizeof *acc);
     if (!acc) {
       st_tensor_free(&y);
@@ -2342,13 +2336,13 @@ static int op_reduce_mean(st_onnx_plan *p, const st_onnx_node *n) {
                   "C of NCHW)");
   int target = out;
   if (!keepdims)
-    TRY(new_value(p, &target));
-  TRY(f32_operand(p, n, x));
+    ST_TRY(new_value(p, &target));
+  ST_TRY(f32_operand(p, n, x));
   if (spatial) {
     exec_step s = {.kind = STEP_GLOBAL_AVG_POOL, .in = {x, -1},
                    .out = target};
     step_output(p, target, ST_F32, 4, kept);
-    TRY(push_step(p, &s));
+    ST_TRY(push_step(p, &s));
   } else {
     /* The channel mean is a 1x1 convolution with weights 1/C. */
     exec_step s = {.kind = STEP_CONV, .in = {x, -1}, .out = target,
@@ -2381,22 +2375,22 @@ static int op_reduce_mean(st_onnx_plan *p, const st_onnx_node *n) {
 
 /* Expand: x broadcast to a shape (numpy rules, both ways). */
 static int op_expand(st_onnx_plan *p, const st_onnx_node *n) {
-  TRY(check_attrs(n, NO_ATTRS));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, NO_ATTRS));
+  ST_TRY(check_outputs(n, 1));
   int x = 0, sid = 0, out = output_id(p, n, 0);
-  TRY(input_id(p, n, 0, &x));
-  TRY(input_id(p, n, 1, &sid));
+  ST_TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 1, &sid));
   int64_t want[ST_MAX_DIMS];
   size_t count;
-  TRY(const_ints(p, n, sid, "shape", want, ST_MAX_DIMS, &count));
+  ST_TRY(const_ints(p, n, sid, "shape", want, ST_MAX_DIMS, &count));
   st_tensor target = st_tensor_view(NULL, ST_F32, (int)count, want);
   int r;
   int64_t shape[ST_MAX_DIMS];
-  TRY(broadcast_shape(n, vt(p, x), &target, &r, shape));
+  ST_TRY(broadcast_shape(n, vt(p, x), &target, &r, shape));
   const st_tensor *t = vt(p, x);
   if (is_const(p, x)) {
     st_tensor y;
-    TRY(host_alloc(&y, t->dtype, r, shape));
+    ST_TRY(host_alloc(&y, t->dtype, r, shape));
     int64_t idx[ST_MAX_DIMS];
     size_t es = st_dtype_size(t->dtype);
     for (int64_t i = 0; i < st_tensor_numel(&y); i++) {
@@ -2416,8 +2410,8 @@ static int op_expand(st_onnx_plan *p, const st_onnx_node *n) {
    * does the repeating. */
   int zeros = 0;
   st_tensor z;
-  TRY(new_value(p, &zeros));
-  TRY(host_alloc(&z, ST_F32, r, shape));
+  ST_TRY(new_value(p, &zeros));
+  ST_TRY(host_alloc(&z, ST_F32, r, shape));
   set_const(p, zeros, z, 1);
   return push_binary(p, n, ST_BINARY_ADD, x, zeros, out, NULL);
 }
@@ -2425,14 +2419,14 @@ static int op_expand(st_onnx_plan *p, const st_onnx_node *n) {
 /* Min and Max of two operands: folded on constants, a Clip against a
  * scalar constant at run time. */
 static int op_min_max(st_onnx_plan *p, const st_onnx_node *n) {
-  TRY(check_attrs(n, NO_ATTRS));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, NO_ATTRS));
+  ST_TRY(check_outputs(n, 1));
   int is_max = !strcmp(n->op_type, "Max");
   if (n->n_inputs != 2)
     return REFUSE(n, "%zu operands are not supported (only 2)", n->n_inputs);
   int a = 0, b = 0, out = output_id(p, n, 0);
-  TRY(input_id(p, n, 0, &a));
-  TRY(input_id(p, n, 1, &b));
+  ST_TRY(input_id(p, n, 0, &a));
+  ST_TRY(input_id(p, n, 1, &b));
   if (is_const(p, a) && is_const(p, b)) {
     const st_tensor *ta = vt(p, a), *tb = vt(p, b);
     if (ta->dtype != tb->dtype)
@@ -2440,9 +2434,9 @@ static int op_min_max(st_onnx_plan *p, const st_onnx_node *n) {
                        st_dtype_name(ta->dtype), st_dtype_name(tb->dtype));
     int r;
     int64_t shape[ST_MAX_DIMS], idx[ST_MAX_DIMS];
-    TRY(broadcast_shape(n, ta, tb, &r, shape));
+    ST_TRY(broadcast_shape(n, ta, tb, &r, shape));
     st_tensor y;
-    TRY(host_alloc(&y, ta->dtype, r, shape));
+    ST_TRY(host_alloc(&y, ta->dtype, r, shape));
     int integer = ta->dtype != ST_F32 && ta->dtype != ST_F16;
     for (int64_t i = 0; i < shape_numel(r, shape); i++) {
       unravel(i, r, shape, idx);
@@ -2478,13 +2472,13 @@ static int op_min_max(st_onnx_plan *p, const st_onnx_node *n) {
 /* Mod, on constants only (shape arithmetic). */
 static int op_mod(st_onnx_plan *p, const st_onnx_node *n) {
   static const char *const known[] = {"fmod", NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int64_t use_fmod;
-  TRY(st_onnx_attr_int(n, "fmod", 0, &use_fmod));
+  ST_TRY(st_onnx_attr_int(n, "fmod", 0, &use_fmod));
   int a = 0, b = 0, out = output_id(p, n, 0);
-  TRY(input_id(p, n, 0, &a));
-  TRY(input_id(p, n, 1, &b));
+  ST_TRY(input_id(p, n, 0, &a));
+  ST_TRY(input_id(p, n, 1, &b));
   if (!is_const(p, a) || !is_const(p, b))
     return REFUSE(n, "Mod of a tensor computed at run time is not supported "
                   "(only shape arithmetic is)");
@@ -2497,9 +2491,9 @@ static int op_mod(st_onnx_plan *p, const st_onnx_node *n) {
     return node_fail(ST_EINVAL, n, "fmod must be 1 for floating point");
   int r;
   int64_t shape[ST_MAX_DIMS], idx[ST_MAX_DIMS];
-  TRY(broadcast_shape(n, ta, tb, &r, shape));
+  ST_TRY(broadcast_shape(n, ta, tb, &r, shape));
   st_tensor y;
-  TRY(host_alloc(&y, ta->dtype, r, shape));
+  ST_TRY(host_alloc(&y, ta->dtype, r, shape));
   for (int64_t i = 0; i < shape_numel(r, shape); i++) {
     unravel(i, r, shape, idx);
     int64_t ia = broadcast_index(ta, r, idx), ib = broadcast_index(tb, r, idx);
@@ -2524,23 +2518,23 @@ static int op_mod(st_onnx_plan *p, const st_onnx_node *n) {
 
 /* Tanh: the backend has a sigmoid, and tanh(x) = 2 * sigmoid(2x) - 1. */
 static int op_tanh(st_onnx_plan *p, const st_onnx_node *n) {
-  TRY(check_attrs(n, NO_ATTRS));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, NO_ATTRS));
+  ST_TRY(check_outputs(n, 1));
   int x = 0, out = output_id(p, n, 0);
-  TRY(input_id(p, n, 0, &x));
+  ST_TRY(input_id(p, n, 0, &x));
   if (is_const(p, x)) {
     p->stats.folded_nodes++;
     return fold_unary(p, out, vt(p, x), tanh);
   }
   int two = 0, one = 0, v1 = 0, v2 = 0, v3 = 0;
-  TRY(scalar_const(p, 2.0f, &two));
-  TRY(scalar_const(p, 1.0f, &one));
-  TRY(push_binary(p, n, ST_BINARY_MUL, x, two, -1, &v1));
-  TRY(use_value(p, v1));
-  TRY(push_unary_to(p, n, ST_UNARY_SIGMOID, 0.0f, 0.0f, v1, -1, &v2));
-  TRY(use_value(p, v2));
-  TRY(push_binary(p, n, ST_BINARY_MUL, v2, two, -1, &v3));
-  TRY(use_value(p, v3));
+  ST_TRY(scalar_const(p, 2.0f, &two));
+  ST_TRY(scalar_const(p, 1.0f, &one));
+  ST_TRY(push_binary(p, n, ST_BINARY_MUL, x, two, -1, &v1));
+  ST_TRY(use_value(p, v1));
+  ST_TRY(push_unary_to(p, n, ST_UNARY_SIGMOID, 0.0f, 0.0f, v1, -1, &v2));
+  ST_TRY(use_value(p, v2));
+  ST_TRY(push_binary(p, n, ST_BINARY_MUL, v2, two, -1, &v3));
+  ST_TRY(use_value(p, v3));
   return push_binary(p, n, ST_BINARY_SUB, v3, one, out, NULL);
 }
 
@@ -2553,15 +2547,15 @@ static int op_conv_transpose(st_onnx_plan *p, const st_onnx_node *n) {
                                       "kernel_shape", "output_padding",
                                       "output_shape", "pads", "strides",
                                       NULL};
-  TRY(check_attrs(n, known));
-  TRY(check_outputs(n, 1));
+  ST_TRY(check_attrs(n, known));
+  ST_TRY(check_outputs(n, 1));
   int x = 0, wid = 0, bid = -1, out = output_id(p, n, 0);
-  TRY(rank4_input(p, n, &x));
-  TRY(input_id(p, n, 1, &wid));
+  ST_TRY(rank4_input(p, n, &x));
+  ST_TRY(input_id(p, n, 1, &wid));
   if (!is_const(p, wid))
     return REFUSE(n, "weights computed at run time are not supported");
   if (has_input(n, 2)) {
-    TRY(input_id(p, n, 2, &bid));
+    ST_TRY(input_id(p, n, 2, &bid));
     if (!is_const(p, bid))
       return REFUSE(n, "a bias computed at run time is not supported");
   }
@@ -2569,7 +2563,7 @@ static int op_conv_transpose(st_onnx_plan *p, const st_onnx_node *n) {
   if (wt->ndim != 4)
     return REFUSE(n, "rank %d weights; only 2-D is supported", wt->ndim);
   int64_t group;
-  TRY(st_onnx_attr_int(n, "group", 1, &group));
+  ST_TRY(st_onnx_attr_int(n, "group", 1, &group));
   if (group != 1)
     return REFUSE(n, "group=%lld is not supported", (long long)group);
   if (wt->shape[0] != xt->shape[1])
@@ -2578,21 +2572,21 @@ static int op_conv_transpose(st_onnx_plan *p, const st_onnx_node *n) {
                      (long long)xt->shape[1]);
   int64_t cout = wt->shape[1];
   int stride[2], dil[2];
-  TRY(read_pair(n, "strides", 1, stride));
-  TRY(read_pair(n, "dilations", 1, dil));
+  ST_TRY(read_pair(n, "strides", 1, stride));
+  ST_TRY(read_pair(n, "dilations", 1, dil));
   const int64_t *v;
   size_t count;
   int64_t outpad[2] = {0, 0}, pads[4] = {0, 0, 0, 0}, osize[2];
-  TRY(st_onnx_attr_ints(n, "output_padding", &v, &count));
+  ST_TRY(st_onnx_attr_ints(n, "output_padding", &v, &count));
   if (count && count != 2)
     return REFUSE(n, "output_padding with %zu values", count);
   for (size_t i = 0; i < count; i++)
     outpad[i] = v[i];
   const char *auto_pad;
-  TRY(st_onnx_attr_string(n, "auto_pad", "NOTSET", &auto_pad));
+  ST_TRY(st_onnx_attr_string(n, "auto_pad", "NOTSET", &auto_pad));
   const int64_t *oshape;
   size_t ocount;
-  TRY(st_onnx_attr_ints(n, "output_shape", &oshape, &ocount));
+  ST_TRY(st_onnx_attr_ints(n, "output_shape", &oshape, &ocount));
   for (int i = 0; i < 2; i++) {
     int64_t span = (wt->shape[2 + i] - 1) * dil[i] + 1;
     int64_t full = (xt->shape[2 + i] - 1) * stride[i] + outpad[i] + span;
@@ -2618,7 +2612,7 @@ static int op_conv_transpose(st_onnx_plan *p, const st_onnx_node *n) {
     } else {
       const int64_t *pv;
       size_t pc;
-      TRY(st_onnx_attr_ints(n, "pads", &pv, &pc));
+      ST_TRY(st_onnx_attr_ints(n, "pads", &pv, &pc));
       if (pc && pc != 4)
         return REFUSE(n, "'pads' has %zu values", pc);
       if (pc) {
@@ -2677,8 +2671,8 @@ static int op_conv_transpose(st_onnx_plan *p, const st_onnx_node *n) {
     int64_t cshape[4] = {full_shape[0], cout, osize[0], osize[1]};
     int cropped = out;
     if (bid >= 0)
-      TRY(new_value(p, &cropped));
-    TRY(slice_to(p, n, cur, starts, steps, cshape, cropped));
+      ST_TRY(new_value(p, &cropped));
+    ST_TRY(slice_to(p, n, cur, starts, steps, cshape, cropped));
     cur = cropped;
   }
   if (bid >= 0) {
@@ -2689,13 +2683,13 @@ static int op_conv_transpose(st_onnx_plan *p, const st_onnx_node *n) {
     int bias = 0;
     st_tensor bt;
     const int64_t bshape[4] = {1, cout, 1, 1};
-    TRY(new_value(p, &bias));
-    TRY(host_alloc(&bt, ST_F32, 4, bshape));
+    ST_TRY(new_value(p, &bias));
+    ST_TRY(host_alloc(&bt, ST_F32, 4, bshape));
     for (int64_t c = 0; c < cout; c++)
       hset(&bt, c, hget(vt(p, bid), c));
     set_const(p, bias, bt, 1);
-    TRY(use_value(p, cur));
-    TRY(push_binary(p, n, ST_BINARY_ADD, cur, bias, out, NULL));
+    ST_TRY(use_value(p, cur));
+    ST_TRY(push_binary(p, n, ST_BINARY_ADD, cur, bias, out, NULL));
   }
   return ST_OK;
 }
@@ -2812,7 +2806,7 @@ static int assign_buffers(st_onnx_plan *p) {
   if (!p->buffers)
     return st_error_set(ST_ENOMEM, "onnx plan: out of memory");
   for (int b = 0; b < p->n_buffers; b++) {
-    TRY(st_backend_alloc(p->be, (size_t)p->buffer_bytes[b], &p->buffers[b]));
+    ST_TRY(st_backend_alloc(p->be, (size_t)p->buffer_bytes[b], &p->buffers[b]));
     p->stats.buffer_bytes += p->buffer_bytes[b];
   }
   p->stats.buffers = p->n_buffers;
@@ -2852,7 +2846,7 @@ static int plan_one_input(st_onnx_plan *p, size_t idx,
                           "tensor", m->label, in->name);
     /* Copied: the caller's tensor need not outlive the plan. */
     st_tensor t;
-    TRY(host_alloc(&t, c->dtype, c->ndim, c->shape));
+    ST_TRY(host_alloc(&t, c->dtype, c->ndim, c->shape));
     if (st_tensor_nbytes(&t))
       memcpy(t.data, c->data, st_tensor_nbytes(&t));
     set_const(p, id, t, 1);
@@ -2906,7 +2900,7 @@ static int plan_inputs(st_onnx_plan *p, const st_onnx_plan_input *inputs,
     if (p->values[idx].defined)
       return st_error_set(ST_EINVAL, "%s: input '%s' is given twice",
                           m->label, inputs[k].name);
-    TRY(plan_one_input(p, idx, &inputs[k]));
+    ST_TRY(plan_one_input(p, idx, &inputs[k]));
     p->plan_input_ids[k] = inputs[k].value ? -1 : (int)idx;
   }
   for (size_t idx = 0; idx < m->n_inputs; idx++)
@@ -2922,7 +2916,7 @@ static int plan_initializers(st_onnx_plan *p) {
     int id = (int)(p->m->n_inputs + i);
     if (t->dtype == ST_F16) { /* computed on in F32 */
       st_tensor c;
-      TRY(host_alloc(&c, ST_F32, t->ndim, t->shape));
+      ST_TRY(host_alloc(&c, ST_F32, t->ndim, t->shape));
       for (int64_t k = 0; k < st_tensor_numel(t); k++)
         hset(&c, k, hget(t, k));
       set_const(p, id, c, 1);
@@ -2967,11 +2961,11 @@ static int plan_outputs(st_onnx_plan *p) {
     return st_error_set(ST_ENOMEM, "onnx plan: out of memory");
   for (size_t o = 0; o < m->n_outputs; o++) {
     int id = 0;
-    TRY(value_id(p, m->outputs[o].name, &id));
+    ST_TRY(value_id(p, m->outputs[o].name, &id));
     p->outputs[o] = id;
     exec_value *v = &p->values[id];
     if (v->is_const)
-      TRY(upload_const(p, id)); /* a constant output lives on the backend */
+      ST_TRY(upload_const(p, id)); /* a constant output lives on the backend */
     else
       p->values[v->root].last_use = LIVE_TO_END;
   }
@@ -3178,7 +3172,7 @@ int st_onnx_plan_run(st_onnx_plan *p, const st_tensor *input,
     return st_error_set(ST_EINVAL, "%s: the plan takes %d inputs; use "
                         "st_onnx_plan_run_inputs", p->m->label,
                         p->n_plan_inputs);
-  TRY(st_onnx_plan_run_inputs(p, &input, 1));
+  ST_TRY(st_onnx_plan_run_inputs(p, &input, 1));
   if (output)
     *output = rt(p, p->outputs[0]);
   return ST_OK;

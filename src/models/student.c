@@ -16,12 +16,6 @@ enum { PLAN_MAX_BUFFERS = 160 };
 /* Channel widths of the architecture (the reference's Student). */
 enum { IN_CH = 3, STEM_CH = 8, OUT_CONV_CH = 32 };
 
-#define TRY(expr)                                                              \
-  do {                                                                         \
-    int try_rc_ = (expr);                                                      \
-    if (try_rc_)                                                               \
-      return try_rc_;                                                          \
-  } while (0)
 
 typedef struct student_param {
   char name[STUDENT_NAME_BYTES]; /* state-dict name */
@@ -151,7 +145,7 @@ static int add_param(st_student *s, st_student_module mod, const char *name,
   student_param *p = &s->params[s->param_count];
   snprintf(p->name, sizeof p->name, "%s", name);
   p->module = mod;
-  TRY(st_tensor_alloc(s->be, &p->value, ST_F32, ndim, shape));
+  ST_TRY(st_tensor_alloc(s->be, &p->value, ST_F32, ndim, shape));
   return s->param_count++;
 }
 
@@ -199,22 +193,22 @@ static int add_block(st_student *s, block *b, st_student_module mod, int cin,
   b->bn = g;
   if (b->has_short) {
     snprintf(name, sizeof name, "%s.short_path", m);
-    TRY(add_conv(s, mod, name, cin, cout, 1, 1, stride, 0, 0, &b->c_short));
+    ST_TRY(add_conv(s, mod, name, cin, cout, 1, 1, stride, 0, 0, &b->c_short));
   }
   snprintf(name, sizeof name, "%s.long_path.0", m);
-  TRY(add_conv(s, mod, name, cin, cout, 3, 3, stride, 1, 1, &b->c3x3));
+  ST_TRY(add_conv(s, mod, name, cin, cout, 3, 3, stride, 1, 1, &b->c3x3));
   snprintf(name, sizeof name, "%s.long_path.2", m);
-  TRY(add_conv(s, mod, name, cout, cout, 1, 3, 1, 0, 1, &b->c1x3));
+  ST_TRY(add_conv(s, mod, name, cout, cout, 1, 3, 1, 0, 1, &b->c1x3));
   snprintf(name, sizeof name, "%s.long_path.3", m);
-  TRY(add_conv(s, mod, name, cout, cout, 3, 1, 1, 1, 0, &b->c3x1));
+  ST_TRY(add_conv(s, mod, name, cout, cout, 3, 1, 1, 1, 0, &b->c3x1));
   return ST_OK;
 }
 
 static int build_params(st_student *s) {
   int nc = s->opts.num_classes;
-  TRY(add_conv(s, ST_MOD_in_conv1, "in_conv1", IN_CH, STEM_CH, 3, 3, 2, 1, 1,
+  ST_TRY(add_conv(s, ST_MOD_in_conv1, "in_conv1", IN_CH, STEM_CH, 3, 3, 2, 1, 1,
                &s->in_conv1));
-  TRY(add_conv(s, ST_MOD_in_conv2, "in_conv2", STEM_CH, STEM_CH, 3, 3, 2, 1,
+  ST_TRY(add_conv(s, ST_MOD_in_conv2, "in_conv2", STEM_CH, STEM_CH, 3, 3, 2, 1,
                1, &s->in_conv2));
   static const struct {
     st_student_module mod;
@@ -225,13 +219,13 @@ static int build_params(st_student *s) {
       [B_DEC2] = {ST_MOD_dec2, 128, 32, 1},  [B_DEC3] = {ST_MOD_dec3, 96, 32, 1},
   };
   for (int i = 0; i < BLOCK_COUNT; i++)
-    TRY(add_block(s, &s->blocks[i], defs[i].mod, defs[i].cin, defs[i].cout,
+    ST_TRY(add_block(s, &s->blocks[i], defs[i].mod, defs[i].cin, defs[i].cout,
                   defs[i].stride));
-  TRY(add_conv(s, ST_MOD_out_conv1, "out_conv1", OUT_CONV_CH, OUT_CONV_CH, 3,
+  ST_TRY(add_conv(s, ST_MOD_out_conv1, "out_conv1", OUT_CONV_CH, OUT_CONV_CH, 3,
                3, 1, 1, 1, &s->out_conv1));
-  TRY(add_conv(s, ST_MOD_out_conv2, "out_conv2", OUT_CONV_CH, OUT_CONV_CH, 3,
+  ST_TRY(add_conv(s, ST_MOD_out_conv2, "out_conv2", OUT_CONV_CH, OUT_CONV_CH, 3,
                3, 1, 1, 1, &s->out_conv2));
-  TRY(add_conv(s, ST_MOD_out_conv3, "out_conv3", OUT_CONV_CH, nc, 1, 1, 1, 0,
+  ST_TRY(add_conv(s, ST_MOD_out_conv3, "out_conv3", OUT_CONV_CH, nc, 1, 1, 1, 0,
                0, &s->out_conv3));
   return ST_OK;
 }
@@ -277,7 +271,7 @@ static int init_params(st_student *s) {
     int rc = st_tensor_upload(s->be, &p->value, host,
                               (size_t)n * sizeof *host);
     free(host);
-    TRY(rc);
+    ST_TRY(rc);
   }
   return ST_OK;
 }
@@ -296,7 +290,7 @@ static int plan_alloc(st_student *s, st_tensor *t, st_dtype dt, int ndim,
   if (pl->owned_count >= PLAN_MAX_BUFFERS)
     return st_error_set(ST_ERANGE, "student: plan buffer table full");
   st_tensor *o = &pl->owned[pl->owned_count];
-  TRY(st_tensor_alloc(s->be, o, dt, ndim, shape));
+  ST_TRY(st_tensor_alloc(s->be, o, dt, ndim, shape));
   pl->owned_count++;
   *t = st_tensor_view(o->data, dt, ndim, shape);
   return ST_OK;
@@ -345,12 +339,12 @@ static int plan_block(st_student *s, block *b, int64_t h, int64_t w,
   plan *pl = &s->plan;
   block_acts *a = &b->a;
   int64_t oh = conv_out(h, 3, b->stride, 1), ow = conv_out(w, 3, b->stride, 1);
-  TRY(plan_vec(s, &a->mean, b->cin));
-  TRY(plan_vec(s, &a->invstd, b->cin));
+  ST_TRY(plan_vec(s, &a->mean, b->cin));
+  ST_TRY(plan_vec(s, &a->invstd, b->cin));
   if (module_kept(s, b->module)) {
-    TRY(plan_act(s, &a->p, b->cin, h, w));
-    TRY(plan_act(s, &a->t, b->cout, oh, ow));
-    TRY(plan_act(s, &a->u, b->cout, oh, ow));
+    ST_TRY(plan_act(s, &a->p, b->cin, h, w));
+    ST_TRY(plan_act(s, &a->t, b->cout, oh, ow));
+    ST_TRY(plan_act(s, &a->u, b->cout, oh, ow));
   } else {
     /* Frozen blocks before the trainable part share one scratch set: their
      * temporaries are dead once the block's output exists. */
@@ -361,17 +355,17 @@ static int plan_block(st_student *s, block *b, int64_t h, int64_t w,
   if (out_storage)
     a->out = *out_storage;
   else
-    TRY(plan_act(s, &a->out, b->cout, oh, ow));
+    ST_TRY(plan_act(s, &a->out, b->cout, oh, ow));
   return ST_OK;
 }
 
 static int plan_block_grads(st_student *s, block *b) {
   block_acts *a = &b->a;
-  TRY(plan_act(s, &a->gout, b->cout, a->out.shape[2], a->out.shape[3]));
-  TRY(plan_act(s, &a->gu, b->cout, a->u.shape[2], a->u.shape[3]));
-  TRY(plan_act(s, &a->gt, b->cout, a->t.shape[2], a->t.shape[3]));
-  TRY(plan_act(s, &a->gp, b->cin, a->p.shape[2], a->p.shape[3]));
-  TRY(plan_act(s, &a->gtmp, b->cin, a->p.shape[2], a->p.shape[3]));
+  ST_TRY(plan_act(s, &a->gout, b->cout, a->out.shape[2], a->out.shape[3]));
+  ST_TRY(plan_act(s, &a->gu, b->cout, a->u.shape[2], a->u.shape[3]));
+  ST_TRY(plan_act(s, &a->gt, b->cout, a->t.shape[2], a->t.shape[3]));
+  ST_TRY(plan_act(s, &a->gp, b->cin, a->p.shape[2], a->p.shape[3]));
+  ST_TRY(plan_act(s, &a->gtmp, b->cin, a->p.shape[2], a->p.shape[3]));
   return ST_OK;
 }
 
@@ -386,16 +380,16 @@ static int plan_make(st_student *s, int64_t h, int64_t w) {
   int nc = s->opts.num_classes;
   const int64_t img_shape[3] = {h, w, 3};
   const int64_t map_shape[3] = {1, h, w};
-  TRY(plan_alloc(s, &pl->image, ST_U8, 3, img_shape));
-  TRY(plan_alloc(s, &pl->pred, ST_U8, 3, map_shape));
-  TRY(plan_act(s, &pl->x, IN_CH, h, w));
+  ST_TRY(plan_alloc(s, &pl->image, ST_U8, 3, img_shape));
+  ST_TRY(plan_alloc(s, &pl->pred, ST_U8, 3, map_shape));
+  ST_TRY(plan_act(s, &pl->x, IN_CH, h, w));
   int64_t h1 = conv_out(h, 3, 2, 1), w1 = conv_out(w, 3, 2, 1);
   int64_t h2 = conv_out(h1, 3, 2, 1), w2 = conv_out(w1, 3, 2, 1);
   int64_t he1 = conv_out(h2, 3, 2, 1), we1 = conv_out(w2, 3, 2, 1);
   int64_t he2 = conv_out(he1, 3, 2, 1), we2 = conv_out(we1, 3, 2, 1);
   int64_t he3 = conv_out(he2, 3, 2, 1), we3 = conv_out(we2, 3, 2, 1);
-  TRY(plan_act(s, &pl->x1, STEM_CH, h1, w1));
-  TRY(plan_act(s, &pl->x2, STEM_CH, h2, w2));
+  ST_TRY(plan_act(s, &pl->x1, STEM_CH, h1, w1));
+  ST_TRY(plan_act(s, &pl->x2, STEM_CH, h2, w2));
 
   /* Shared scratch for frozen blocks, sized to the largest user. */
   const int64_t bh[BLOCK_COUNT] = {h2, he1, he2, he3, he2, he1};
@@ -410,32 +404,32 @@ static int plan_make(st_student *s, int64_t h, int64_t w) {
     sp = max64(sp, b->cin * bh[i] * bw[i]);
     stt = max64(stt, b->cout * oh * ow);
   }
-  TRY(plan_act(s, &pl->scratch_p, 1, 1, sp));
-  TRY(plan_act(s, &pl->scratch_t, 1, 1, stt));
-  TRY(plan_act(s, &pl->scratch_u, 1, 1, stt));
+  ST_TRY(plan_act(s, &pl->scratch_p, 1, 1, sp));
+  ST_TRY(plan_act(s, &pl->scratch_t, 1, 1, stt));
+  ST_TRY(plan_act(s, &pl->scratch_u, 1, 1, stt));
 
   /* Skip tensors are written straight into the tails of the concat buffers
    * so the concatenations cost nothing. */
   const block *dec1 = &s->blocks[B_DEC1], *dec2 = &s->blocks[B_DEC2];
-  TRY(plan_act(s, &pl->c2, dec2->cout + s->blocks[B_ENC1].cout, he1, we1));
-  TRY(plan_act(s, &pl->c1, dec1->cout + s->blocks[B_ENC2].cout, he2, we2));
+  ST_TRY(plan_act(s, &pl->c2, dec2->cout + s->blocks[B_ENC1].cout, he1, we1));
+  ST_TRY(plan_act(s, &pl->c1, dec1->cout + s->blocks[B_ENC2].cout, he2, we2));
   pl->e1 = channel_view(&pl->c2, dec2->cout, s->blocks[B_ENC1].cout);
   pl->d2 = channel_view(&pl->c2, 0, dec2->cout);
   pl->e2 = channel_view(&pl->c1, dec1->cout, s->blocks[B_ENC2].cout);
   pl->d1 = channel_view(&pl->c1, 0, dec1->cout);
 
-  TRY(plan_block(s, &s->blocks[B_ENC1], h2, w2, &pl->e1));
-  TRY(plan_block(s, &s->blocks[B_ENC2], he1, we1, &pl->e2));
-  TRY(plan_block(s, &s->blocks[B_ENC3], he2, we2, NULL));
+  ST_TRY(plan_block(s, &s->blocks[B_ENC1], h2, w2, &pl->e1));
+  ST_TRY(plan_block(s, &s->blocks[B_ENC2], he1, we1, &pl->e2));
+  ST_TRY(plan_block(s, &s->blocks[B_ENC3], he2, we2, NULL));
   pl->e3 = s->blocks[B_ENC3].a.out;
-  TRY(plan_block(s, &s->blocks[B_DEC1], he3, we3, NULL));
-  TRY(plan_block(s, &s->blocks[B_DEC2], he2, we2, NULL));
-  TRY(plan_block(s, &s->blocks[B_DEC3], he1, we1, NULL));
-  TRY(plan_act(s, &pl->d3, OUT_CONV_CH, h1, w1));
-  TRY(plan_act(s, &pl->o1, OUT_CONV_CH, h1, w1));
-  TRY(plan_act(s, &pl->o2, OUT_CONV_CH, h1, w1));
-  TRY(plan_act(s, &pl->small_logits, nc, h1, w1));
-  TRY(plan_act(s, &pl->logits, nc, h, w));
+  ST_TRY(plan_block(s, &s->blocks[B_DEC1], he3, we3, NULL));
+  ST_TRY(plan_block(s, &s->blocks[B_DEC2], he2, we2, NULL));
+  ST_TRY(plan_block(s, &s->blocks[B_DEC3], he1, we1, NULL));
+  ST_TRY(plan_act(s, &pl->d3, OUT_CONV_CH, h1, w1));
+  ST_TRY(plan_act(s, &pl->o1, OUT_CONV_CH, h1, w1));
+  ST_TRY(plan_act(s, &pl->o2, OUT_CONV_CH, h1, w1));
+  ST_TRY(plan_act(s, &pl->small_logits, nc, h1, w1));
+  ST_TRY(plan_act(s, &pl->logits, nc, h, w));
   pl->h = h;
   pl->w = w;
   return ST_OK;
@@ -447,25 +441,25 @@ static int plan_grads(st_student *s) {
   plan *pl = &s->plan;
   int f = s->first_trainable;
   int nc = s->opts.num_classes;
-  TRY(plan_act(s, &pl->g_logits, nc, pl->h, pl->w));
+  ST_TRY(plan_act(s, &pl->g_logits, nc, pl->h, pl->w));
   const st_tensor *sl = &pl->small_logits;
-  TRY(plan_act(s, &pl->g_small, nc, sl->shape[2], sl->shape[3]));
-  TRY(plan_act(s, &pl->g_o2, OUT_CONV_CH, sl->shape[2], sl->shape[3]));
-  TRY(plan_act(s, &pl->g_o1, OUT_CONV_CH, sl->shape[2], sl->shape[3]));
-  TRY(plan_act(s, &pl->g_d3, OUT_CONV_CH, sl->shape[2], sl->shape[3]));
-  TRY(plan_act(s, &pl->g_c2, pl->c2.shape[1], pl->c2.shape[2],
+  ST_TRY(plan_act(s, &pl->g_small, nc, sl->shape[2], sl->shape[3]));
+  ST_TRY(plan_act(s, &pl->g_o2, OUT_CONV_CH, sl->shape[2], sl->shape[3]));
+  ST_TRY(plan_act(s, &pl->g_o1, OUT_CONV_CH, sl->shape[2], sl->shape[3]));
+  ST_TRY(plan_act(s, &pl->g_d3, OUT_CONV_CH, sl->shape[2], sl->shape[3]));
+  ST_TRY(plan_act(s, &pl->g_c2, pl->c2.shape[1], pl->c2.shape[2],
                pl->c2.shape[3]));
-  TRY(plan_act(s, &pl->g_c1, pl->c1.shape[1], pl->c1.shape[2],
+  ST_TRY(plan_act(s, &pl->g_c1, pl->c1.shape[1], pl->c1.shape[2],
                pl->c1.shape[3]));
-  TRY(plan_act(s, &pl->g_e3, pl->e3.shape[1], pl->e3.shape[2],
+  ST_TRY(plan_act(s, &pl->g_e3, pl->e3.shape[1], pl->e3.shape[2],
                pl->e3.shape[3]));
-  TRY(plan_act(s, &pl->g_tmp_e, pl->c2.shape[1], pl->c2.shape[2],
+  ST_TRY(plan_act(s, &pl->g_tmp_e, pl->c2.shape[1], pl->c2.shape[2],
                pl->c2.shape[3]));
-  TRY(plan_act(s, &pl->g_x2, STEM_CH, pl->x2.shape[2], pl->x2.shape[3]));
-  TRY(plan_act(s, &pl->g_x1, STEM_CH, pl->x1.shape[2], pl->x1.shape[3]));
+  ST_TRY(plan_act(s, &pl->g_x2, STEM_CH, pl->x2.shape[2], pl->x2.shape[3]));
+  ST_TRY(plan_act(s, &pl->g_x1, STEM_CH, pl->x1.shape[2], pl->x1.shape[3]));
   for (int i = 0; i < BLOCK_COUNT; i++)
     if ((int)s->blocks[i].module >= f)
-      TRY(plan_block_grads(s, &s->blocks[i]));
+      ST_TRY(plan_block_grads(s, &s->blocks[i]));
   pl->grads = 1;
   return ST_OK;
 }
@@ -495,15 +489,15 @@ static int conv_fwd(st_student *s, const conv_layer *c, const st_tensor *x,
 static int block_fwd(st_student *s, block *b, const st_tensor *x) {
   block_acts *a = &b->a;
   st_backend *be = s->be;
-  TRY(st_batchnorm_fwd(be, x, param(s, b->bn), param(s, b->bn + 1),
+  ST_TRY(st_batchnorm_fwd(be, x, param(s, b->bn), param(s, b->bn + 1),
                        ST_STUDENT_BN_EPS, ST_ACT_RELU, &a->p, &a->mean,
                        &a->invstd));
   if (b->has_short)
-    TRY(conv_fwd(s, &b->c_short, &a->p, ST_ACT_NONE, 0.0f, &a->out));
+    ST_TRY(conv_fwd(s, &b->c_short, &a->p, ST_ACT_NONE, 0.0f, &a->out));
   else
-    TRY(st_subsample(be, x, b->stride, &a->out));
-  TRY(conv_fwd(s, &b->c3x3, &a->p, ST_ACT_RELU, 0.0f, &a->t));
-  TRY(conv_fwd(s, &b->c1x3, &a->t, ST_ACT_NONE, 0.0f, &a->u));
+    ST_TRY(st_subsample(be, x, b->stride, &a->out));
+  ST_TRY(conv_fwd(s, &b->c3x3, &a->p, ST_ACT_RELU, 0.0f, &a->t));
+  ST_TRY(conv_fwd(s, &b->c1x3, &a->t, ST_ACT_NONE, 0.0f, &a->u));
   /* The residual sum is fused into the last convolution (beta = 1). */
   return conv_fwd(s, &b->c3x1, &a->u, ST_ACT_NONE, 1.0f, &a->out);
 }
@@ -511,27 +505,27 @@ static int block_fwd(st_student *s, block *b, const st_tensor *x) {
 static int forward_planned(st_student *s) {
   plan *pl = &s->plan;
   st_backend *be = s->be;
-  TRY(st_image_to_tensor(be, &pl->image, s->opts.channel_order, s->opts.mean,
+  ST_TRY(st_image_to_tensor(be, &pl->image, s->opts.channel_order, s->opts.mean,
                          s->opts.std_, &pl->x));
-  TRY(conv_fwd(s, &s->in_conv1, &pl->x, ST_ACT_NONE, 0.0f, &pl->x1));
-  TRY(conv_fwd(s, &s->in_conv2, &pl->x1, ST_ACT_NONE, 0.0f, &pl->x2));
-  TRY(block_fwd(s, &s->blocks[B_ENC1], &pl->x2));
-  TRY(block_fwd(s, &s->blocks[B_ENC2], &pl->e1));
-  TRY(block_fwd(s, &s->blocks[B_ENC3], &pl->e2));
-  TRY(block_fwd(s, &s->blocks[B_DEC1], &pl->e3));
-  TRY(st_resize_bilinear_fwd(be, &s->blocks[B_DEC1].a.out, &pl->d1));
-  TRY(block_fwd(s, &s->blocks[B_DEC2], &pl->c1));
-  TRY(st_resize_bilinear_fwd(be, &s->blocks[B_DEC2].a.out, &pl->d2));
-  TRY(block_fwd(s, &s->blocks[B_DEC3], &pl->c2));
-  TRY(st_resize_bilinear_fwd(be, &s->blocks[B_DEC3].a.out, &pl->d3));
-  TRY(conv_fwd(s, &s->out_conv1, &pl->d3, ST_ACT_NONE, 0.0f, &pl->o1));
-  TRY(conv_fwd(s, &s->out_conv2, &pl->o1, ST_ACT_NONE, 0.0f, &pl->o2));
+  ST_TRY(conv_fwd(s, &s->in_conv1, &pl->x, ST_ACT_NONE, 0.0f, &pl->x1));
+  ST_TRY(conv_fwd(s, &s->in_conv2, &pl->x1, ST_ACT_NONE, 0.0f, &pl->x2));
+  ST_TRY(block_fwd(s, &s->blocks[B_ENC1], &pl->x2));
+  ST_TRY(block_fwd(s, &s->blocks[B_ENC2], &pl->e1));
+  ST_TRY(block_fwd(s, &s->blocks[B_ENC3], &pl->e2));
+  ST_TRY(block_fwd(s, &s->blocks[B_DEC1], &pl->e3));
+  ST_TRY(st_resize_bilinear_fwd(be, &s->blocks[B_DEC1].a.out, &pl->d1));
+  ST_TRY(block_fwd(s, &s->blocks[B_DEC2], &pl->c1));
+  ST_TRY(st_resize_bilinear_fwd(be, &s->blocks[B_DEC2].a.out, &pl->d2));
+  ST_TRY(block_fwd(s, &s->blocks[B_DEC3], &pl->c2));
+  ST_TRY(st_resize_bilinear_fwd(be, &s->blocks[B_DEC3].a.out, &pl->d3));
+  ST_TRY(conv_fwd(s, &s->out_conv1, &pl->d3, ST_ACT_NONE, 0.0f, &pl->o1));
+  ST_TRY(conv_fwd(s, &s->out_conv2, &pl->o1, ST_ACT_NONE, 0.0f, &pl->o2));
   /* A 1x1 convolution commutes with bilinear resizing (the interpolation
    * weights sum to one, so the bias passes through unchanged): run the
    * classifier at the low resolution and upsample C channels instead of 32. */
-  TRY(conv_fwd(s, &s->out_conv3, &pl->o2, ST_ACT_NONE, 0.0f,
+  ST_TRY(conv_fwd(s, &s->out_conv3, &pl->o2, ST_ACT_NONE, 0.0f,
                &pl->small_logits));
-  TRY(st_resize_bilinear_fwd(be, &pl->small_logits, &pl->logits));
+  ST_TRY(st_resize_bilinear_fwd(be, &pl->small_logits, &pl->logits));
   s->forward_valid = 1;
   s->forward_miou = -1.0;
   return ST_OK;
@@ -545,8 +539,8 @@ static int check_image(const st_tensor *image) {
 }
 
 static int load_image(st_student *s, const st_tensor *image) {
-  TRY(check_image(image));
-  TRY(plan_ensure(s, image->shape[0], image->shape[1]));
+  ST_TRY(check_image(image));
+  ST_TRY(plan_ensure(s, image->shape[0], image->shape[1]));
   s->example_set = 0;
   s->forward_valid = 0;
   return st_tensor_upload(s->be, &s->plan.image, image->data,
@@ -555,8 +549,8 @@ static int load_image(st_student *s, const st_tensor *image) {
 
 int st_student_forward(st_student *s, const st_tensor *image,
                        const st_tensor **logits) {
-  TRY(load_image(s, image));
-  TRY(forward_planned(s));
+  ST_TRY(load_image(s, image));
+  ST_TRY(forward_planned(s));
   *logits = &s->plan.logits;
   return ST_OK;
 }
@@ -567,9 +561,9 @@ int st_student_predict(st_student *s, const st_tensor *image,
   if (!labels || labels->dtype != ST_U8 ||
       st_tensor_numel(labels) != image->shape[0] * image->shape[1])
     return st_error_set(ST_ESHAPE, "student: labels must be U8 [H,W]");
-  TRY(st_student_forward(s, image, &logits));
-  TRY(st_argmax_channels(s->be, logits, &s->plan.pred));
-  TRY(st_backend_sync(s->be));
+  ST_TRY(st_student_forward(s, image, &logits));
+  ST_TRY(st_argmax_channels(s->be, logits, &s->plan.pred));
+  ST_TRY(st_backend_sync(s->be));
   return st_tensor_download(s->be, &s->plan.pred, labels->data,
                             st_tensor_nbytes(labels));
 }
@@ -578,7 +572,7 @@ int st_student_predict(st_student *s, const st_tensor *image,
 
 int st_student_set_example(st_student *s, const st_tensor *image,
                            const st_tensor *label, const st_tensor *weight) {
-  TRY(check_image(image));
+  ST_TRY(check_image(image));
   int64_t h = image->shape[0], w = image->shape[1];
   if (!label || label->dtype != ST_U8 || st_tensor_numel(label) != h * w)
     return st_error_set(ST_ESHAPE, "student: label must be U8 [%lld,%lld]",
@@ -593,16 +587,16 @@ int st_student_set_example(st_student *s, const st_tensor *image,
                           "student: label value %u at pixel %lld is not a "
                           "class (%d classes)",
                           lab[i], (long long)i, s->opts.num_classes);
-  TRY(load_image(s, image));
+  ST_TRY(load_image(s, image));
   plan *pl = &s->plan;
   if (!pl->label.data) {
     const int64_t map_shape[3] = {1, h, w};
-    TRY(plan_alloc(s, &pl->label, ST_U8, 3, map_shape));
-    TRY(plan_alloc(s, &pl->weight, ST_F32, 3, map_shape));
+    ST_TRY(plan_alloc(s, &pl->label, ST_U8, 3, map_shape));
+    ST_TRY(plan_alloc(s, &pl->weight, ST_F32, 3, map_shape));
   }
-  TRY(st_tensor_upload(s->be, &pl->label, label->data,
+  ST_TRY(st_tensor_upload(s->be, &pl->label, label->data,
                        st_tensor_nbytes(label)));
-  TRY(st_tensor_upload(s->be, &pl->weight, weight->data,
+  ST_TRY(st_tensor_upload(s->be, &pl->weight, weight->data,
                        st_tensor_nbytes(weight)));
   s->example_set = 1;
   return ST_OK;
@@ -633,9 +627,9 @@ int st_student_score(st_student *s, double *miou) {
   if (!s->example_set)
     return st_error_set(ST_EINVAL, "student: score without an example");
   if (!s->forward_valid)
-    TRY(forward_planned(s));
+    ST_TRY(forward_planned(s));
   if (s->forward_miou < 0.0)
-    TRY(forward_miou(s, &s->forward_miou));
+    ST_TRY(forward_miou(s, &s->forward_miou));
   *miou = s->forward_miou;
   return ST_OK;
 }
@@ -643,10 +637,10 @@ int st_student_score(st_student *s, double *miou) {
 static int conv_bwd(st_student *s, const conv_layer *c, const st_tensor *x,
                     const st_tensor *dy, st_tensor *dx) {
   if (s->trainable[s->params[c->weight].module])
-    TRY(st_conv2d_bwd_weights(s->be, &c->p, x, dy, &s->params[c->weight].grad,
+    ST_TRY(st_conv2d_bwd_weights(s->be, &c->p, x, dy, &s->params[c->weight].grad,
                               &s->params[c->weight + 1].grad));
   if (dx)
-    TRY(st_conv2d_bwd_data(s->be, &c->p, dy, param(s, c->weight), dx));
+    ST_TRY(st_conv2d_bwd_data(s->be, &c->p, dy, param(s, c->weight), dx));
   return ST_OK;
 }
 
@@ -661,13 +655,13 @@ static int block_bwd(st_student *s, block *b, const st_tensor *x,
   block_acts *a = &b->a;
   st_backend *be = s->be;
   int train = s->trainable[b->module];
-  TRY(conv_bwd(s, &b->c3x1, &a->u, &a->gout, &a->gu));
-  TRY(conv_bwd(s, &b->c1x3, &a->t, &a->gu, &a->gt));
-  TRY(st_relu_bwd(be, &a->t, &a->gt, &a->gt));
-  TRY(conv_bwd(s, &b->c3x3, &a->p, &a->gt, &a->gp));
+  ST_TRY(conv_bwd(s, &b->c3x1, &a->u, &a->gout, &a->gu));
+  ST_TRY(conv_bwd(s, &b->c1x3, &a->t, &a->gu, &a->gt));
+  ST_TRY(st_relu_bwd(be, &a->t, &a->gt, &a->gt));
+  ST_TRY(conv_bwd(s, &b->c3x3, &a->p, &a->gt, &a->gp));
   if (b->has_short) {
-    TRY(conv_bwd(s, &b->c_short, &a->p, &a->gout, &a->gtmp));
-    TRY(st_add(be, &a->gp, &a->gtmp, &a->gp));
+    ST_TRY(conv_bwd(s, &b->c_short, &a->p, &a->gout, &a->gtmp));
+    ST_TRY(st_add(be, &a->gp, &a->gtmp, &a->gp));
   }
   /* BN backward, split by channel range. */
   st_tensor *gamma = param(s, b->bn);
@@ -688,20 +682,20 @@ static int block_bwd(st_student *s, block *b, const st_tensor *x,
       dg = vec_view(dgamma, c0, n);
       db = vec_view(dbeta, c0, n);
     }
-    TRY(st_batchnorm_bwd(be, &xv, &pv, &gv, &gam, &mu, &is, ST_ACT_RELU,
+    ST_TRY(st_batchnorm_bwd(be, &xv, &pv, &gv, &gam, &mu, &is, ST_ACT_RELU,
                          dxs[r], train ? &dg : NULL, train ? &db : NULL));
   }
   if (!b->has_short) {
     /* Identity shortcut x[::s, ::s]: its gradient adds into dx. */
     if (dx_head || dx_tail) {
       st_tensor tmp = shaped_view(&a->gtmp, b->cin, x->shape[2], x->shape[3]);
-      TRY(st_subsample_bwd(be, &a->gout, b->stride, &tmp));
+      ST_TRY(st_subsample_bwd(be, &a->gout, b->stride, &tmp));
       for (int r = 0; r < 2; r++) {
         int64_t c0 = ranges[r][0], n = ranges[r][1] - ranges[r][0];
         if (n <= 0 || !dxs[r])
           continue;
         st_tensor tv = channel_view(&tmp, c0, n);
-        TRY(st_add(be, dxs[r], &tv, dxs[r]));
+        ST_TRY(st_add(be, dxs[r], &tv, dxs[r]));
       }
     }
   }
@@ -726,40 +720,40 @@ static int backward(st_student *s) {
   block *enc3 = &s->blocks[B_ENC3], *dec1 = &s->blocks[B_DEC1];
   block *dec2 = &s->blocks[B_DEC2], *dec3 = &s->blocks[B_DEC3];
 
-  TRY(st_resize_bilinear_bwd(be, &pl->g_logits, &pl->g_small));
-  TRY(conv_bwd(s, &s->out_conv3, &pl->o2, &pl->g_small,
+  ST_TRY(st_resize_bilinear_bwd(be, &pl->g_logits, &pl->g_small));
+  ST_TRY(conv_bwd(s, &s->out_conv3, &pl->o2, &pl->g_small,
                NEED_DX(ST_MOD_out_conv3) ? &pl->g_o2 : NULL));
   if (!NEED_DX(ST_MOD_out_conv3))
     return ST_OK;
-  TRY(conv_bwd(s, &s->out_conv2, &pl->o1, &pl->g_o2,
+  ST_TRY(conv_bwd(s, &s->out_conv2, &pl->o1, &pl->g_o2,
                NEED_DX(ST_MOD_out_conv2) ? &pl->g_o1 : NULL));
   if (!NEED_DX(ST_MOD_out_conv2))
     return ST_OK;
-  TRY(conv_bwd(s, &s->out_conv1, &pl->d3, &pl->g_o1,
+  ST_TRY(conv_bwd(s, &s->out_conv1, &pl->d3, &pl->g_o1,
                NEED_DX(ST_MOD_out_conv1) ? &pl->g_d3 : NULL));
   if (!NEED_DX(ST_MOD_out_conv1))
     return ST_OK;
 
   /* dec3: input c2 = cat(d2, e1). d2's producer is dec2, e1's is enc1. */
-  TRY(st_resize_bilinear_bwd(be, &pl->g_d3, &dec3->a.gout));
+  ST_TRY(st_resize_bilinear_bwd(be, &pl->g_d3, &dec3->a.gout));
   st_tensor g_d2 = channel_view(&pl->g_c2, 0, dec2->cout);
   st_tensor g_e1 = channel_view(&pl->g_c2, dec2->cout, enc1->cout);
-  TRY(block_bwd(s, dec3, &pl->c2, NEED_OUT(ST_MOD_dec2) ? &g_d2 : NULL,
+  ST_TRY(block_bwd(s, dec3, &pl->c2, NEED_OUT(ST_MOD_dec2) ? &g_d2 : NULL,
                 dec2->cout, NEED_OUT(ST_MOD_enc1) ? &g_e1 : NULL));
   if (!NEED_DX(ST_MOD_dec3))
     return ST_OK;
 
   /* dec2: input c1 = cat(d1, e2). */
-  TRY(st_resize_bilinear_bwd(be, &g_d2, &dec2->a.gout));
+  ST_TRY(st_resize_bilinear_bwd(be, &g_d2, &dec2->a.gout));
   st_tensor g_d1 = channel_view(&pl->g_c1, 0, dec1->cout);
   st_tensor g_e2 = channel_view(&pl->g_c1, dec1->cout, enc2->cout);
-  TRY(block_bwd(s, dec2, &pl->c1, NEED_OUT(ST_MOD_dec1) ? &g_d1 : NULL,
+  ST_TRY(block_bwd(s, dec2, &pl->c1, NEED_OUT(ST_MOD_dec1) ? &g_d1 : NULL,
                 dec1->cout, NEED_OUT(ST_MOD_enc2) ? &g_e2 : NULL));
   if (!NEED_DX(ST_MOD_dec2))
     return ST_OK;
 
-  TRY(st_resize_bilinear_bwd(be, &g_d1, &dec1->a.gout));
-  TRY(block_bwd_simple(s, dec1, &pl->e3,
+  ST_TRY(st_resize_bilinear_bwd(be, &g_d1, &dec1->a.gout));
+  ST_TRY(block_bwd_simple(s, dec1, &pl->e3,
                        NEED_DX(ST_MOD_dec1) ? &enc3->a.gout : NULL));
   if (!NEED_DX(ST_MOD_dec1))
     return ST_OK;
@@ -767,25 +761,25 @@ static int backward(st_student *s) {
   /* enc3's output e3 feeds only dec1; its input e2 also feeds dec2. */
   st_tensor tmp_e2 = shaped_view(&pl->g_tmp_e, enc2->cout, pl->e2.shape[2],
                                  pl->e2.shape[3]);
-  TRY(block_bwd_simple(s, enc3, &pl->e2,
+  ST_TRY(block_bwd_simple(s, enc3, &pl->e2,
                        NEED_DX(ST_MOD_enc3) ? &tmp_e2 : NULL));
   if (!NEED_DX(ST_MOD_enc3))
     return ST_OK;
-  TRY(st_add(be, &g_e2, &tmp_e2, &enc2->a.gout));
+  ST_TRY(st_add(be, &g_e2, &tmp_e2, &enc2->a.gout));
 
   st_tensor tmp_e1 = shaped_view(&pl->g_tmp_e, enc1->cout, pl->e1.shape[2],
                                  pl->e1.shape[3]);
-  TRY(block_bwd_simple(s, enc2, &pl->e1,
+  ST_TRY(block_bwd_simple(s, enc2, &pl->e1,
                        NEED_DX(ST_MOD_enc2) ? &tmp_e1 : NULL));
   if (!NEED_DX(ST_MOD_enc2))
     return ST_OK;
-  TRY(st_add(be, &g_e1, &tmp_e1, &enc1->a.gout));
+  ST_TRY(st_add(be, &g_e1, &tmp_e1, &enc1->a.gout));
 
-  TRY(block_bwd_simple(s, enc1, &pl->x2,
+  ST_TRY(block_bwd_simple(s, enc1, &pl->x2,
                        NEED_DX(ST_MOD_enc1) ? &pl->g_x2 : NULL));
   if (!NEED_DX(ST_MOD_enc1))
     return ST_OK;
-  TRY(conv_bwd(s, &s->in_conv2, &pl->x1, &pl->g_x2,
+  ST_TRY(conv_bwd(s, &s->in_conv2, &pl->x1, &pl->g_x2,
                NEED_DX(ST_MOD_in_conv2) ? &pl->g_x1 : NULL));
   if (!NEED_DX(ST_MOD_in_conv2))
     return ST_OK;
@@ -800,23 +794,23 @@ int st_student_train_step(st_student *s, float *loss, double *miou) {
   if (s->first_trainable >= ST_MOD_COUNT)
     return st_error_set(ST_EINVAL, "student: no trainable module");
   if (!s->plan.grads)
-    TRY(plan_grads(s));
+    ST_TRY(plan_grads(s));
   if (!s->forward_valid)
-    TRY(forward_planned(s));
+    ST_TRY(forward_planned(s));
   if (miou) {
     if (s->forward_miou < 0.0)
-      TRY(forward_miou(s, &s->forward_miou));
+      ST_TRY(forward_miou(s, &s->forward_miou));
     *miou = s->forward_miou;
   }
   plan *pl = &s->plan;
-  TRY(st_weighted_ce(s->be, &pl->logits, &pl->label, &pl->weight, loss,
+  ST_TRY(st_weighted_ce(s->be, &pl->logits, &pl->label, &pl->weight, loss,
                      &pl->g_logits));
-  TRY(backward(s));
+  ST_TRY(backward(s));
   s->adam_step++;
   for (int i = 0; i < s->param_count; i++) {
     student_param *p = &s->params[i];
     if (s->trainable[p->module])
-      TRY(st_adam_step(s->be, &s->opts.adam, s->adam_step, &p->value,
+      ST_TRY(st_adam_step(s->be, &s->opts.adam, s->adam_step, &p->value,
                        &p->grad, &p->m, &p->v));
   }
   s->forward_valid = 0;
@@ -827,7 +821,7 @@ int st_student_save_best(st_student *s) {
   for (int i = 0; i < s->param_count; i++) {
     student_param *p = &s->params[i];
     if (s->trainable[p->module])
-      TRY(st_copy(s->be, &p->value, &p->best));
+      ST_TRY(st_copy(s->be, &p->value, &p->best));
   }
   s->has_best = 1;
   return ST_OK;
@@ -839,7 +833,7 @@ int st_student_restore_best(st_student *s) {
   for (int i = 0; i < s->param_count; i++) {
     student_param *p = &s->params[i];
     if (s->trainable[p->module])
-      TRY(st_copy(s->be, &p->best, &p->value));
+      ST_TRY(st_copy(s->be, &p->best, &p->value));
   }
   s->forward_valid = 0;
   return ST_OK;
@@ -901,7 +895,7 @@ int st_student_set_trainable(st_student *s, const st_student_module *mods,
     st_tensor *bufs[4] = {&p->grad, &p->m, &p->v, &p->best};
     for (int k = 0; k < 4; k++)
       if (!bufs[k]->data)
-        TRY(st_tensor_alloc(s->be, bufs[k], ST_F32, p->value.ndim,
+        ST_TRY(st_tensor_alloc(s->be, bufs[k], ST_F32, p->value.ndim,
                             p->value.shape));
   }
   memcpy(s->trainable, want, sizeof want);
@@ -965,8 +959,8 @@ int st_student_new_from_config(st_backend *be, const st_student_config *c,
   st_student_module mods[ST_MOD_COUNT];
   int count = 0;
   for (int i = 0; i < c->trainable_count && count < ST_MOD_COUNT; i++)
-    TRY(st_student_module_from_name(c->trainable[i], &mods[count++]));
-  TRY(st_student_new(be, &o, out));
+    ST_TRY(st_student_module_from_name(c->trainable[i], &mods[count++]));
+  ST_TRY(st_student_new(be, &o, out));
   int rc = st_student_set_trainable(*out, mods, count, c->trainable_full);
   if (rc) {
     st_student_free(*out);
@@ -1035,7 +1029,7 @@ int st_student_load(st_student *s, const st_safetensors *file,
     if (rc == ST_ENOENT)
       return st_error_set(ST_EFORMAT, "%s: student tensor '%s' is missing",
                           label, p->name);
-    TRY(rc);
+    ST_TRY(rc);
     char want[96], got[96];
     if (host.dtype != ST_F32 || !st_tensor_same_shape(&host, &p->value)) {
       rc = st_error_set(ST_ESHAPE, "%s: tensor '%s' is %s %s, expected F32 %s",
@@ -1047,7 +1041,7 @@ int st_student_load(st_student *s, const st_safetensors *file,
                             st_tensor_nbytes(&host));
     }
     st_tensor_free(&host);
-    TRY(rc);
+    ST_TRY(rc);
   }
   s->forward_valid = 0;
   return ST_OK;
@@ -1058,7 +1052,7 @@ int st_student_save(st_student *s, const char *path) {
   st_named_tensor named[STUDENT_MAX_TENSORS];
   int made = 0, rc = ST_OK;
   memset(host, 0, sizeof host);
-  TRY(st_backend_sync(s->be));
+  ST_TRY(st_backend_sync(s->be));
   for (; made < s->param_count; made++) {
     student_param *p = &s->params[made];
     rc = st_tensor_alloc(NULL, &host[made], ST_F32, p->value.ndim,
@@ -1126,7 +1120,7 @@ int st_student_state_new(st_student *s, st_student_state **out) {
   for (int i = 0; i < s->param_count; i++)
     numel[i] = (size_t)st_tensor_numel(&s->params[i].value);
   st_student_state *st = NULL;
-  TRY(state_alloc(s->param_count, numel, &st));
+  ST_TRY(state_alloc(s->param_count, numel, &st));
   for (int i = 0; i < s->param_count; i++) {
     int rc = st_tensor_download(s->be, &s->params[i].value, st->value[i],
                                 numel[i] * sizeof(float));
@@ -1143,7 +1137,7 @@ int st_student_state_clone(const st_student_state *src,
                            st_student_state **out) {
   *out = NULL;
   st_student_state *st = NULL;
-  TRY(state_alloc(src->count, src->numel, &st));
+  ST_TRY(state_alloc(src->count, src->numel, &st));
   for (int i = 0; i < src->count; i++) {
     memcpy(st->value[i], src->value[i], src->numel[i] * sizeof(float));
     if (src->m[i]) {
@@ -1174,19 +1168,19 @@ static int state_check(const st_student *s, const st_student_state *st) {
 }
 
 int st_student_state_load(st_student *s, const st_student_state *st) {
-  TRY(state_check(s, st));
+  ST_TRY(state_check(s, st));
   for (int i = 0; i < s->param_count; i++) {
     student_param *p = &s->params[i];
     size_t bytes = st->numel[i] * sizeof(float);
-    TRY(st_tensor_upload(s->be, &p->value, st->value[i], bytes));
+    ST_TRY(st_tensor_upload(s->be, &p->value, st->value[i], bytes));
     if (!s->trainable[p->module])
       continue;
     if (st->m[i]) {
-      TRY(st_tensor_upload(s->be, &p->m, st->m[i], bytes));
-      TRY(st_tensor_upload(s->be, &p->v, st->v[i], bytes));
+      ST_TRY(st_tensor_upload(s->be, &p->m, st->m[i], bytes));
+      ST_TRY(st_tensor_upload(s->be, &p->v, st->v[i], bytes));
     } else {
-      TRY(st_fill(s->be, &p->m, 0.0f));
-      TRY(st_fill(s->be, &p->v, 0.0f));
+      ST_TRY(st_fill(s->be, &p->m, 0.0f));
+      ST_TRY(st_fill(s->be, &p->v, 0.0f));
     }
   }
   s->adam_step = st->adam_step;
@@ -1196,7 +1190,7 @@ int st_student_state_load(st_student *s, const st_student_state *st) {
 }
 
 int st_student_state_save(st_student *s, st_student_state *st) {
-  TRY(state_check(s, st));
+  ST_TRY(state_check(s, st));
   for (int i = 0; i < s->param_count; i++) {
     student_param *p = &s->params[i];
     if (!s->trainable[p->module])
@@ -1212,9 +1206,9 @@ int st_student_state_save(st_student *s, st_student_state *st) {
         return st_error_set(ST_ENOMEM, "student state: out of memory");
       }
     }
-    TRY(st_tensor_download(s->be, &p->value, st->value[i], bytes));
-    TRY(st_tensor_download(s->be, &p->m, st->m[i], bytes));
-    TRY(st_tensor_download(s->be, &p->v, st->v[i], bytes));
+    ST_TRY(st_tensor_download(s->be, &p->value, st->value[i], bytes));
+    ST_TRY(st_tensor_download(s->be, &p->m, st->m[i], bytes));
+    ST_TRY(st_tensor_download(s->be, &p->v, st->v[i], bytes));
   }
   st->adam_step = s->adam_step;
   return ST_OK;

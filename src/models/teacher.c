@@ -16,12 +16,6 @@
 #include "models/tfjs.h"
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
-#define TRY(expr)                                                              \
-  do {                                                                         \
-    int try_rc_ = (expr);                                                      \
-    if (try_rc_)                                                               \
-      return try_rc_;                                                          \
-  } while (0)
 
 /* Every key of the schema; all are required. */
 static const char *const top_keys[] = {"model",   "input",     "output",
@@ -551,12 +545,12 @@ static int start_tfjs(st_teacher *t) {
   enum { MAX_INPUTS = ST_TEACHER_MAX_STATES + 2 };
   st_tfjs_input_info infos[MAX_INPUTS];
   size_t n = 0;
-  TRY(st_tfjs_list_inputs(c->model_path, infos, MAX_INPUTS, &n));
-  TRY(classify_tfjs_inputs(t, infos, n));
+  ST_TRY(st_tfjs_list_inputs(c->model_path, infos, MAX_INPUTS, &n));
+  ST_TRY(classify_tfjs_inputs(t, infos, n));
   const int64_t in_shape[4] = {1, 3, c->height, c->width};
   int session = c->recurrent == ST_TEACHER_RECURRENT_SESSION && t->n_states;
-  TRY(import_tfjs(t, infos, n, 1, &t->model));
-  TRY(st_onnx_plan_new(t->be, t->model, in_shape, &t->plan));
+  ST_TRY(import_tfjs(t, infos, n, 1, &t->model));
+  ST_TRY(st_onnx_plan_new(t->be, t->model, in_shape, &t->plan));
   if (!session) {
     t->n_states = 0; /* bound to zero: nothing to feed */
     return ST_OK;
@@ -571,14 +565,14 @@ static int start_tfjs(st_teacher *t) {
     pin[1 + k].name = t->state_in[k];
     pin[1 + k].ndim = o->ndim;
     memcpy(pin[1 + k].shape, o->shape, sizeof o->shape);
-    TRY(st_tensor_alloc(t->be, &t->state_dev[k], ST_F32, o->ndim, o->shape));
+    ST_TRY(st_tensor_alloc(t->be, &t->state_dev[k], ST_F32, o->ndim, o->shape));
   }
   st_onnx_plan_free(t->plan);
   st_onnx_model_free(t->model);
   t->plan = NULL;
   t->model = NULL;
-  TRY(import_tfjs(t, infos, n, 0, &t->model));
-  TRY(st_onnx_plan_new_inputs(t->be, t->model, pin, 1 + t->n_states,
+  ST_TRY(import_tfjs(t, infos, n, 0, &t->model));
+  ST_TRY(st_onnx_plan_new_inputs(t->be, t->model, pin, 1 + t->n_states,
                               &t->plan));
   for (int k = 0; k < t->n_states; k++)
     t->state_out[k] = 1 + k;
@@ -589,15 +583,15 @@ static int teacher_start(st_teacher *t, int bare) {
   st_teacher_config *c = &t->cfg;
   int rc;
   if (!bare && st_tfjs_is_model_path(c->model_path)) {
-    TRY(start_tfjs(t));
+    ST_TRY(start_tfjs(t));
   } else {
     if (c->downsample_ratio > 0.0 ||
         c->recurrent != ST_TEACHER_RECURRENT_ZERO)
       return st_error_set(ST_ENOTSUP, "%s: downsample_ratio and recurrent "
                           "apply to TF.js models only", c->model_path);
-    TRY(st_onnx_model_load(c->model_path, &t->model));
+    ST_TRY(st_onnx_model_load(c->model_path, &t->model));
     const int64_t in_shape[4] = {1, 3, c->height, c->width};
-    TRY(st_onnx_plan_new(t->be, t->model, in_shape, &t->plan));
+    ST_TRY(st_onnx_plan_new(t->be, t->model, in_shape, &t->plan));
   }
   if (bare) {
     t->output_index = 0;
@@ -769,12 +763,12 @@ static int run_model(st_teacher *t, st_teacher_state *state) {
   for (int k = 0; k < t->n_states; k++) {
     st_tensor *d = &t->state_dev[k];
     if (state && state->valid)
-      TRY(st_tensor_upload(t->be, d, state->data[k], state->bytes[k]));
+      ST_TRY(st_tensor_upload(t->be, d, state->data[k], state->bytes[k]));
     else
-      TRY(st_fill(t->be, d, 0.0f));
+      ST_TRY(st_fill(t->be, d, 0.0f));
     inputs[1 + k] = d;
   }
-  TRY(st_onnx_plan_run_inputs(t->plan, inputs, 1 + t->n_states));
+  ST_TRY(st_onnx_plan_run_inputs(t->plan, inputs, 1 + t->n_states));
   if (!state)
     return ST_OK;
   for (int k = 0; k < t->n_states; k++) {
@@ -786,7 +780,7 @@ static int run_model(st_teacher *t, st_teacher_state *state) {
     if (!state->data[k] && !(state->data[k] = malloc(bytes)))
       return st_error_set(ST_ENOMEM, "teacher: out of memory for a state");
     state->bytes[k] = bytes;
-    TRY(st_tensor_download(t->be, o, state->data[k], bytes));
+    ST_TRY(st_tensor_download(t->be, o, state->data[k], bytes));
   }
   state->valid = 1;
   return ST_OK;

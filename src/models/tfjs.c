@@ -40,12 +40,6 @@
 #include "base/json.h"
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
-#define TRY(expr)                                                              \
-  do {                                                                         \
-    int try_rc_ = (expr);                                                      \
-    if (try_rc_)                                                               \
-      return try_rc_;                                                          \
-  } while (0)
 
 /* The IR's opset: axes of Squeeze/Unsqueeze/ReduceMean and Split sizes are
  * inputs there, Resize takes an `axes` attribute. */
@@ -364,7 +358,7 @@ static int emit(importer *im, const char *op, const char *base,
   const char *node_name = fresh_name(im, base, op);
   if (!node_name)
     return oom(im);
-  TRY(st_onnx_builder_add_node(im->b, op, node_name, ins, n_ins, &out, 1,
+  ST_TRY(st_onnx_builder_add_node(im->b, op, node_name, ins, n_ins, &out, 1,
                                al ? al->a : NULL, al ? al->n : 0));
   *name = out;
   return ST_OK;
@@ -375,7 +369,7 @@ static int emit_i64(importer *im, const char *base, const int64_t *v,
                     int64_t count, int ndim, const char **name) {
   *name = NULL;
   st_tensor t;
-  TRY(st_tensor_alloc(NULL, &t, ST_I64, ndim, &count));
+  ST_TRY(st_tensor_alloc(NULL, &t, ST_I64, ndim, &count));
   if (count)
     memcpy(t.data, v, (size_t)count * sizeof *v);
   const char *nm = fresh_name(im, base, "const");
@@ -383,7 +377,7 @@ static int emit_i64(importer *im, const char *base, const int64_t *v,
     st_tensor_free(&t);
     return oom(im);
   }
-  TRY(st_onnx_builder_add_initializer(im->b, nm, &t));
+  ST_TRY(st_onnx_builder_add_initializer(im->b, nm, &t));
   *name = nm;
   return ST_OK;
 }
@@ -392,14 +386,14 @@ static int emit_f32_scalar(importer *im, const char *base, float v,
                            const char **name) {
   *name = NULL;
   st_tensor t;
-  TRY(st_tensor_alloc(NULL, &t, ST_F32, 0, NULL));
+  ST_TRY(st_tensor_alloc(NULL, &t, ST_F32, 0, NULL));
   *(float *)t.data = v;
   const char *nm = fresh_name(im, base, "const");
   if (!nm) {
     st_tensor_free(&t);
     return oom(im);
   }
-  TRY(st_onnx_builder_add_initializer(im->b, nm, &t));
+  ST_TRY(st_onnx_builder_add_initializer(im->b, nm, &t));
   *name = nm;
   return ST_OK;
 }
@@ -419,11 +413,11 @@ static int host_name(importer *im, const tf_node *n, int k, tval *v) {
   if (!nm)
     return oom(im);
   st_tensor t;
-  TRY(st_tensor_alloc(NULL, &t, v->host->dtype, v->host->ndim,
+  ST_TRY(st_tensor_alloc(NULL, &t, v->host->dtype, v->host->ndim,
                       v->host->shape));
   if (st_tensor_nbytes(&t))
     memcpy(t.data, v->host->data, st_tensor_nbytes(&t));
-  TRY(st_onnx_builder_add_initializer(im->b, nm, &t));
+  ST_TRY(st_onnx_builder_add_initializer(im->b, nm, &t));
   v->tf = nm;
   return ST_OK;
 }
@@ -433,7 +427,7 @@ static int in_value(importer *im, const tf_node *n, int i, tval **v) {
   const tf_node *src = &im->nodes[n->in[i].node];
   *v = inv(im, n, i);
   if ((*v)->host && !(*v)->tf)
-    TRY(host_name(im, src, n->in[i].out, *v));
+    ST_TRY(host_name(im, src, n->in[i].out, *v));
   if (!(*v)->tf && !(*v)->nchw)
     return BAD(im, n, "input %d ('%s') has no value", i, src->name);
   return ST_OK;
@@ -452,7 +446,7 @@ static int as_tf(importer *im, const tf_node *n, tval *v, const char **out) {
   if (!v->tf) {
     if (v->rank != 4)
       return BAD(im, n, "an NCHW value of rank %d", v->rank);
-    TRY(transpose(im, n->name, v->nchw, PERM_TO_NHWC, 4, &v->tf));
+    ST_TRY(transpose(im, n->name, v->nchw, PERM_TO_NHWC, 4, &v->tf));
   }
   *out = v->tf;
   return ST_OK;
@@ -465,7 +459,7 @@ static int as_nchw(importer *im, const tf_node *n, tval *v, const char **out) {
     return REFUSE(im, n, "an operand of rank %d where rank 4 is needed",
                   v->rank);
   if (!v->nchw)
-    TRY(transpose(im, n->name, v->tf, PERM_TO_NCHW, 4, &v->nchw));
+    ST_TRY(transpose(im, n->name, v->tf, PERM_TO_NCHW, 4, &v->nchw));
   *out = v->nchw;
   return ST_OK;
 }
@@ -489,11 +483,11 @@ static int as_bcast_nchw(importer *im, const tf_node *n, tval *v,
     for (int i = 0; i < k; i++)
       axes[i] = i;
     const char *ax, *u, *x;
-    TRY(as_tf(im, n, v, &x));
-    TRY(emit_i64(im, n->name, axes, k, 1, &ax));
+    ST_TRY(as_tf(im, n, v, &x));
+    ST_TRY(emit_i64(im, n->name, axes, k, 1, &ax));
     const char *ins[2] = {x, ax};
-    TRY(emit(im, "Unsqueeze", n->name, ins, 2, NULL, NULL, &u));
-    TRY(transpose(im, n->name, u, PERM_TO_NCHW, 4, &v->b4));
+    ST_TRY(emit(im, "Unsqueeze", n->name, ins, 2, NULL, NULL, &u));
+    ST_TRY(transpose(im, n->name, u, PERM_TO_NCHW, 4, &v->b4));
   }
   *out = v->b4;
   return ST_OK;
@@ -637,7 +631,7 @@ static int read_nodes(importer *im) {
       if (!json_is_string(t))
         return BAD(im, n, "input %zu is not a string", q);
       int src, out, control;
-      TRY(parse_ref(im, n, json_string_value(t), &src, &out, &control));
+      ST_TRY(parse_ref(im, n, json_string_value(t), &src, &out, &control));
       if (control) {
         n->ctrl[n->n_ctrl++] = src;
       } else {
@@ -654,7 +648,7 @@ static int read_nodes(importer *im) {
     tf_node *n = &im->nodes[i];
     int64_t num_split = 0;
     if (!strcmp(n->op, "Split") || !strcmp(n->op, "SplitV"))
-      TRY(attr_int(im, n, "num_split", 1, &num_split));
+      ST_TRY(attr_int(im, n, "num_split", 1, &num_split));
     if (num_split < 0 || num_split > MAX_NODE_PORTS)
       return BAD(im, n, "num_split %lld", (long long)num_split);
     if (n->n_out < (int)num_split)
@@ -778,7 +772,7 @@ static int decode_weight(importer *im, json_t *spec, const uint8_t *bytes,
                         "int32 and bool are supported)", im->label, w->name,
                         dt);
   }
-  TRY(st_tensor_alloc(NULL, &w->t, st, (int)nd, dims));
+  ST_TRY(st_tensor_alloc(NULL, &w->t, st, (int)nd, dims));
   int64_t numel = st_tensor_numel(&w->t);
   json_t *q = json_object_get(spec, "quantization");
   const char *qdt = NULL;
@@ -975,7 +969,7 @@ static int setup_constants(importer *im) {
       const st_tfjs_input *o = input_option(im, n->name);
       if (o && o->bound) {
         st_tensor *t = &im->bound[im->n_bound++];
-        TRY(st_tensor_alloc(NULL, t, ST_F32, 0, NULL));
+        ST_TRY(st_tensor_alloc(NULL, t, ST_F32, 0, NULL));
         *(float *)t->data = (float)o->value;
         v->host = t;
         v->kind = TK_FLOAT;
@@ -1151,7 +1145,7 @@ static int resolve_outputs(importer *im, out_req **reqs, size_t *n_reqs) {
         return st_error_set(ST_ENOENT, "%s: the model has no output '%s'",
                             im->label, key ? key : "");
       (*reqs)[i].key = key;
-      TRY(resolve_ref_text(im, json_string_value(nm), &(*reqs)[i].ref));
+      ST_TRY(resolve_ref_text(im, json_string_value(nm), &(*reqs)[i].ref));
       (*n_reqs)++;
     }
     return ST_OK;
@@ -1165,7 +1159,7 @@ static int resolve_outputs(importer *im, out_req **reqs, size_t *n_reqs) {
                           "name", im->label, key);
     out_req *r = &(*reqs)[(*n_reqs)++];
     r->key = key;
-    TRY(resolve_ref_text(im, json_string_value(nm), &r->ref));
+    ST_TRY(resolve_ref_text(im, json_string_value(nm), &r->ref));
   }
   return ST_OK;
 }
@@ -1327,13 +1321,13 @@ static int emit_binary(importer *im, tf_node *n, const char *op, tval *a,
   int nchw = r == 4 && ((a->rank == 4 && a->nchw) || (b->rank == 4 && b->nchw));
   const char *ins[2], *y;
   if (nchw) {
-    TRY(as_bcast_nchw(im, n, a, &ins[0]));
-    TRY(as_bcast_nchw(im, n, b, &ins[1]));
+    ST_TRY(as_bcast_nchw(im, n, a, &ins[0]));
+    ST_TRY(as_bcast_nchw(im, n, b, &ins[1]));
   } else {
-    TRY(as_tf(im, n, a, &ins[0]));
-    TRY(as_tf(im, n, b, &ins[1]));
+    ST_TRY(as_tf(im, n, a, &ins[0]));
+    ST_TRY(as_tf(im, n, b, &ins[1]));
   }
-  TRY(emit(im, op, n->name, ins, 2, al, NULL, &y));
+  ST_TRY(emit(im, op, n->name, ins, 2, al, NULL, &y));
   set_out(n, out_k, y, nchw, r, a->kind != TK_UNKNOWN ? a->kind : b->kind);
   return ST_OK;
 }
@@ -1347,13 +1341,13 @@ static int tr_binary(importer *im, tf_node *n) {
   if (n->n_in != 2)
     return BAD(im, n, "%d inputs, expected 2", n->n_in);
   tval *a, *b;
-  TRY(in_value(im, n, 0, &a));
-  TRY(in_value(im, n, 1, &b));
+  ST_TRY(in_value(im, n, 0, &a));
+  ST_TRY(in_value(im, n, 1, &b));
   if (a->kind == TK_BOOL || b->kind == TK_BOOL)
     return REFUSE(im, n, "boolean tensors at run time are not supported");
   if (!strcmp(n->op, "BiasAdd")) {
     char fmt[16];
-    TRY(attr_string(im, n, "data_format", "NHWC", fmt, sizeof fmt));
+    ST_TRY(attr_string(im, n, "data_format", "NHWC", fmt, sizeof fmt));
     if (strcmp(fmt, "NHWC"))
       return REFUSE(im, n, "data_format %s is not supported", fmt);
   }
@@ -1368,7 +1362,7 @@ static int tr_binary(importer *im, tf_node *n) {
 
 static int tr_square(importer *im, tf_node *n) {
   tval *a;
-  TRY(in_value(im, n, 0, &a));
+  ST_TRY(in_value(im, n, 0, &a));
   return emit_binary(im, n, "Mul", a, a, NULL, 0);
 }
 
@@ -1377,12 +1371,12 @@ static int tr_addn(importer *im, tf_node *n) {
     return BAD(im, n, "no inputs");
   tval acc;
   tval *a;
-  TRY(in_value(im, n, 0, &a));
+  ST_TRY(in_value(im, n, 0, &a));
   acc = *a;
   for (int i = 1; i < n->n_in; i++) {
     tval *b;
-    TRY(in_value(im, n, i, &b));
-    TRY(emit_binary(im, n, "Add", &acc, b, NULL, 0));
+    ST_TRY(in_value(im, n, i, &b));
+    ST_TRY(emit_binary(im, n, "Add", &acc, b, NULL, 0));
     acc = *outv(n, 0);
   }
   *outv(n, 0) = acc;
@@ -1399,10 +1393,10 @@ static int emit_unary(importer *im, tf_node *n, const char *op, tval *x,
   int nchw = x->nchw != NULL && x->rank == 4;
   ins[0] = nchw ? x->nchw : NULL;
   if (!nchw)
-    TRY(as_tf(im, n, x, &ins[0]));
+    ST_TRY(as_tf(im, n, x, &ins[0]));
   for (size_t i = 0; i < n_extra; i++)
     ins[1 + i] = extra[i];
-  TRY(emit(im, op, n->name, ins, 1 + n_extra, al, NULL, &y));
+  ST_TRY(emit(im, op, n->name, ins, 1 + n_extra, al, NULL, &y));
   set_out(n, 0, y, nchw, x->rank, x->kind);
   return ST_OK;
 }
@@ -1410,8 +1404,8 @@ static int emit_unary(importer *im, tf_node *n, const char *op, tval *x,
 /* Clip(x, lo, hi) with scalar constant bounds. */
 static int emit_clip(importer *im, tf_node *n, tval *x, float lo, float hi) {
   const char *b[2];
-  TRY(emit_f32_scalar(im, n->name, lo, &b[0]));
-  TRY(emit_f32_scalar(im, n->name, hi, &b[1]));
+  ST_TRY(emit_f32_scalar(im, n->name, lo, &b[0]));
+  ST_TRY(emit_f32_scalar(im, n->name, hi, &b[1]));
   return emit_unary(im, n, "Clip", x, b, 2, NULL);
 }
 
@@ -1421,7 +1415,7 @@ static int tr_unary(importer *im, tf_node *n, const fusion *fu) {
     tf_node *src = &im->nodes[fu->src.node];
     x = &src->out[fu->src.out];
     if (x->host && !x->tf)
-      TRY(host_name(im, src, fu->src.out, x));
+      ST_TRY(host_name(im, src, fu->src.out, x));
     if (fu->kind == FUSE_HARDSWISH)
       return emit_unary(im, n, "HardSwish", x, NULL, 0, NULL);
     attr_list al = {.n = 0};
@@ -1429,7 +1423,7 @@ static int tr_unary(importer *im, tf_node *n, const fusion *fu) {
     al_float(&al, "beta", 0.5f);
     return emit_unary(im, n, "HardSigmoid", x, NULL, 0, &al);
   }
-  TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 0, &x));
   if (x->kind != TK_FLOAT)
     return REFUSE(im, n, "a non-float operand is not supported");
   enum { RELU6_MAX = 6 };
@@ -1446,7 +1440,7 @@ static int tr_unary(importer *im, tf_node *n, const fusion *fu) {
 
 static int tr_cast(importer *im, tf_node *n) {
   tval *x;
-  TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 0, &x));
   tf_kind to = kind_of_dtype(attr_type(n, "DstT"));
   if (to != TK_FLOAT && to != TK_INT)
     return REFUSE(im, n, "casting to %s is not supported",
@@ -1455,7 +1449,7 @@ static int tr_cast(importer *im, tf_node *n) {
     return REFUSE(im, n, "casting a boolean tensor is not supported");
   attr_list al = {.n = 0};
   al_int(&al, "to", to == TK_FLOAT ? ST_ONNX_FLOAT : ST_ONNX_INT64);
-  TRY(emit_unary(im, n, "Cast", x, NULL, 0, &al));
+  ST_TRY(emit_unary(im, n, "Cast", x, NULL, 0, &al));
   outv(n, 0)->kind = to;
   outv(n, 0)->len = x->len;
   return ST_OK;
@@ -1465,19 +1459,19 @@ static int tr_cast(importer *im, tf_node *n) {
 
 static int tr_shape(importer *im, tf_node *n) {
   tval *x;
-  TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 0, &x));
   if (x->rank < 0)
     return REFUSE(im, n, "the shape of a value of unknown rank");
   const char *s, *y;
   if (x->nchw && !x->tf) {
     /* The NCHW extents, reordered into the NHWC shape TF code expects. */
     const char *idx;
-    TRY(emit(im, "Shape", n->name, &x->nchw, 1, NULL, NULL, &s));
-    TRY(emit_i64(im, n->name, PERM_TO_NHWC, 4, 1, &idx));
+    ST_TRY(emit(im, "Shape", n->name, &x->nchw, 1, NULL, NULL, &s));
+    ST_TRY(emit_i64(im, n->name, PERM_TO_NHWC, 4, 1, &idx));
     const char *ins[2] = {s, idx};
-    TRY(emit(im, "Gather", n->name, ins, 2, NULL, NULL, &y));
+    ST_TRY(emit(im, "Gather", n->name, ins, 2, NULL, NULL, &y));
   } else {
-    TRY(emit(im, "Shape", n->name, &x->tf, 1, NULL, NULL, &y));
+    ST_TRY(emit(im, "Shape", n->name, &x->tf, 1, NULL, NULL, &y));
   }
   set_out(n, 0, y, 0, 1, TK_INT);
   outv(n, 0)->len = x->rank;
@@ -1501,15 +1495,15 @@ static int tr_concat(importer *im, tf_node *n) {
     return BAD(im, n, "no values to concatenate");
   int64_t axis_v;
   size_t c;
-  TRY(host_ints(im, n, count, "the axis", &axis_v, 1, &c));
+  ST_TRY(host_ints(im, n, count, "the axis", &axis_v, 1, &c));
   if (c != 1)
     return BAD(im, n, "the axis must be one integer");
   tval *v0;
-  TRY(in_value(im, n, 0, &v0));
+  ST_TRY(in_value(im, n, 0, &v0));
   int r = v0->rank, nchw = 0, axis;
   if (r < 0)
     return REFUSE(im, n, "concatenating values of unknown rank");
-  TRY(norm_axis(im, n, axis_v, r, &axis));
+  ST_TRY(norm_axis(im, n, axis_v, r, &axis));
   const char **ins = calloc((size_t)count, sizeof *ins);
   if (!ins)
     return oom(im);
@@ -1533,7 +1527,7 @@ static int tr_concat(importer *im, tf_node *n) {
     rc = emit(im, "Concat", n->name, ins, (size_t)count, &al, NULL, &y);
   }
   free(ins);
-  TRY(rc);
+  ST_TRY(rc);
   set_out(n, 0, y, nchw, r, v0->kind);
   if (r == 1) {
     int64_t len = 0;
@@ -1552,29 +1546,29 @@ static int tr_split(importer *im, tf_node *n) {
   if (n->n_in != (is_v ? 3 : 2))
     return BAD(im, n, "%d inputs", n->n_in);
   int64_t num;
-  TRY(attr_int(im, n, "num_split", 1, &num));
+  ST_TRY(attr_int(im, n, "num_split", 1, &num));
   if (num < 1 || num > n->n_out)
     return BAD(im, n, "num_split %lld", (long long)num);
   int64_t dim_v;
   size_t c;
-  TRY(host_ints(im, n, di, "the split axis", &dim_v, 1, &c));
+  ST_TRY(host_ints(im, n, di, "the split axis", &dim_v, 1, &c));
   tval *x;
-  TRY(in_value(im, n, xi, &x));
+  ST_TRY(in_value(im, n, xi, &x));
   if (x->rank < 0)
     return REFUSE(im, n, "splitting a value of unknown rank");
   int axis;
-  TRY(norm_axis(im, n, dim_v, x->rank, &axis));
+  ST_TRY(norm_axis(im, n, dim_v, x->rank, &axis));
   int nchw = x->rank == 4 && x->nchw;
   const char *ins[2];
   size_t n_ins = 1;
   if (nchw)
-    TRY(as_nchw(im, n, x, &ins[0]));
+    ST_TRY(as_nchw(im, n, x, &ins[0]));
   else
-    TRY(as_tf(im, n, x, &ins[0]));
+    ST_TRY(as_tf(im, n, x, &ins[0]));
   if (is_v) {
     int64_t sizes[MAX_NODE_PORTS];
     size_t k;
-    TRY(host_ints(im, n, 1, "size_splits", sizes, MAX_NODE_PORTS, &k));
+    ST_TRY(host_ints(im, n, 1, "size_splits", sizes, MAX_NODE_PORTS, &k));
     if ((int64_t)k != num)
       return BAD(im, n, "%zu sizes for num_split %lld", k, (long long)num);
     int rest = -1;
@@ -1590,26 +1584,26 @@ static int tr_split(importer *im, tf_node *n) {
       for (size_t i = 0; i < k; i++)
         known += i == (size_t)rest ? 0 : sizes[i];
       const char *shape, *ext, *idx, *kn, *restv, *parts[3], *vec;
-      TRY(emit(im, "Shape", n->name, &ins[0], 1, NULL, NULL, &shape));
-      TRY(emit_i64(im, n->name, &ax, 1, 1, &idx));
+      ST_TRY(emit(im, "Shape", n->name, &ins[0], 1, NULL, NULL, &shape));
+      ST_TRY(emit_i64(im, n->name, &ax, 1, 1, &idx));
       const char *g[2] = {shape, idx};
-      TRY(emit(im, "Gather", n->name, g, 2, NULL, NULL, &ext));
-      TRY(emit_i64(im, n->name, &known, 1, 1, &kn));
+      ST_TRY(emit(im, "Gather", n->name, g, 2, NULL, NULL, &ext));
+      ST_TRY(emit_i64(im, n->name, &known, 1, 1, &kn));
       const char *sb[2] = {ext, kn};
-      TRY(emit(im, "Sub", n->name, sb, 2, NULL, NULL, &restv));
+      ST_TRY(emit(im, "Sub", n->name, sb, 2, NULL, NULL, &restv));
       size_t np = 0;
       if (rest > 0)
-        TRY(emit_i64(im, n->name, sizes, rest, 1, &parts[np++]));
+        ST_TRY(emit_i64(im, n->name, sizes, rest, 1, &parts[np++]));
       parts[np++] = restv;
       if ((size_t)rest + 1 < k)
-        TRY(emit_i64(im, n->name, sizes + rest + 1,
+        ST_TRY(emit_i64(im, n->name, sizes + rest + 1,
                      (int64_t)(k - (size_t)rest - 1), 1, &parts[np++]));
       attr_list al = {.n = 0};
       al_int(&al, "axis", 0);
-      TRY(emit(im, "Concat", n->name, parts, np, &al, NULL, &vec));
+      ST_TRY(emit(im, "Concat", n->name, parts, np, &al, NULL, &vec));
       ins[1] = vec;
     } else {
-      TRY(emit_i64(im, n->name, sizes, (int64_t)k, 1, &ins[1]));
+      ST_TRY(emit_i64(im, n->name, sizes, (int64_t)k, 1, &ins[1]));
     }
     n_ins = 2;
   }
@@ -1639,21 +1633,21 @@ static int tr_split(importer *im, tf_node *n) {
  * of extent 1, leaving the rank unknown here). */
 static int tr_squeeze(importer *im, tf_node *n) {
   tval *x;
-  TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 0, &x));
   int64_t dims[ST_MAX_DIMS];
   size_t count;
-  TRY(attr_ints(im, n, "squeeze_dims", dims, ST_MAX_DIMS, &count));
+  ST_TRY(attr_ints(im, n, "squeeze_dims", dims, ST_MAX_DIMS, &count));
   if (!count)
-    TRY(attr_ints(im, n, "axis", dims, ST_MAX_DIMS, &count));
+    ST_TRY(attr_ints(im, n, "axis", dims, ST_MAX_DIMS, &count));
   const char *ins[2], *y;
-  TRY(as_tf(im, n, x, &ins[0]));
+  ST_TRY(as_tf(im, n, x, &ins[0]));
   if (count) {
     if (x->rank < 0)
       return REFUSE(im, n, "squeezing a value of unknown rank");
-    TRY(emit_i64(im, n->name, dims, (int64_t)count, 1, &ins[1]));
-    TRY(emit(im, "Squeeze", n->name, ins, 2, NULL, NULL, &y));
+    ST_TRY(emit_i64(im, n->name, dims, (int64_t)count, 1, &ins[1]));
+    ST_TRY(emit(im, "Squeeze", n->name, ins, 2, NULL, NULL, &y));
   } else {
-    TRY(emit(im, "Squeeze", n->name, ins, 1, NULL, NULL, &y));
+    ST_TRY(emit(im, "Squeeze", n->name, ins, 1, NULL, NULL, &y));
   }
   set_out(n, 0, y, 0, count && x->rank >= 0 ? x->rank - (int)count : -1,
           x->kind);
@@ -1662,39 +1656,39 @@ static int tr_squeeze(importer *im, tf_node *n) {
 
 static int tr_expand_dims(importer *im, tf_node *n) {
   tval *x;
-  TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 0, &x));
   int64_t axis;
   size_t c;
-  TRY(host_ints(im, n, 1, "the axis", &axis, 1, &c));
+  ST_TRY(host_ints(im, n, 1, "the axis", &axis, 1, &c));
   const char *ins[2], *y;
-  TRY(as_tf(im, n, x, &ins[0]));
-  TRY(emit_i64(im, n->name, &axis, 1, 1, &ins[1]));
-  TRY(emit(im, "Unsqueeze", n->name, ins, 2, NULL, NULL, &y));
+  ST_TRY(as_tf(im, n, x, &ins[0]));
+  ST_TRY(emit_i64(im, n->name, &axis, 1, 1, &ins[1]));
+  ST_TRY(emit(im, "Unsqueeze", n->name, ins, 2, NULL, NULL, &y));
   set_out(n, 0, y, 0, x->rank < 0 ? -1 : x->rank + 1, x->kind);
   return ST_OK;
 }
 
 static int tr_reshape(importer *im, tf_node *n) {
   tval *x, *s;
-  TRY(in_value(im, n, 0, &x));
-  TRY(in_value(im, n, 1, &s));
+  ST_TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 1, &s));
   const char *ins[2], *y;
-  TRY(as_tf(im, n, x, &ins[0]));
-  TRY(as_tf(im, n, s, &ins[1]));
-  TRY(emit(im, "Reshape", n->name, ins, 2, NULL, NULL, &y));
+  ST_TRY(as_tf(im, n, x, &ins[0]));
+  ST_TRY(as_tf(im, n, s, &ins[1]));
+  ST_TRY(emit(im, "Reshape", n->name, ins, 2, NULL, NULL, &y));
   set_out(n, 0, y, 0, s->len >= 0 ? (int)s->len : -1, x->kind);
   return ST_OK;
 }
 
 static int tr_transpose(importer *im, tf_node *n) {
   tval *x;
-  TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 0, &x));
   int64_t perm[ST_MAX_DIMS];
   size_t count;
-  TRY(host_ints(im, n, 1, "perm", perm, ST_MAX_DIMS, &count));
+  ST_TRY(host_ints(im, n, 1, "perm", perm, ST_MAX_DIMS, &count));
   const char *xin, *y;
-  TRY(as_tf(im, n, x, &xin));
-  TRY(transpose(im, n->name, xin, perm, (int)count, &y));
+  ST_TRY(as_tf(im, n, x, &xin));
+  ST_TRY(transpose(im, n->name, xin, perm, (int)count, &y));
   set_out(n, 0, y, 0, (int)count, x->kind);
   return ST_OK;
 }
@@ -1702,14 +1696,14 @@ static int tr_transpose(importer *im, tf_node *n) {
 /* Pack: each value gains an axis, then they are concatenated on it. */
 static int tr_pack(importer *im, tf_node *n) {
   int64_t axis_v;
-  TRY(attr_int(im, n, "axis", 0, &axis_v));
+  ST_TRY(attr_int(im, n, "axis", 0, &axis_v));
   if (n->n_in < 1)
     return BAD(im, n, "nothing to pack");
   tval *v0 = inv(im, n, 0);
   if (v0->rank < 0)
     return REFUSE(im, n, "packing values of unknown rank");
   int r = v0->rank + 1, axis;
-  TRY(norm_axis(im, n, axis_v, r, &axis));
+  ST_TRY(norm_axis(im, n, axis_v, r, &axis));
   int64_t ax = axis;
   const char *axes, **parts = calloc((size_t)n->n_in, sizeof *parts);
   if (!parts)
@@ -1736,7 +1730,7 @@ static int tr_pack(importer *im, tf_node *n) {
     rc = emit(im, "Concat", n->name, parts, (size_t)n->n_in, &al, NULL, &y);
   }
   free(parts);
-  TRY(rc);
+  ST_TRY(rc);
   set_out(n, 0, y, 0, r, kind);
   if (r == 1)
     outv(n, 0)->len = n->n_in;
@@ -1747,32 +1741,32 @@ static int tr_pack(importer *im, tf_node *n) {
  * target has rank 4 (the shape vector is reordered instead of the data). */
 static int tr_broadcast_to(importer *im, tf_node *n) {
   tval *x, *s;
-  TRY(in_value(im, n, 0, &x));
-  TRY(in_value(im, n, 1, &s));
+  ST_TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 1, &s));
   if (s->len < 0)
     return REFUSE(im, n, "a target shape of unknown length");
   int r = (int)s->len > x->rank ? (int)s->len : x->rank;
   const char *ins[2], *y, *st;
-  TRY(as_tf(im, n, s, &st));
+  ST_TRY(as_tf(im, n, s, &st));
   if (r == 4 && x->rank >= 0) {
     const char *idx, *g[2];
-    TRY(as_bcast_nchw(im, n, x, &ins[0]));
-    TRY(emit_i64(im, n->name, PERM_TO_NCHW, 4, 1, &idx));
+    ST_TRY(as_bcast_nchw(im, n, x, &ins[0]));
+    ST_TRY(emit_i64(im, n->name, PERM_TO_NCHW, 4, 1, &idx));
     if (s->len == 4) {
       g[0] = st;
       g[1] = idx;
-      TRY(emit(im, "Gather", n->name, g, 2, NULL, NULL, &ins[1]));
+      ST_TRY(emit(im, "Gather", n->name, g, 2, NULL, NULL, &ins[1]));
     } else {
       return REFUSE(im, n, "broadcasting a rank-4 value to rank %lld",
                     (long long)s->len);
     }
-    TRY(emit(im, "Expand", n->name, ins, 2, NULL, NULL, &y));
+    ST_TRY(emit(im, "Expand", n->name, ins, 2, NULL, NULL, &y));
     set_out(n, 0, y, 1, 4, x->kind);
     return ST_OK;
   }
-  TRY(as_tf(im, n, x, &ins[0]));
+  ST_TRY(as_tf(im, n, x, &ins[0]));
   ins[1] = st;
-  TRY(emit(im, "Expand", n->name, ins, 2, NULL, NULL, &y));
+  ST_TRY(emit(im, "Expand", n->name, ins, 2, NULL, NULL, &y));
   set_out(n, 0, y, 0, x->rank < 0 ? -1 : r, x->kind);
   return ST_OK;
 }
@@ -1782,47 +1776,47 @@ static int tr_broadcast_to(importer *im, tf_node *n) {
  * executor folds: extra = (1 - min(size + 1, 1)) * 2^40. */
 static int tr_slice(importer *im, tf_node *n) {
   tval *x, *bv, *sv;
-  TRY(in_value(im, n, 0, &x));
-  TRY(in_value(im, n, 1, &bv));
-  TRY(in_value(im, n, 2, &sv));
+  ST_TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 1, &bv));
+  ST_TRY(in_value(im, n, 2, &sv));
   if (x->rank < 0)
     return REFUSE(im, n, "slicing a value of unknown rank");
   int nchw = x->rank == 4 && x->nchw;
   const char *b, *s, *one, *big;
-  TRY(as_tf(im, n, bv, &b));
-  TRY(as_tf(im, n, sv, &s));
+  ST_TRY(as_tf(im, n, bv, &b));
+  ST_TRY(as_tf(im, n, sv, &s));
   if (nchw) {
     const char *idx, *g[2];
-    TRY(emit_i64(im, n->name, PERM_TO_NCHW, 4, 1, &idx));
+    ST_TRY(emit_i64(im, n->name, PERM_TO_NCHW, 4, 1, &idx));
     g[0] = b;
     g[1] = idx;
-    TRY(emit(im, "Gather", n->name, g, 2, NULL, NULL, &b));
+    ST_TRY(emit(im, "Gather", n->name, g, 2, NULL, NULL, &b));
     g[0] = s;
-    TRY(emit(im, "Gather", n->name, g, 2, NULL, NULL, &s));
+    ST_TRY(emit(im, "Gather", n->name, g, 2, NULL, NULL, &s));
   }
   const int64_t one_v = 1;
-  TRY(emit_i64(im, n->name, &one_v, 1, 1, &one));
-  TRY(emit_i64(im, n->name, &SLICE_TO_END_EXTRA, 1, 1, &big));
+  ST_TRY(emit_i64(im, n->name, &one_v, 1, 1, &one));
+  ST_TRY(emit_i64(im, n->name, &SLICE_TO_END_EXTRA, 1, 1, &big));
   const char *sp1, *mn, *ind, *extra, *e1, *ends;
   const char *p1[2] = {s, one};
-  TRY(emit(im, "Add", n->name, p1, 2, NULL, NULL, &sp1));
+  ST_TRY(emit(im, "Add", n->name, p1, 2, NULL, NULL, &sp1));
   const char *p2[2] = {sp1, one};
-  TRY(emit(im, "Min", n->name, p2, 2, NULL, NULL, &mn));
+  ST_TRY(emit(im, "Min", n->name, p2, 2, NULL, NULL, &mn));
   const char *p3[2] = {one, mn};
-  TRY(emit(im, "Sub", n->name, p3, 2, NULL, NULL, &ind));
+  ST_TRY(emit(im, "Sub", n->name, p3, 2, NULL, NULL, &ind));
   const char *p4[2] = {ind, big};
-  TRY(emit(im, "Mul", n->name, p4, 2, NULL, NULL, &extra));
+  ST_TRY(emit(im, "Mul", n->name, p4, 2, NULL, NULL, &extra));
   const char *p5[2] = {b, s};
-  TRY(emit(im, "Add", n->name, p5, 2, NULL, NULL, &e1));
+  ST_TRY(emit(im, "Add", n->name, p5, 2, NULL, NULL, &e1));
   const char *p6[2] = {e1, extra};
-  TRY(emit(im, "Add", n->name, p6, 2, NULL, NULL, &ends));
+  ST_TRY(emit(im, "Add", n->name, p6, 2, NULL, NULL, &ends));
   const char *ins[3], *y;
   ins[0] = nchw ? x->nchw : NULL;
   if (!nchw)
-    TRY(as_tf(im, n, x, &ins[0]));
+    ST_TRY(as_tf(im, n, x, &ins[0]));
   ins[1] = b;
   ins[2] = ends;
-  TRY(emit(im, "Slice", n->name, ins, 3, NULL, NULL, &y));
+  ST_TRY(emit(im, "Slice", n->name, ins, 3, NULL, NULL, &y));
   set_out(n, 0, y, nchw, x->rank, x->kind);
   return ST_OK;
 }
@@ -1832,22 +1826,22 @@ static int tr_slice(importer *im, tf_node *n) {
  * the file. */
 static int tr_strided_slice(importer *im, tf_node *n) {
   tval *x;
-  TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 0, &x));
   if (x->rank < 0)
     return REFUSE(im, n, "slicing a value of unknown rank");
   int64_t bg[ST_MAX_DIMS * 2], en[ST_MAX_DIMS * 2], st[ST_MAX_DIMS * 2];
   size_t nb, ne, ns;
-  TRY(host_ints(im, n, 1, "begin", bg, COUNT(bg), &nb));
-  TRY(host_ints(im, n, 2, "end", en, COUNT(en), &ne));
-  TRY(host_ints(im, n, 3, "strides", st, COUNT(st), &ns));
+  ST_TRY(host_ints(im, n, 1, "begin", bg, COUNT(bg), &nb));
+  ST_TRY(host_ints(im, n, 2, "end", en, COUNT(en), &ne));
+  ST_TRY(host_ints(im, n, 3, "strides", st, COUNT(st), &ns));
   if (nb != ne || nb != ns)
     return BAD(im, n, "begin, end and strides differ in length");
   int64_t m_begin, m_end, m_ell, m_new, m_shrink;
-  TRY(attr_int(im, n, "begin_mask", 0, &m_begin));
-  TRY(attr_int(im, n, "end_mask", 0, &m_end));
-  TRY(attr_int(im, n, "ellipsis_mask", 0, &m_ell));
-  TRY(attr_int(im, n, "new_axis_mask", 0, &m_new));
-  TRY(attr_int(im, n, "shrink_axis_mask", 0, &m_shrink));
+  ST_TRY(attr_int(im, n, "begin_mask", 0, &m_begin));
+  ST_TRY(attr_int(im, n, "end_mask", 0, &m_end));
+  ST_TRY(attr_int(im, n, "ellipsis_mask", 0, &m_ell));
+  ST_TRY(attr_int(im, n, "new_axis_mask", 0, &m_new));
+  ST_TRY(attr_int(im, n, "shrink_axis_mask", 0, &m_shrink));
   /* Dense spec over the input's axes. */
   int r = x->rank, consumed = 0;
   for (size_t i = 0; i < nb; i++)
@@ -1915,12 +1909,12 @@ static int tr_strided_slice(importer *im, tf_node *n) {
   const char *ins[5], *y;
   ins[0] = nchw ? x->nchw : NULL;
   if (!nchw)
-    TRY(as_tf(im, n, x, &ins[0]));
-  TRY(emit_i64(im, n->name, starts, r, 1, &ins[1]));
-  TRY(emit_i64(im, n->name, ends, r, 1, &ins[2]));
-  TRY(emit_i64(im, n->name, axes, r, 1, &ins[3]));
-  TRY(emit_i64(im, n->name, steps, r, 1, &ins[4]));
-  TRY(emit(im, "Slice", n->name, ins, 5, NULL, NULL, &y));
+    ST_TRY(as_tf(im, n, x, &ins[0]));
+  ST_TRY(emit_i64(im, n->name, starts, r, 1, &ins[1]));
+  ST_TRY(emit_i64(im, n->name, ends, r, 1, &ins[2]));
+  ST_TRY(emit_i64(im, n->name, axes, r, 1, &ins[3]));
+  ST_TRY(emit_i64(im, n->name, steps, r, 1, &ins[4]));
+  ST_TRY(emit(im, "Slice", n->name, ins, 5, NULL, NULL, &y));
   int64_t len = -1;
   if (r == 1 && !n_shrink && x->len >= 0) {
     /* A slice of a vector of known length: its length, as Python's. */
@@ -1946,16 +1940,16 @@ static int tr_strided_slice(importer *im, tf_node *n) {
       if (shrink[k])
         sq[q++] = k;
     const char *s2[2] = {y, NULL};
-    TRY(emit_i64(im, n->name, sq, q, 1, &s2[1]));
-    TRY(emit(im, "Squeeze", n->name, s2, 2, NULL, NULL, &y));
+    ST_TRY(emit_i64(im, n->name, sq, q, 1, &s2[1]));
+    ST_TRY(emit(im, "Squeeze", n->name, s2, 2, NULL, NULL, &y));
   }
   if (n_new) {
     int64_t un[2 * ST_MAX_DIMS];
     for (int k = 0; k < n_new; k++)
       un[k] = new_at[k];
     const char *u2[2] = {y, NULL};
-    TRY(emit_i64(im, n->name, un, n_new, 1, &u2[1]));
-    TRY(emit(im, "Unsqueeze", n->name, u2, 2, NULL, NULL, &y));
+    ST_TRY(emit_i64(im, n->name, un, n_new, 1, &u2[1]));
+    ST_TRY(emit(im, "Unsqueeze", n->name, u2, 2, NULL, NULL, &y));
   }
   set_out(n, 0, y, nchw, r_out, x->kind);
   outv(n, 0)->len = r_out == 1 ? len : -1;
@@ -1968,19 +1962,19 @@ static int onnx_pads(importer *im, const tf_node *n, tval *paddings, int r,
                      int nchw, const char **out) {
   *out = NULL;
   const char *p, *t;
-  TRY(as_tf(im, n, paddings, &p));
+  ST_TRY(as_tf(im, n, paddings, &p));
   if (nchw) {
     const char *idx, *g[2];
-    TRY(emit_i64(im, n->name, PERM_TO_NCHW, 4, 1, &idx));
+    ST_TRY(emit_i64(im, n->name, PERM_TO_NCHW, 4, 1, &idx));
     g[0] = p;
     g[1] = idx;
-    TRY(emit(im, "Gather", n->name, g, 2, NULL, NULL, &p));
+    ST_TRY(emit(im, "Gather", n->name, g, 2, NULL, NULL, &p));
   }
   static const int64_t SWAP[2] = {1, 0};
-  TRY(transpose(im, n->name, p, SWAP, 2, &t));
+  ST_TRY(transpose(im, n->name, p, SWAP, 2, &t));
   int64_t len = 2 * r;
   const char *shape, *ins[2];
-  TRY(emit_i64(im, n->name, &len, 1, 1, &shape));
+  ST_TRY(emit_i64(im, n->name, &len, 1, 1, &shape));
   ins[0] = t;
   ins[1] = shape;
   return emit(im, "Reshape", n->name, ins, 2, NULL, NULL, out);
@@ -1995,13 +1989,13 @@ static int spatial_pads(importer *im, const tf_node *n, tval *hw,
   static const int64_t ZERO_COLUMNS[4] = {0, 2, 0, 0};
   static const int64_t FLAT = 8;
   const char *p, *t, *zc, *padded, *shape, *ins[2];
-  TRY(as_tf(im, n, hw, &p));
-  TRY(transpose(im, n->name, p, SWAP, 2, &t));
-  TRY(emit_i64(im, n->name, ZERO_COLUMNS, 4, 1, &zc));
+  ST_TRY(as_tf(im, n, hw, &p));
+  ST_TRY(transpose(im, n->name, p, SWAP, 2, &t));
+  ST_TRY(emit_i64(im, n->name, ZERO_COLUMNS, 4, 1, &zc));
   ins[0] = t;
   ins[1] = zc;
-  TRY(emit(im, "Pad", n->name, ins, 2, NULL, NULL, &padded));
-  TRY(emit_i64(im, n->name, &FLAT, 1, 1, &shape));
+  ST_TRY(emit(im, "Pad", n->name, ins, 2, NULL, NULL, &padded));
+  ST_TRY(emit_i64(im, n->name, &FLAT, 1, 1, &shape));
   ins[0] = padded;
   ins[1] = shape;
   return emit(im, "Reshape", n->name, ins, 2, NULL, NULL, out);
@@ -2009,8 +2003,8 @@ static int spatial_pads(importer *im, const tf_node *n, tval *hw,
 
 static int tr_pad(importer *im, tf_node *n) {
   tval *x, *pv;
-  TRY(in_value(im, n, 0, &x));
-  TRY(in_value(im, n, 1, &pv));
+  ST_TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 1, &pv));
   if (x->rank < 0)
     return REFUSE(im, n, "padding a value of unknown rank");
   int nchw = x->rank == 4 && x->nchw;
@@ -2018,32 +2012,32 @@ static int tr_pad(importer *im, tf_node *n) {
   size_t n_ins = 2;
   ins[0] = nchw ? x->nchw : NULL;
   if (!nchw)
-    TRY(as_tf(im, n, x, &ins[0]));
-  TRY(onnx_pads(im, n, pv, x->rank, nchw, &ins[1]));
+    ST_TRY(as_tf(im, n, x, &ins[0]));
+  ST_TRY(onnx_pads(im, n, pv, x->rank, nchw, &ins[1]));
   if (!strcmp(n->op, "PadV2")) {
     tval *cv;
-    TRY(in_value(im, n, 2, &cv));
-    TRY(as_tf(im, n, cv, &ins[2]));
+    ST_TRY(in_value(im, n, 2, &cv));
+    ST_TRY(as_tf(im, n, cv, &ins[2]));
     n_ins = 3;
   }
-  TRY(emit(im, "Pad", n->name, ins, n_ins, NULL, NULL, &y));
+  ST_TRY(emit(im, "Pad", n->name, ins, n_ins, NULL, NULL, &y));
   set_out(n, 0, y, nchw, x->rank, x->kind);
   return ST_OK;
 }
 
 static int tr_mean(importer *im, tf_node *n) {
   tval *x;
-  TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 0, &x));
   int keep;
-  TRY(attr_bool(im, n, "keep_dims", 0, &keep));
+  ST_TRY(attr_bool(im, n, "keep_dims", 0, &keep));
   int64_t axes[ST_MAX_DIMS];
   size_t count;
-  TRY(host_ints(im, n, 1, "the reduction axes", axes, ST_MAX_DIMS, &count));
+  ST_TRY(host_ints(im, n, 1, "the reduction axes", axes, ST_MAX_DIMS, &count));
   if (x->rank < 0)
     return REFUSE(im, n, "a mean over a value of unknown rank");
   int norm[ST_MAX_DIMS];
   for (size_t i = 0; i < count; i++)
-    TRY(norm_axis(im, n, axes[i], x->rank, &norm[i]));
+    ST_TRY(norm_axis(im, n, axes[i], x->rank, &norm[i]));
   int nchw = x->rank == 4 && x->nchw;
   const char *ins[2], *y;
   int64_t ax[ST_MAX_DIMS];
@@ -2051,23 +2045,23 @@ static int tr_mean(importer *im, tf_node *n) {
     ax[i] = nchw ? NHWC_TO_NCHW_AXIS[norm[i]] : norm[i];
   ins[0] = nchw ? x->nchw : NULL;
   if (!nchw)
-    TRY(as_tf(im, n, x, &ins[0]));
-  TRY(emit_i64(im, n->name, ax, (int64_t)count, 1, &ins[1]));
+    ST_TRY(as_tf(im, n, x, &ins[0]));
+  ST_TRY(emit_i64(im, n->name, ax, (int64_t)count, 1, &ins[1]));
   /* An image keeps its axes (and its layout); dropping them happens in TF
    * order afterwards. */
   attr_list al = {.n = 0};
   al_int(&al, "keepdims", keep || nchw);
-  TRY(emit(im, "ReduceMean", n->name, ins, 2, &al, NULL, &y));
+  ST_TRY(emit(im, "ReduceMean", n->name, ins, 2, &al, NULL, &y));
   if (nchw && !keep) {
     tval kept = {.nchw = y, .rank = 4, .kind = x->kind, .len = -1};
     const char *t, *sq[2];
-    TRY(as_tf(im, n, &kept, &t));
+    ST_TRY(as_tf(im, n, &kept, &t));
     int64_t tfax[ST_MAX_DIMS];
     for (size_t i = 0; i < count; i++)
       tfax[i] = norm[i];
     sq[0] = t;
-    TRY(emit_i64(im, n->name, tfax, (int64_t)count, 1, &sq[1]));
-    TRY(emit(im, "Squeeze", n->name, sq, 2, NULL, NULL, &y));
+    ST_TRY(emit_i64(im, n->name, tfax, (int64_t)count, 1, &sq[1]));
+    ST_TRY(emit(im, "Squeeze", n->name, sq, 2, NULL, NULL, &y));
     set_out(n, 0, y, 0, 4 - (int)count, x->kind);
     return ST_OK;
   }
@@ -2083,7 +2077,7 @@ static int window_attr(importer *im, const tf_node *n, const char *name,
                        int64_t def, int64_t out[2]) {
   int64_t v[ST_MAX_DIMS];
   size_t count;
-  TRY(attr_ints(im, n, name, v, ST_MAX_DIMS, &count));
+  ST_TRY(attr_ints(im, n, name, v, ST_MAX_DIMS, &count));
   if (!count) {
     out[0] = out[1] = def;
     return ST_OK;
@@ -2099,7 +2093,7 @@ static int window_attr(importer *im, const tf_node *n, const char *name,
 
 static int check_nhwc(importer *im, const tf_node *n) {
   char fmt[16];
-  TRY(attr_string(im, n, "data_format", "NHWC", fmt, sizeof fmt));
+  ST_TRY(attr_string(im, n, "data_format", "NHWC", fmt, sizeof fmt));
   if (strcmp(fmt, "NHWC"))
     return REFUSE(im, n, "data_format %s is not supported (only NHWC)", fmt);
   return ST_OK;
@@ -2109,7 +2103,7 @@ static int check_nhwc(importer *im, const tf_node *n) {
 static int padding_attrs(importer *im, const tf_node *n, attr_list *al,
                          int64_t pads[4]) {
   char pad[16];
-  TRY(attr_string(im, n, "padding", "VALID", pad, sizeof pad));
+  ST_TRY(attr_string(im, n, "padding", "VALID", pad, sizeof pad));
   if (!strcmp(pad, "SAME")) {
     al_str(al, "auto_pad", "SAME_UPPER"); /* TF puts the odd cell last */
   } else if (!strcmp(pad, "VALID")) {
@@ -2117,7 +2111,7 @@ static int padding_attrs(importer *im, const tf_node *n, attr_list *al,
   } else if (!strcmp(pad, "EXPLICIT")) {
     int64_t e[8];
     size_t count;
-    TRY(attr_ints(im, n, "explicit_paddings", e, 8, &count));
+    ST_TRY(attr_ints(im, n, "explicit_paddings", e, 8, &count));
     if (count != 8 || e[0] || e[1] || e[6] || e[7])
       return REFUSE(im, n, "explicit_paddings must pad H and W only");
     pads[0] = e[2];
@@ -2132,22 +2126,22 @@ static int padding_attrs(importer *im, const tf_node *n, attr_list *al,
 }
 
 static int tr_pool(importer *im, tf_node *n) {
-  TRY(check_nhwc(im, n));
+  ST_TRY(check_nhwc(im, n));
   tval *x;
-  TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 0, &x));
   int64_t k[2], s[2], pads[4];
-  TRY(window_attr(im, n, "ksize", 1, k));
-  TRY(window_attr(im, n, "strides", 1, s));
+  ST_TRY(window_attr(im, n, "ksize", 1, k));
+  ST_TRY(window_attr(im, n, "strides", 1, s));
   attr_list al = {.n = 0};
   al_ints(&al, "kernel_shape", k, 2);
   al_ints(&al, "strides", s, 2);
-  TRY(padding_attrs(im, n, &al, pads));
+  ST_TRY(padding_attrs(im, n, &al, pads));
   int avg = !strcmp(n->op, "AvgPool");
   if (avg)
     al_int(&al, "count_include_pad", 0); /* TF averages over real cells */
   const char *xin, *y;
-  TRY(as_nchw(im, n, x, &xin));
-  TRY(emit(im, avg ? "AveragePool" : "MaxPool", n->name, &xin, 1, &al, NULL,
+  ST_TRY(as_nchw(im, n, x, &xin));
+  ST_TRY(emit(im, avg ? "AveragePool" : "MaxPool", n->name, &xin, 1, &al, NULL,
            &y));
   set_out(n, 0, y, 1, 4, TK_FLOAT);
   return ST_OK;
@@ -2155,11 +2149,11 @@ static int tr_pool(importer *im, tf_node *n) {
 
 static int tr_resize(importer *im, tf_node *n) {
   tval *x, *size;
-  TRY(in_value(im, n, 0, &x));
-  TRY(in_value(im, n, 1, &size));
+  ST_TRY(in_value(im, n, 0, &x));
+  ST_TRY(in_value(im, n, 1, &size));
   int align, half;
-  TRY(attr_bool(im, n, "align_corners", 0, &align));
-  TRY(attr_bool(im, n, "half_pixel_centers", 0, &half));
+  ST_TRY(attr_bool(im, n, "align_corners", 0, &align));
+  ST_TRY(attr_bool(im, n, "half_pixel_centers", 0, &half));
   if (align && half)
     return BAD(im, n, "align_corners and half_pixel_centers are both set");
   attr_list al = {.n = 0};
@@ -2170,11 +2164,11 @@ static int tr_resize(importer *im, tf_node *n) {
          half ? "half_pixel" : align ? "align_corners" : "asymmetric");
   al_ints(&al, "axes", SPATIAL, 2);
   const char *ins[4], *y;
-  TRY(as_nchw(im, n, x, &ins[0]));
+  ST_TRY(as_nchw(im, n, x, &ins[0]));
   ins[1] = "";
   ins[2] = "";
-  TRY(as_tf(im, n, size, &ins[3]));
-  TRY(emit(im, "Resize", n->name, ins, 4, &al, NULL, &y));
+  ST_TRY(as_tf(im, n, size, &ins[3]));
+  ST_TRY(emit(im, "Resize", n->name, ins, 4, &al, NULL, &y));
   set_out(n, 0, y, 1, 4, TK_FLOAT);
   return ST_OK;
 }
@@ -2209,7 +2203,7 @@ static int read_fused(importer *im, const tf_node *n, fused_spec *f) {
                     "FusedBatchNorm, then Relu or Relu6)", op);
   }
   int64_t num_args;
-  TRY(attr_int(im, n, "num_args", 0, &num_args));
+  ST_TRY(attr_int(im, n, "num_args", 0, &num_args));
   int64_t want = f->bias ? 1 : f->batchnorm ? 4 : 0;
   if (num_args != want || n->n_in != 2 + want)
     return BAD(im, n, "%lld fused arguments and %d inputs for these fused "
@@ -2229,7 +2223,7 @@ static int conv_weights(importer *im, tf_node *n, tval *filter, int depthwise,
     return REFUSE(im, n, "the filter must be a rank-4 float constant in the "
                   "file");
   const char *fname;
-  TRY(as_tf(im, n, filter, &fname));
+  ST_TRY(as_tf(im, n, filter, &fname));
   if (!depthwise) {
     static const int64_t HWIO_TO_OIHW[4] = {3, 2, 0, 1};
     *cout = f->shape[3];
@@ -2238,10 +2232,10 @@ static int conv_weights(importer *im, tf_node *n, tval *filter, int depthwise,
   }
   static const int64_t HWCM_TO_CMHW[4] = {2, 3, 0, 1};
   const char *t, *shape, *ins[2];
-  TRY(transpose(im, n->name, fname, HWCM_TO_CMHW, 4, &t));
+  ST_TRY(transpose(im, n->name, fname, HWCM_TO_CMHW, 4, &t));
   int64_t target[4] = {f->shape[2] * f->shape[3], 1, f->shape[0],
                        f->shape[1]};
-  TRY(emit_i64(im, n->name, target, 4, 1, &shape));
+  ST_TRY(emit_i64(im, n->name, target, 4, 1, &shape));
   ins[0] = t;
   ins[1] = shape;
   *cout = target[0];
@@ -2272,34 +2266,34 @@ static int channel_vector(importer *im, tf_node *n, tf_node *m, int k,
   *out = NULL;
   const char *name, *shape, *ins[2];
   tval *c;
-  TRY(in_value(im, m, k, &c));
+  ST_TRY(in_value(im, m, k, &c));
   name = c->tf;
   if (st_tensor_numel(c->host) == cout && c->host->ndim == 1) {
     *out = name;
     return ST_OK;
   }
-  TRY(emit_i64(im, n->name, &cout, 1, 1, &shape));
+  ST_TRY(emit_i64(im, n->name, &cout, 1, 1, &shape));
   ins[0] = name;
   ins[1] = shape;
   return emit(im, "Expand", n->name, ins, 2, NULL, NULL, out);
 }
 
 static int tr_conv(importer *im, tf_node *n) {
-  TRY(check_nhwc(im, n));
+  ST_TRY(check_nhwc(im, n));
   int depthwise = strstr(n->op, "Depthwise") != NULL;
   int fused = !strncmp(n->op, "Fused", 5) || !strncmp(n->op, "_Fused", 6);
   fused_spec fs = {0};
   if (fused)
-    TRY(read_fused(im, n, &fs));
+    ST_TRY(read_fused(im, n, &fs));
   else if (n->n_in != 2)
     return BAD(im, n, "%d inputs, expected 2", n->n_in);
   tval *x, *filter;
-  TRY(in_value(im, n, 1, &filter));
+  ST_TRY(in_value(im, n, 1, &filter));
   int64_t stride[2], dil[2], pads[4], cout, group;
-  TRY(window_attr(im, n, "strides", 1, stride));
-  TRY(window_attr(im, n, "dilations", 1, dil));
+  ST_TRY(window_attr(im, n, "strides", 1, stride));
+  ST_TRY(window_attr(im, n, "dilations", 1, dil));
   const char *w;
-  TRY(conv_weights(im, n, filter, depthwise, &w, &cout, &group));
+  ST_TRY(conv_weights(im, n, filter, depthwise, &w, &cout, &group));
   attr_list al = {.n = 0};
   al_ints(&al, "strides", stride, 2);
   al_int(&al, "group", group);
@@ -2317,8 +2311,8 @@ static int tr_conv(importer *im, tf_node *n) {
     if (!b2s || strcmp(b2s->op, "BatchToSpaceND"))
       return REFUSE(im, n, "a SpaceToBatchND input without a "
                     "BatchToSpaceND after the convolution");
-    TRY(host_ints(im, s2b, 1, "block_shape", bs1, 2, &c1));
-    TRY(host_ints(im, b2s, 1, "block_shape", bs2, 2, &c2));
+    ST_TRY(host_ints(im, s2b, 1, "block_shape", bs1, 2, &c1));
+    ST_TRY(host_ints(im, b2s, 1, "block_shape", bs2, 2, &c2));
     if (c1 != 2 || c2 != 2 || bs1[0] != bs2[0] || bs1[1] != bs2[1] ||
         bs1[0] < 1 || bs1[1] < 1)
       return REFUSE(im, n, "SpaceToBatchND/BatchToSpaceND blocks differ or "
@@ -2327,18 +2321,18 @@ static int tr_conv(importer *im, tf_node *n) {
       return REFUSE(im, n, "a strided or dilated convolution inside "
                     "SpaceToBatchND");
     char pad[16];
-    TRY(attr_string(im, n, "padding", "VALID", pad, sizeof pad));
+    ST_TRY(attr_string(im, n, "padding", "VALID", pad, sizeof pad));
     if (strcmp(pad, "VALID"))
       return REFUSE(im, n, "padding %s inside SpaceToBatchND", pad);
     tval *sx, *sp;
-    TRY(in_value(im, s2b, 0, &sx));
-    TRY(in_value(im, s2b, 2, &sp));
+    ST_TRY(in_value(im, s2b, 0, &sx));
+    ST_TRY(in_value(im, s2b, 2, &sp));
     const char *pv, *ins[2];
-    TRY(as_nchw(im, n, sx, &ins[0]));
-    TRY(spatial_pads(im, s2b, sp, &pv));
+    ST_TRY(as_nchw(im, n, sx, &ins[0]));
+    ST_TRY(spatial_pads(im, s2b, sp, &pv));
     /* The paddings have no batch or channel rows: put zeros there. */
     ins[1] = pv;
-    TRY(emit(im, "Pad", n->name, ins, 2, NULL, NULL, &xin));
+    ST_TRY(emit(im, "Pad", n->name, ins, 2, NULL, NULL, &xin));
     dil[0] = bs1[0];
     dil[1] = bs1[1];
     al_str(&al, "auto_pad", "VALID");
@@ -2346,9 +2340,9 @@ static int tr_conv(importer *im, tf_node *n) {
     absorb(im, (int)(b2s - im->nodes));
     dilated = 1;
   } else {
-    TRY(in_value(im, n, 0, &x));
-    TRY(as_nchw(im, n, x, &xin));
-    TRY(padding_attrs(im, n, &al, pads));
+    ST_TRY(in_value(im, n, 0, &x));
+    ST_TRY(as_nchw(im, n, x, &xin));
+    ST_TRY(padding_attrs(im, n, &al, pads));
   }
   al_ints(&al, "dilations", dil, 2);
 
@@ -2357,7 +2351,7 @@ static int tr_conv(importer *im, tf_node *n) {
   const char *bias = NULL;
   if (fs.bias) {
     tval *bv;
-    TRY(in_value(im, n, 2, &bv));
+    ST_TRY(in_value(im, n, 2, &bv));
     if (!bv->host || bv->host->dtype != ST_F32 ||
         st_tensor_numel(bv->host) != cout)
       return REFUSE(im, n, "the bias must be a float constant of %lld values",
@@ -2372,18 +2366,18 @@ static int tr_conv(importer *im, tf_node *n) {
     if (sk >= 0) {
       const char *sv, *shape, *r, *ins[2];
       int64_t s4[4] = {cout, 1, 1, 1};
-      TRY(channel_vector(im, n, m, sk, cout, &sv));
-      TRY(emit_i64(im, n->name, s4, 4, 1, &shape));
+      ST_TRY(channel_vector(im, n, m, sk, cout, &sv));
+      ST_TRY(emit_i64(im, n->name, s4, 4, 1, &shape));
       ins[0] = sv;
       ins[1] = shape;
-      TRY(emit(im, "Reshape", n->name, ins, 2, NULL, NULL, &r));
+      ST_TRY(emit(im, "Reshape", n->name, ins, 2, NULL, NULL, &r));
       ins[0] = w;
       ins[1] = r;
-      TRY(emit(im, "Mul", n->name, ins, 2, NULL, NULL, &w));
+      ST_TRY(emit(im, "Mul", n->name, ins, 2, NULL, NULL, &w));
       if (bias) {
         ins[0] = bias;
         ins[1] = sv;
-        TRY(emit(im, "Mul", n->name, ins, 2, NULL, NULL, &bias));
+        ST_TRY(emit(im, "Mul", n->name, ins, 2, NULL, NULL, &bias));
       }
       absorb(im, (int)(m - im->nodes));
       tail = m;
@@ -2393,11 +2387,11 @@ static int tr_conv(importer *im, tf_node *n) {
                    : -1;
       if (ok >= 0) {
         const char *ov;
-        TRY(channel_vector(im, n, a, ok, cout, &ov));
+        ST_TRY(channel_vector(im, n, a, ok, cout, &ov));
         if (bias) {
           ins[0] = bias;
           ins[1] = ov;
-          TRY(emit(im, "Add", n->name, ins, 2, NULL, NULL, &bias));
+          ST_TRY(emit(im, "Add", n->name, ins, 2, NULL, NULL, &bias));
         } else {
           bias = ov;
         }
@@ -2407,13 +2401,13 @@ static int tr_conv(importer *im, tf_node *n) {
     }
   }
   const char *ins[3] = {xin, w, bias ? bias : ""}, *y;
-  TRY(emit(im, "Conv", n->name, ins, bias ? 3 : 2, &al, NULL, &y));
+  ST_TRY(emit(im, "Conv", n->name, ins, bias ? 3 : 2, &al, NULL, &y));
   if (fs.batchnorm) {
     const char *bn[5] = {y};
     for (int k = 0; k < 4; k++) {
       tval *p;
-      TRY(in_value(im, n, 2 + k, &p));
-      TRY(as_tf(im, n, p, &bn[1 + k]));
+      ST_TRY(in_value(im, n, 2 + k, &p));
+      ST_TRY(as_tf(im, n, p, &bn[1 + k]));
     }
     double eps = 0.0;
     json_t *e = attr_get(n, "epsilon");
@@ -2421,29 +2415,29 @@ static int tr_conv(importer *im, tf_node *n) {
       eps = json_number_value(json_object_get(e, "f"));
     attr_list bl = {.n = 0};
     al_float(&bl, "epsilon", (float)eps);
-    TRY(emit(im, "BatchNormalization", n->name, bn, 5, &bl, NULL, &y));
+    ST_TRY(emit(im, "BatchNormalization", n->name, bn, 5, &bl, NULL, &y));
   }
   if (dilated) {
     tval *crops;
     const char *cv, *neg, *minus1, *ins2[2];
-    TRY(in_value(im, b2s, 2, &crops));
-    TRY(spatial_pads(im, b2s, crops, &cv));
+    ST_TRY(in_value(im, b2s, 2, &crops));
+    ST_TRY(spatial_pads(im, b2s, crops, &cv));
     const int64_t m1 = -1;
-    TRY(emit_i64(im, n->name, &m1, 1, 1, &minus1));
+    ST_TRY(emit_i64(im, n->name, &m1, 1, 1, &minus1));
     ins2[0] = cv;
     ins2[1] = minus1;
-    TRY(emit(im, "Mul", n->name, ins2, 2, NULL, NULL, &neg));
+    ST_TRY(emit(im, "Mul", n->name, ins2, 2, NULL, NULL, &neg));
     ins2[0] = y;
     ins2[1] = neg;
-    TRY(emit(im, "Pad", n->name, ins2, 2, NULL, NULL, &y));
+    ST_TRY(emit(im, "Pad", n->name, ins2, 2, NULL, NULL, &y));
   }
   tval conv_out = {.nchw = y, .rank = 4, .kind = TK_FLOAT, .len = -1};
   if (fs.act) {
     *outv(n, 0) = conv_out;
     if (!strcmp(fs.act, "Relu"))
-      TRY(emit_unary(im, n, "Relu", &conv_out, NULL, 0, NULL));
+      ST_TRY(emit_unary(im, n, "Relu", &conv_out, NULL, 0, NULL));
     else
-      TRY(emit_clip(im, n, &conv_out, 0.0f, 6.0f));
+      ST_TRY(emit_clip(im, n, &conv_out, 0.0f, 6.0f));
     conv_out = *outv(n, 0);
   }
   set_out(tail, 0, conv_out.nchw, 1, 4, TK_FLOAT);
@@ -2455,34 +2449,34 @@ static int tr_conv(importer *im, tf_node *n) {
 /* Conv2DBackpropInput(input_sizes, filter, out_backprop): a transposed
  * convolution producing input_sizes (a constant in the file). */
 static int tr_conv_backprop_input(importer *im, tf_node *n) {
-  TRY(check_nhwc(im, n));
+  ST_TRY(check_nhwc(im, n));
   if (n->n_in != 3)
     return BAD(im, n, "%d inputs, expected 3", n->n_in);
   int64_t sizes[4], stride[2], dil[2];
   size_t c;
-  TRY(host_ints(im, n, 0, "input_sizes", sizes, 4, &c));
+  ST_TRY(host_ints(im, n, 0, "input_sizes", sizes, 4, &c));
   if (c != 4)
     return BAD(im, n, "input_sizes has %zu values", c);
   tval *filter, *dy;
-  TRY(in_value(im, n, 1, &filter));
-  TRY(in_value(im, n, 2, &dy));
+  ST_TRY(in_value(im, n, 1, &filter));
+  ST_TRY(in_value(im, n, 2, &dy));
   const st_tensor *f = filter->host;
   if (!f || f->ndim != 4 || f->dtype != ST_F32)
     return REFUSE(im, n, "the filter must be a rank-4 float constant in the "
                   "file");
-  TRY(window_attr(im, n, "strides", 1, stride));
-  TRY(window_attr(im, n, "dilations", 1, dil));
+  ST_TRY(window_attr(im, n, "strides", 1, stride));
+  ST_TRY(window_attr(im, n, "dilations", 1, dil));
   char pad[16];
-  TRY(attr_string(im, n, "padding", "VALID", pad, sizeof pad));
+  ST_TRY(attr_string(im, n, "padding", "VALID", pad, sizeof pad));
   if (strcmp(pad, "SAME") && strcmp(pad, "VALID"))
     return REFUSE(im, n, "padding %s is not supported", pad);
   /* TF's filter is [h, w, out channels of this op, channels of dy]; ONNX's
    * ConvTranspose weight is [channels of dy, out channels, h, w]. */
   static const int64_t HWOI_TO_IOHW[4] = {3, 2, 0, 1};
   const char *fname, *w, *ins[2], *y;
-  TRY(as_tf(im, n, filter, &fname));
-  TRY(transpose(im, n->name, fname, HWOI_TO_IOHW, 4, &w));
-  TRY(as_nchw(im, n, dy, &ins[0]));
+  ST_TRY(as_tf(im, n, filter, &fname));
+  ST_TRY(transpose(im, n->name, fname, HWOI_TO_IOHW, 4, &w));
+  ST_TRY(as_nchw(im, n, dy, &ins[0]));
   ins[1] = w;
   attr_list al = {.n = 0};
   int64_t oshape[2] = {sizes[1], sizes[2]};
@@ -2490,7 +2484,7 @@ static int tr_conv_backprop_input(importer *im, tf_node *n) {
   al_ints(&al, "dilations", dil, 2);
   al_ints(&al, "output_shape", oshape, 2);
   al_str(&al, "auto_pad", !strcmp(pad, "SAME") ? "SAME_UPPER" : "VALID");
-  TRY(emit(im, "ConvTranspose", n->name, ins, 2, &al, NULL, &y));
+  ST_TRY(emit(im, "ConvTranspose", n->name, ins, 2, &al, NULL, &y));
   set_out(n, 0, y, 1, 4, TK_FLOAT);
   return ST_OK;
 }
@@ -2556,7 +2550,7 @@ static int add_placeholder(importer *im, tf_node *n) {
   for (int d = 0; d < rank; d++)
     if (ir_dims[d] < -1)
       ir_dims[d] = -1;
-  TRY(st_onnx_builder_add_input(im->b, n->name, ST_ONNX_FLOAT, rank,
+  ST_TRY(st_onnx_builder_add_input(im->b, n->name, ST_ONNX_FLOAT, rank,
                                 ir_dims));
   const char *nm = str_keep(im, n->name);
   if (!nm)
@@ -2578,7 +2572,7 @@ static int tr_alias(importer *im, tf_node *n) {
   if (count < 1)
     return BAD(im, n, "no live input");
   tval *src;
-  TRY(in_value(im, n, first, &src));
+  ST_TRY(in_value(im, n, first, &src));
   for (int k = 0; k < n->n_out; k++) {
     n->out[k] = *src;
     n->out[k].translated = 1;
@@ -2664,21 +2658,21 @@ static int add_outputs(importer *im, const out_req *reqs, size_t n_reqs) {
     tf_node *n = &im->nodes[reqs[i].ref.node];
     tval *v = &n->out[reqs[i].ref.out];
     if (v->host && !v->tf)
-      TRY(host_name(im, n, reqs[i].ref.out, v));
+      ST_TRY(host_name(im, n, reqs[i].ref.out, v));
     const char *name;
     if (v->rank == 4)
-      TRY(as_nchw(im, n, v, &name));
+      ST_TRY(as_nchw(im, n, v, &name));
     else
-      TRY(as_tf(im, n, v, &name));
+      ST_TRY(as_tf(im, n, v, &name));
     if (strcmp(name, reqs[i].key)) {
       if (st_onnx_builder_has(im->b, reqs[i].key))
         return st_error_set(ST_EFORMAT, "%s: output name '%s' is already a "
                             "value of the graph", im->label, reqs[i].key);
       const char *id;
-      TRY(emit(im, "Identity", reqs[i].key, &name, 1, NULL, reqs[i].key,
+      ST_TRY(emit(im, "Identity", reqs[i].key, &name, 1, NULL, reqs[i].key,
                &id));
     }
-    TRY(st_onnx_builder_add_output(im->b, reqs[i].key));
+    ST_TRY(st_onnx_builder_add_output(im->b, reqs[i].key));
   }
   return ST_OK;
 }
