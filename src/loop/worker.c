@@ -64,8 +64,8 @@ void st_model_info_free(st_model_info *mi) {
 }
 
 /* The wire view of every tensor of a state, f32 payloads borrowed from it. */
-static int model_tensors(const st_model_info *mi, st_student_state *st,
-                         st_wire_tensor *out) {
+static void model_tensors(const st_model_info *mi, st_student_state *st,
+                          st_wire_tensor *out) {
   for (size_t i = 0; i < mi->count; i++) {
     size_t numel = 0;
     const float *v = st_student_state_values(st, i, &numel);
@@ -77,7 +77,6 @@ static int model_tensors(const st_model_info *mi, st_student_state *st,
     out[i].data = (const uint8_t *)v;
     out[i].bytes = numel * sizeof(float);
   }
-  return ST_OK;
 }
 
 static int model_info_fill(st_model_info *mi, const st_server_config *cfg,
