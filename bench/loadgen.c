@@ -114,6 +114,7 @@ typedef struct stats {
   uint64_t stage_count;
   uint64_t sent, answered, stale, frames_played;
   uint64_t bytes_up, bytes_down;
+  uint64_t bytes_down_model; /* of bytes_down: `model` messages, framed */
   uint64_t connect_failures;
   char error_codes[MAX_ERROR_CODES][ST_PROTO_ERROR_CODE_BYTES + 1];
   uint64_t error_counts[MAX_ERROR_CODES];
@@ -426,6 +427,7 @@ static void vc_on_message(vclient *vc, const uint8_t *body, uint32_t len) {
     }
     break;
   case ST_MSG_MODEL:
+    ph->st.bytes_down_model += (uint64_t)len + ST_PROTO_HEADER_BYTES;
     vc_adopt_model(vc, &m.u.model);
     break;
   case ST_MSG_UPDATE: {
@@ -795,7 +797,7 @@ static json_t *phase_report(const phase *ph) {
   json_t *lat = json_pack("{s:f, s:f, s:f, s:f, s:f}", "p50", p50, "p90", p90,
                           "p99", p99, "mean", mean,
                           "max", s->lat_count ? s->lat_ms[s->lat_count - 1] : NAN);
-  return json_pack(
+  json_t *r = json_pack(
       "{s:i, s:f, s:I, s:I, s:I, s:f, s:f, s:o, s:o, s:I, s:I, s:f, s:f, s:f,"
       " s:f, s:I, s:I, s:I, s:f, s:o}",
       "clients", ph->clients, "seconds", secs, "frames_played",
@@ -811,6 +813,12 @@ static json_t *phase_report(const phase *ph) {
       (json_int_t)s->connect_failures, "mean_stride",
       s->stride_count ? s->stride_sum / (double)s->stride_count : 0.0,
       "errors", errors);
+  /* The student download at the handshake, apart: naive offloading (the
+   * paper's baseline) never needs it. */
+  if (r)
+    json_object_set_new(r, "bytes_down_model",
+                        json_integer((json_int_t)s->bytes_down_model));
+  return r;
 }
 
 static void print_phase(const json_t *r) {

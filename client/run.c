@@ -230,6 +230,8 @@ static int apply_weights(client *cl, const st_net_event *e) {
   return ST_OK;
 }
 
+static void write_update_line(client *cl, const st_net_event *e, int applied);
+
 /* Applies one network event to the inference state. */
 static int handle_event(client *cl, const st_net_event *e) {
   st_schedule *s = &cl->sched;
@@ -256,6 +258,7 @@ static int handle_event(client *cl, const st_net_event *e) {
     cl->last_metric = e->metric;
     cl->last_steps = e->steps;
     st_schedule_on_update(s, e->seq, e->stride);
+    write_update_line(cl, e, 1);
     st_log(ST_LOG_DEBUG,
            "event=update_applied seq=%llu frame=%lld version=%llu "
            "full=%d tensors=%zu stride=%d metric=%.4f delay=%lld",
@@ -267,6 +270,7 @@ static int handle_event(client *cl, const st_net_event *e) {
   case ST_NET_UPDATE_IGNORED:
     cl->last_metric = e->metric;
     st_schedule_on_update(s, e->seq, e->stride);
+    write_update_line(cl, e, 0);
     st_log(ST_LOG_DEBUG,
            "event=update_not_applied seq=%llu frame=%lld stride=%d",
            (unsigned long long)e->seq, (long long)s->frame, e->stride);
@@ -418,6 +422,31 @@ static void write_stats(client *cl, int64_t now, int summary) {
   JSON_ADD("%s", "}\n");
   fputs(line, cl->stats);
   fflush(cl->stats);
+}
+
+/* One "update" line per answered key frame: where it landed, what it
+ * carried and the wire totals at that moment (bench/eval.sh plots them). */
+static void write_update_line(client *cl, const st_net_event *e,
+                              int applied) {
+  if (!cl->stats)
+    return;
+  st_net_counters nc = {0};
+  st_net_get_counters(cl->net, &nc);
+  const st_schedule *s = &cl->sched;
+  char line[STATS_LINE_BYTES];
+  size_t off = 0;
+  JSON_ADD("{\"type\":\"update\",\"t\":%.3f,\"frame\":%lld,\"seq\":%llu",
+           seconds_since(cl->t0_ns, now_ns()), (long long)s->frame,
+           (unsigned long long)e->seq);
+  JSON_ADD(",\"applied\":%s,\"full\":%s,\"version\":%llu,\"stride\":%d",
+           applied ? "true" : "false", e->full ? "true" : "false",
+           (unsigned long long)e->version, e->stride);
+  JSON_ADD(",\"metric\":%.6f,\"steps\":%d,\"tensors\":%zu,\"bytes\":%zu",
+           e->metric, e->steps, e->count, e->bytes);
+  JSON_ADD(",\"delay_frames\":%lld,\"bytes_up\":%llu,\"bytes_down\":%llu}\n",
+           (long long)s->last_update_delay, (unsigned long long)nc.bytes_up,
+           (unsigned long long)nc.bytes_down);
+  fputs(line, cl->stats);
 }
 
 static void draw_progress(client *cl, int64_t now, int final) {

@@ -304,16 +304,34 @@ class LoopbackTest(unittest.TestCase):
         n = struct.unpack(">I", png[plte - 4:plte])[0]
         self.assertGreaterEqual(n, 3 * 2)
         self.assertEqual(png[plte + 4:plte + 10], bytes([0, 0, 0, 128, 0, 0]))
-        # Statistics: intervals then one summary, all with the same keys.
-        self.assertGreaterEqual(len(run.stats), 10)
+        # Statistics: intervals and one "update" line per answered key
+        # frame, then one summary.
+        intervals = [l for l in run.stats if l["type"] == "interval"]
+        updates = [l for l in run.stats if l["type"] == "update"]
+        self.assertEqual(len(intervals) + len(updates) + 1, len(run.stats))
+        self.assertGreaterEqual(len(intervals), 10)
         keys = {"frames", "fps", "keyframes", "stride", "bytes_up",
                 "bytes_down", "update_delay_frames", "metric",
                 "frames_past_due", "reconnects", "online"}
-        for line in run.stats[:-1]:
-            self.assertEqual(line["type"], "interval")
+        for line in intervals:
             self.assertTrue(keys <= set(line), set(line))
-        frames = [l["frames"] for l in run.stats]
+        frames = [l["frames"] for l in intervals + [run.stats[-1]]]
         self.assertEqual(frames, sorted(frames))
+        s = run.summary
+        self.assertEqual(sum(u["applied"] for u in updates),
+                         s["updates_applied"])
+        self.assertEqual([u["seq"] for u in updates],
+                         sorted(u["seq"] for u in updates))
+        for prev, u in zip([None] + updates, updates):
+            self.assertTrue(8 <= u["stride"] <= 64)
+            self.assertTrue(0.0 <= u["metric"] <= 1.0)
+            self.assertEqual(u["frame"] - u["delay_frames"] >= 0, True)
+            self.assertGreater(u["bytes"], 0)
+            if prev is not None:
+                # The wire totals only grow, by at least this update.
+                self.assertGreaterEqual(u["bytes_down"] - prev["bytes_down"],
+                                        u["bytes"])
+        self.assertLessEqual(updates[-1]["bytes_down"], s["bytes_down"])
 
     def test_raw_keyframes_never_wait(self):
         run = run_client(["--server", self.addr, "--input", CLIPS["clip48"],
