@@ -10,6 +10,7 @@ packages=(
   libdnnl-dev ocl-icd-opencl-dev opencl-headers
   libprotobuf-c-dev protobuf-c-compiler
   libhttp-parser-dev python3-msgpack python3-numpy
+  gnuplot-nox
 )
 
 missing=()

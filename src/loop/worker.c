@@ -223,6 +223,9 @@ typedef struct worker {
   size_t map_cap;                /* pixels of label / weight */
   uint8_t *payload;              /* update payloads, grow-only */
   size_t payload_cap;
+  float *before;                 /* the student's values before this key
+                                    frame's distillation, grow-only */
+  size_t before_cap;
   st_wire_tensor *wire;          /* one per model tensor */
 } worker;
 
@@ -316,6 +319,7 @@ static void worker_close(worker *w) {
   free(w->label);
   free(w->weight);
   free(w->payload);
+  free(w->before);
   free(w->wire);
 }
 
@@ -376,8 +380,35 @@ static st_update_encoding full_encoding(st_update_encoding enc) {
   return enc == ST_UPDATE_F32 ? ST_UPDATE_F32 : ST_UPDATE_F16;
 }
 
+/* Keeps every tensor's values before distillation (w->before), so that
+ * the update can tell which ones this key frame changed. */
+static int snapshot_values(worker *w, const st_learner *l) {
+  const st_model_info *mi = w->pool->mi;
+  size_t total = 0, numel;
+  for (size_t i = 0; i < mi->count; i++) {
+    st_student_state_values(l->state, i, &numel);
+    total += numel;
+  }
+  ST_TRY(grow((void **)&w->before, &w->before_cap, total ? total : 1,
+              sizeof(float)));
+  size_t off = 0;
+  for (size_t i = 0; i < mi->count; i++) {
+    const float *v = st_student_state_values(l->state, i, &numel);
+    memcpy(w->before + off, v, numel * sizeof(float));
+    off += numel;
+  }
+  return ST_OK;
+}
+
 /* Encodes the update of one key frame against the session's mirror and
- * advances the mirror by exactly what the client will apply. */
+ * advances the mirror by exactly what the client will apply.
+ *
+ * Only the tensors this key frame's distillation changed are sent (all of
+ * them on a resync). A tensor the student did not touch is left out even
+ * when a lossy codec left the client's copy a rounding residual away from
+ * ours: the mirror keeps that residual, and the next delta of the tensor
+ * carries it. So a key frame the student already agreed on (Algorithm 1
+ * took no step) costs an empty update, not the whole trainable part. */
 static int encode_update(worker *w, st_job *job, int32_t stride,
                          double metric, int32_t steps) {
   const st_model_info *mi = w->pool->mi;
@@ -392,11 +423,15 @@ static int encode_update(worker *w, st_job *job, int32_t stride,
       resync ? full_encoding(cfg->update_encoding) : cfg->update_encoding;
   size_t count = 0, total = 0;
   int send[ST_PROTO_MAX_TENSORS];
+  size_t before = 0;
   for (size_t i = 0; i < mi->count && i < ST_PROTO_MAX_TENSORS; i++) {
     size_t numel;
     const float *v = st_student_state_values(l->state, i, &numel);
     const float *m = st_student_state_values(l->mirror, i, NULL);
-    send[i] = resync || memcmp(v, m, numel * sizeof(float)) != 0;
+    send[i] = resync ||
+              (memcmp(v, w->before + before, numel * sizeof(float)) != 0 &&
+               memcmp(v, m, numel * sizeof(float)) != 0);
+    before += numel;
     if (send[i])
       total += st_codec_bytes(enc, numel);
   }
@@ -492,6 +527,7 @@ static int run_keyframe(worker *w, st_job *job) {
   const int64_t mshape[2] = {image.shape[0], image.shape[1]};
   st_tensor lab = st_tensor_view(w->label, ST_U8, 2, mshape);
   st_tensor wt = st_tensor_view(w->weight, ST_F32, 2, mshape);
+  ST_TRY(snapshot_values(w, l));
   ST_TRY(st_student_state_load(s, l->state));
   ST_TRY(st_student_set_example(s, &image, &lab, &wt));
   st_distill_learner learner = st_student_learner(s);

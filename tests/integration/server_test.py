@@ -602,6 +602,43 @@ class F16DeltaTest(unittest.TestCase):
         finally:
             srv.stop()
 
+    def test_agreeing_student_gets_an_empty_update(self):
+        # The same frame again and again: once the student agrees with the
+        # teacher before training (Algorithm 1 takes no step), the update
+        # carries nothing, although the f16 codec left a residual between
+        # the server's student and the client's copy.
+        srv = Server(distill={"update_encoding": "f16-delta",
+                              "bootstrap_full_keyframes": 0,
+                              "threshold": 0.2})
+        try:
+            s = srv.connect()
+            hello(s)
+            recv_msg(s)
+            version, idle, trained = 0, 0, 0
+            img = test_frame(5)
+            for seq in range(1, 25):
+                s.sendall(keyframe(seq, version, img))
+                u = recv_msg(s)
+                self.assertEqual(u["type"], "update")
+                if not u["tensors"]:
+                    # Nothing changed: no step, or none better than the
+                    # student it started from (Algorithm 1 keeps the best).
+                    self.assertEqual(u["version"], version)
+                if u["steps"] == 0:
+                    idle += 1
+                    self.assertEqual(u["tensors"], [])
+                    self.assertEqual(u["version"], version)
+                    if trained and idle >= 2:
+                        break
+                else:
+                    trained += 1
+                version = u["version"]
+            self.assertGreater(trained, 0)
+            self.assertGreaterEqual(idle, 2)
+            s.close()
+        finally:
+            srv.stop()
+
 
 def wait_metric(srv, name, value, timeout=30):
     deadline = time.time() + timeout
