@@ -35,6 +35,7 @@
 
 #include <libavcodec/avcodec.h>
 #include <libavutil/error.h>
+#include <libavutil/log.h>
 #include <libavutil/pixfmt.h>
 
 #include "base/error.h"
@@ -447,6 +448,8 @@ int main(int argc, char **argv) {
     usage(stdout);
     return 0;
   }
+  /* Failures are reported here, in one line each, not by FFmpeg. */
+  av_log_set_level(AV_LOG_QUIET);
   options o = {.backend = "cpu"};
   for (int i = 2; i < argc; i++) {
     const char *a = argv[i];
