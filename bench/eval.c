@@ -5,6 +5,10 @@
  *       [--threads N]
  *   shadowtutor-eval score --labels FILE --masks DIR [--csv FILE]
  *       [--json FILE]
+ *   shadowtutor-eval pretrain --student STUDENT.json --teacher TEACHER.json
+ *       --input VIDEO [--input VIDEO ...] --out W.safetensors
+ *       [--size WxH] [--max-frames N] [--epochs E] [--lr X] [--seed S]
+ *       [--backend ...] [--threads N]
  *
  * `label` decodes the video exactly as the client does (client/video_in:
  * the same scaling to the same size) and labels EVERY frame with the
@@ -25,6 +29,14 @@
  * have one); a map of the wrong size or with a class >= classes is an
  * error.
  *
+ * `pretrain` makes a base student, as the paper starts from one: the
+ * teacher labels every frame of the input videos (which should not be the
+ * videos evaluated), then the whole student (every layer) is trained on
+ * them with Adam for E epochs, one frame per step in a seeded random order,
+ * each frame flipped left-right with probability 1/2. The weights go to a
+ * safetensors file the server (`student.weights`) and the client
+ * (`--weights`) load; with them the server skips its bootstrap.
+ *
  * Errors print one line on stderr; exit 2 for usage, 1 for the rest. */
 #include <errno.h>
 #include <inttypes.h>
@@ -41,6 +53,8 @@
 #include "base/error.h"
 #include "base/file.h"
 #include "gpu/backend.h"
+#include "models/config.h"
+#include "models/student.h"
 #include "models/teacher.h"
 #include "video_in.h"
 
@@ -106,10 +120,18 @@ static void header_fill(uint8_t *h, uint32_t w, uint32_t hgt, uint32_t classes,
 
 /* ---- label ---------------------------------------------------------------- */
 
+enum { MAX_INPUTS = 16, DEFAULT_EPOCHS = 4 };
+#define DEFAULT_PRETRAIN_LR 0.001
+
 typedef struct options {
   const char *teacher, *input, *out, *backend, *labels, *masks, *csv, *json;
-  int width, height, threads;
+  const char *student;
+  const char *inputs[MAX_INPUTS];
+  int input_count;
+  int width, height, threads, epochs;
   int64_t max_frames;
+  double lr;
+  uint64_t seed;
 } options;
 
 static int parse_size(const char *s, int *w, int *h) {
@@ -427,6 +449,215 @@ done:
   return code;
 }
 
+/* ---- pretrain ------------------------------------------------------------- */
+
+/* One labelled training frame. */
+typedef struct example {
+  uint8_t *rgb;   /* H*W*3 */
+  uint8_t *label; /* H*W */
+  float *weight;  /* H*W */
+  int width, height;
+} example;
+
+/* xorshift64*: a seeded order and flips, the same on every machine. */
+static uint64_t rng_next(uint64_t *s) {
+  *s ^= *s >> 12;
+  *s ^= *s << 25;
+  *s ^= *s >> 27;
+  return *s * 2685821657736338717ull;
+}
+
+static void flip_rows(uint8_t *p, int w, int h, size_t elem) {
+  uint8_t tmp[16];
+  for (int y = 0; y < h; y++) {
+    uint8_t *row = p + (size_t)y * (size_t)w * elem;
+    for (int a = 0, b = w - 1; a < b; a++, b--) {
+      memcpy(tmp, row + (size_t)a * elem, elem);
+      memcpy(row + (size_t)a * elem, row + (size_t)b * elem, elem);
+      memcpy(row + (size_t)b * elem, tmp, elem);
+    }
+  }
+}
+
+static void flip_example(example *e) {
+  flip_rows(e->rgb, e->width, e->height, 3);
+  flip_rows(e->label, e->width, e->height, 1);
+  flip_rows((uint8_t *)e->weight, e->width, e->height, sizeof(float));
+}
+
+/* Labels every frame of one video into `ex` (grown). */
+static int label_video(const options *o, const char *path, st_teacher *t,
+                       example **ex, size_t *count, size_t *cap) {
+  st_teacher_state *state = NULL;
+  st_video_in *in = NULL;
+  st_video_in_options vo = {.input = path,
+                            .rtsp_transport = "tcp",
+                            .width = o->width,
+                            .height = o->height,
+                            .loops = 1,
+                            .max_frames = o->max_frames,
+                            .decode_threads = 1,
+                            .queue_frames = LABEL_QUEUE_FRAMES};
+  int rc;
+  if ((rc = st_teacher_state_new(t, &state)) ||
+      (rc = st_video_in_open(&vo, &in)) || (rc = st_video_in_start(in))) {
+    rc = fail_status(rc, path);
+    goto done;
+  }
+  st_video_info info;
+  st_video_in_get_info(in, &info);
+  const size_t px = (size_t)info.width * (size_t)info.height;
+  for (;;) {
+    st_video_frame *fr = NULL;
+    if ((rc = st_video_in_next(in, FRAME_WAIT_MS, &fr))) {
+      rc = fail_status(rc, path);
+      goto done;
+    }
+    if (!fr)
+      break;
+    if (*count == *cap) {
+      size_t ncap = *cap ? 2 * *cap : 64;
+      example *p = realloc(*ex, ncap * sizeof *p);
+      if (!p) {
+        st_video_in_release(in, fr);
+        rc = fail(1, "pretrain: out of memory");
+        goto done;
+      }
+      *ex = p;
+      *cap = ncap;
+    }
+    example *e = &(*ex)[*count];
+    *e = (example){.rgb = malloc(px * 3), .label = malloc(px),
+                   .weight = malloc(px * sizeof(float)),
+                   .width = info.width, .height = info.height};
+    (*count)++; /* freed by the caller, complete or not */
+    if (!e->rgb || !e->label || !e->weight) {
+      st_video_in_release(in, fr);
+      rc = fail(1, "pretrain: out of memory");
+      goto done;
+    }
+    memcpy(e->rgb, fr->rgb, px * 3);
+    st_video_in_release(in, fr);
+    const int64_t shape[3] = {info.height, info.width, 3};
+    st_tensor image = st_tensor_view(e->rgb, ST_U8, 3, shape);
+    if ((rc = st_teacher_label_session(t, state, &image, NULL, e->label,
+                                       e->weight))) {
+      rc = fail_status(rc, "teacher");
+      goto done;
+    }
+  }
+  rc = 0;
+done:
+  st_video_in_free(in);
+  st_teacher_state_free(state);
+  return rc;
+}
+
+static int cmd_pretrain(const options *o) {
+  if (!o->student || !o->teacher || !o->input_count || !o->out)
+    return fail(EXIT_USAGE,
+                "pretrain needs --student, --teacher, --input and --out");
+  st_backend *be = NULL;
+  st_teacher *teacher = NULL;
+  st_student *student = NULL;
+  example *ex = NULL;
+  size_t count = 0, cap = 0, *order = NULL;
+  int code = 1, rc;
+  st_student_config cfg;
+  st_backend_options bo = {.threads = o->threads};
+  if (st_backend_kind_from_name(o->backend, &bo.kind))
+    return fail(EXIT_USAGE, "--backend: %s", o->backend);
+  if ((rc = st_student_config_load(o->student, &cfg)))
+    return fail_status(rc, o->student);
+  cfg.trainable_full = 1;
+  cfg.trainable_count = 0;
+  cfg.lr = o->lr;
+  if ((rc = st_backend_new(&bo, &be)) ||
+      (rc = st_teacher_open(be, o->teacher, &teacher)) ||
+      (rc = st_student_new_from_config(be, &cfg, &student))) {
+    code = fail_status(rc, "pretrain");
+    goto done;
+  }
+  if (st_teacher_get_config(teacher)->student_classes !=
+      st_student_num_classes(student)) {
+    code = fail(1, "pretrain: the teacher labels %d classes, the student "
+                   "has %d",
+                st_teacher_get_config(teacher)->student_classes,
+                st_student_num_classes(student));
+    goto done;
+  }
+  for (int i = 0; i < o->input_count; i++)
+    if (label_video(o, o->inputs[i], teacher, &ex, &count, &cap))
+      goto done;
+  if (!count) {
+    code = fail(1, "pretrain: the inputs have no frames");
+    goto done;
+  }
+  if (!(order = malloc(count * sizeof *order))) {
+    code = fail(1, "pretrain: out of memory");
+    goto done;
+  }
+  for (size_t i = 0; i < count; i++)
+    order[i] = i;
+  uint64_t rng = o->seed * 2654435761u + 88172645463325252ull;
+  for (int epoch = 0; epoch < o->epochs; epoch++) {
+    for (size_t i = count - 1; i > 0; i--) {
+      size_t j = (size_t)(rng_next(&rng) % (i + 1));
+      size_t t = order[i];
+      order[i] = order[j];
+      order[j] = t;
+    }
+    double loss_sum = 0.0, miou_sum = 0.0;
+    for (size_t k = 0; k < count; k++) {
+      example *e = &ex[order[k]];
+      int flip = (int)(rng_next(&rng) >> 63);
+      if (flip)
+        flip_example(e);
+      const int64_t shape[3] = {e->height, e->width, 3};
+      const int64_t mshape[2] = {e->height, e->width};
+      st_tensor image = st_tensor_view(e->rgb, ST_U8, 3, shape);
+      st_tensor lab = st_tensor_view(e->label, ST_U8, 2, mshape);
+      st_tensor wt = st_tensor_view(e->weight, ST_F32, 2, mshape);
+      float loss = 0;
+      double miou = 0;
+      rc = st_student_set_example(student, &image, &lab, &wt);
+      if (!rc)
+        rc = st_student_train_step(student, &loss, &miou);
+      if (flip)
+        flip_example(e);
+      if (rc) {
+        code = fail_status(rc, "pretrain");
+        goto done;
+      }
+      loss_sum += loss;
+      miou_sum += miou;
+    }
+    fprintf(stderr, "pretrain: epoch %d/%d: %zu frames, mean loss %.4f, "
+                    "mean mIoU %.4f\n",
+            epoch + 1, o->epochs, count, loss_sum / (double)count,
+            miou_sum / (double)count);
+  }
+  if ((rc = st_student_save(student, o->out))) {
+    code = fail_status(rc, o->out);
+    goto done;
+  }
+  printf("{\"frames\":%zu,\"epochs\":%d,\"out\":\"%s\"}\n", count,
+         o->epochs, o->out);
+  code = 0;
+done:
+  for (size_t i = 0; i < count; i++) {
+    free(ex[i].rgb);
+    free(ex[i].label);
+    free(ex[i].weight);
+  }
+  free(ex);
+  free(order);
+  st_student_free(student);
+  st_teacher_free(teacher);
+  st_backend_free(be);
+  return code;
+}
+
 /* ---- command line --------------------------------------------------------- */
 
 static void usage(FILE *f) {
@@ -435,7 +666,11 @@ static void usage(FILE *f) {
         "LABELS [--size WxH] [--max-frames N] [--backend cpu|cuda|auto] "
         "[--threads N]\n"
         "  shadowtutor-eval score --labels LABELS --masks DIR [--csv FILE] "
-        "[--json FILE]\n",
+        "[--json FILE]\n"
+        "  shadowtutor-eval pretrain --student STUDENT.json --teacher "
+        "TEACHER.json --input VIDEO [--input VIDEO ...] --out W.safetensors "
+        "[--size WxH] [--max-frames N (per video)] [--epochs 4] "
+        "[--lr 0.001] [--seed 0] [--backend ...] [--threads N]\n",
         f);
 }
 
@@ -450,7 +685,9 @@ int main(int argc, char **argv) {
   }
   /* Failures are reported here, in one line each, not by FFmpeg. */
   av_log_set_level(AV_LOG_QUIET);
-  options o = {.backend = "cpu"};
+  options o = {.backend = "cpu",
+               .epochs = DEFAULT_EPOCHS,
+               .lr = DEFAULT_PRETRAIN_LR};
   for (int i = 2; i < argc; i++) {
     const char *a = argv[i];
     if (i + 1 >= argc)
@@ -459,8 +696,12 @@ int main(int argc, char **argv) {
     char *end = NULL;
     if (!strcmp(a, "--teacher"))
       o.teacher = v;
-    else if (!strcmp(a, "--input"))
-      o.input = v;
+    else if (!strcmp(a, "--input")) {
+      if (o.input_count == MAX_INPUTS)
+        return fail(EXIT_USAGE, "at most %d --input", MAX_INPUTS);
+      o.input = o.inputs[o.input_count++] = v;
+    } else if (!strcmp(a, "--student"))
+      o.student = v;
     else if (!strcmp(a, "--out"))
       o.out = v;
     else if (!strcmp(a, "--backend"))
@@ -480,6 +721,19 @@ int main(int argc, char **argv) {
       o.max_frames = strtoll(v, &end, 10);
       if (*end || o.max_frames < 0)
         return fail(EXIT_USAGE, "--max-frames: '%s'", v);
+    } else if (!strcmp(a, "--epochs")) {
+      long e = strtol(v, &end, 10);
+      if (*end || e < 1 || e > 10000)
+        return fail(EXIT_USAGE, "--epochs: '%s'", v);
+      o.epochs = (int)e;
+    } else if (!strcmp(a, "--lr")) {
+      o.lr = strtod(v, &end);
+      if (*end || !(o.lr > 0.0) || o.lr > 1.0)
+        return fail(EXIT_USAGE, "--lr: '%s'", v);
+    } else if (!strcmp(a, "--seed")) {
+      o.seed = strtoull(v, &end, 10);
+      if (*end)
+        return fail(EXIT_USAGE, "--seed: '%s'", v);
     } else if (!strcmp(a, "--threads")) {
       long t = strtol(v, &end, 10);
       if (*end || t < 0 || t > 1024)
@@ -492,6 +746,8 @@ int main(int argc, char **argv) {
     return cmd_label(&o);
   if (!strcmp(argv[1], "score"))
     return cmd_score(&o);
+  if (!strcmp(argv[1], "pretrain"))
+    return cmd_pretrain(&o);
   usage(stderr);
   return EXIT_USAGE;
 }

@@ -153,6 +153,46 @@ def teacher_and_student(args):
     return cfg["teacher"], cfg["student"]["config"], cfg["student"]["weights"]
 
 
+def pretrain(args, out_root):
+    """A base student trained offline on other videos (the paper starts
+    from a pretrained student); cached under <out>/pretrain/."""
+    clips = [os.path.abspath(c) for c in args.pretrain.split(",") if c]
+    teacher, student, _ = teacher_and_student(args)
+    cache = os.path.join(out_root, "pretrain")
+    os.makedirs(cache, exist_ok=True)
+    key = "%s-%s-%s-e%d" % (
+        os.path.splitext(os.path.basename(student))[0],
+        "+".join(os.path.splitext(os.path.basename(c))[0] for c in clips),
+        args.pretrain_size or "native", args.pretrain_epochs)
+    path = os.path.join(cache, key + ".safetensors")
+    stamp = path + ".json"
+    newest = max(os.path.getmtime(x) for x in clips + [teacher, student])
+    if os.path.exists(stamp) and os.path.getmtime(stamp) >= newest:
+        with open(stamp) as f:
+            return path, json.load(f)
+    log("pretraining the base student on %s" % ", ".join(clips))
+    cmd = [args.bin("shadowtutor-eval"), "pretrain", "--student", student,
+           "--teacher", teacher, "--out", path, "--epochs",
+           str(args.pretrain_epochs)]
+    for c in clips:
+        cmd += ["--input", c]
+    if args.pretrain_size:
+        cmd += ["--size", args.pretrain_size]
+    t0 = time.time()
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+    if r.returncode != 0:
+        raise SystemExit("eval: pretrain failed:\n" + r.stderr.strip())
+    info = json.loads(r.stdout)
+    info.update({"videos": [os.path.basename(c) for c in clips],
+                 "size": args.pretrain_size or "native",
+                 "seconds": round(time.time() - t0, 3),
+                 "log": r.stderr.strip().splitlines()})
+    with open(stamp, "w") as f:
+        json.dump(info, f)
+    return path, info
+
+
 def labels(args, video, vdir):
     teacher, _, _ = teacher_and_student(args)
     cache = os.path.join(vdir, "cache")
@@ -238,8 +278,7 @@ def run_variant(args, video, vdir, label_path, v):
         "keyframe_ratio": keys / frames if frames else 0.0,
         "mean_stride": frames / keys if keys else None,
         "updates": len(updates),
-        "full_updates": sum(1 for u in updates if u["tensors"] and u["bytes"] >
-                            0 and u.get("full")),
+        "empty_updates": sum(1 for u in updates if not u["tensors"]),
         "update_bytes_mean": (sum(u["bytes"] for u in updates) / len(updates)
                               if updates else 0.0),
         "bytes_up": up,
@@ -355,6 +394,7 @@ def plots(vdir, report):
     common = ("set terminal pngcairo size 1100,480 noenhanced\n"
               "set key outside right\nset grid\nset xlabel 'frame'\n")
     stride = common + ("set output 'stride.png'\nset ylabel 'key-frame stride'\n"
+                       "set yrange [0:%d]\n" % (report["max_stride"] + 8) +
                        "plot " + ", ".join(
                            "'%s.updates.dat' using 1:2 with steps title '%s'"
                            % (n, n) for n in names) + "\n")
@@ -406,6 +446,18 @@ def kb(x):
     return "%.1f" % (x / 1e3)
 
 
+def base_weights(r):
+    pre = r.get("pretrain")
+    if pre:
+        return (", base student pretrained on %s (%d frames at %s, %d "
+                "epochs, every layer; %.0f s)" % (
+                    ", ".join(pre["videos"]), pre["frames"], pre["size"],
+                    pre["epochs"], pre["seconds"]))
+    if r["weights"]:
+        return ", base weights `%s`" % r["weights"]
+    return " from random weights (the server bootstraps it)"
+
+
 def markdown(r):
     out = []
     out.append("# ShadowTutor evaluation: %s\n" % r["video"])
@@ -414,8 +466,7 @@ def markdown(r):
                    r["frames"], r["width"], r["height"],
                    os.path.relpath(r["teacher"], ROOT),
                    os.path.relpath(r["student"], ROOT),
-                   ", base weights `%s`" % r["weights"] if r["weights"]
-                   else " from random weights (the server bootstraps it)",
+                   base_weights(r),
                    r["machine"]["cpu"], r["machine"]["cores"],
                    r["machine"]["date"], r["command"]))
     out.append("mIoU is the student's class map on **every** frame against "
@@ -519,7 +570,13 @@ def main():
     p.add_argument("--client-config",
                    default=os.path.join(ROOT, "config/client.json"))
     p.add_argument("--weights", help="base student weights (server and "
-                   "client); default: the server config's")
+                   "client); default: --pretrain's, else the server config's")
+    p.add_argument("--pretrain", default=os.path.join(
+        ROOT, "samples/Megamind.avi"), help="comma-separated videos to "
+        "pretrain the base student on (not the evaluated ones); 'none': no "
+        "base student, the server bootstraps from random weights")
+    p.add_argument("--pretrain-size", default="360x264")
+    p.add_argument("--pretrain-epochs", type=int, default=4)
     p.add_argument("--out", default=os.path.join(ROOT, "eval"))
     p.add_argument("--build-dir", default=os.environ.get(
         "ST_BUILD_DIR", os.path.join(ROOT, "build")))
@@ -537,6 +594,9 @@ def main():
     variants = [parse_variant(n) for n in args.variants.split(",") if n]
     if not variants:
         raise SystemExit("eval: no variants")
+    pre = None
+    if not args.weights and args.pretrain != "none":
+        args.weights, pre = pretrain(args, os.path.abspath(args.out))
     all_pass = True
     for video in args.videos:
         video = os.path.abspath(video)
@@ -553,9 +613,11 @@ def main():
             "frames": info["frames"], "width": info["width"],
             "height": info["height"], "classes": info["classes"],
             "teacher": teacher, "student": student, "weights": weights,
+            "pretrain": pre,
             "labels_seconds": info["seconds"],
             "distill": scfg.get("distill", {}),
             "min_stride": scfg.get("distill", {}).get("min_stride") or 8,
+            "max_stride": scfg.get("distill", {}).get("max_stride") or 64,
             "machine": machine(), "offload_seconds": args.offload_seconds,
             "command": " ".join(["bench/eval.sh"] + sys.argv[1:]),
             "variants": [], "naive": {},

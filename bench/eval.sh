@@ -8,8 +8,12 @@
 #   bench/eval.sh [VIDEO...] [--size WxH] [--frames N] [--variants A,B,...]
 #                 [--server-config F] [--client-config F] [--weights F]
 #                 [--out DIR] [--offload-seconds S] [--no-offload]
+#                 [--pretrain VIDEOS|none] [--pretrain-size WxH]
 #
-# Default video: samples/vtest.avi (scripts/fetch-samples.sh). Default
+# Default video: samples/vtest.avi (scripts/fetch-samples.sh); the base
+# student is pretrained on another clip, samples/Megamind.avi, as the paper
+# starts from a pretrained student (--pretrain none: random weights, the
+# server bootstraps). Default
 # variants: partial-f16-delta-jpeg, partial-f32-raw, partial-f32-jpeg,
 # partial-f16-jpeg, partial-f16-delta-raw, full-f16-delta-jpeg. The work is
 # done by bench/eval.py (Python standard library); it never runs in CI.
@@ -18,6 +22,6 @@ cd "$(dirname "$0")/.."
 if [ -z "${ST_EVAL_NO_SETUP:-}" ]; then
   ./scripts/setup.sh >/dev/null
   ./scripts/build.sh >/dev/null
-  ./scripts/fetch-samples.sh vtest.avi >/dev/null
+  ./scripts/fetch-samples.sh vtest.avi Megamind.avi >/dev/null
 fi
 exec /usr/bin/python3 bench/eval.py "$@"

@@ -239,6 +239,34 @@ class EvalTest(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("missing.mkv", r.stderr)
 
+    def test_pretrain_learns_and_loads(self):
+        out = os.path.join(self.tmp.name, "base.safetensors")
+        r = run(A.eval, "pretrain", "--student",
+                os.path.join(A.config_dir, "student.json"), "--teacher",
+                self.teacher, "--input", self.clip, "--input", self.clip,
+                "--max-frames", "8", "--epochs", "6", "--lr", "0.01",
+                "--threads", "1", "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["frames"], 16)  # 8 per input
+        epochs = [l for l in r.stderr.splitlines() if "epoch" in l]
+        self.assertEqual(len(epochs), 6)
+        loss = [float(l.split("mean loss ")[1].split(",")[0]) for l in epochs]
+        self.assertLess(loss[-1], 0.7 * loss[0], loss)
+        # A safetensors file: 8-byte header length, JSON header naming the
+        # student's tensors as F32.
+        with open(out, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(n))
+        self.assertIn("out_conv3.weight", header)
+        self.assertTrue(all(v["dtype"] == "F32" for k, v in header.items()
+                            if k != "__metadata__"))
+        # Teacher and student must agree on the classes.
+        r = run(A.eval, "pretrain", "--student",
+                os.path.join(A.config_dir, "student-person.json"),
+                "--teacher", self.teacher, "--input", self.clip, "--out", out)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("classes", r.stderr)
+
     def test_eval_report(self):
         out = os.path.join(self.tmp.name, "eval")
         r = subprocess.run(
@@ -246,6 +274,8 @@ class EvalTest(unittest.TestCase):
              "--variants", "partial-f16-delta-jpeg,partial-f32-raw",
              "--server-config", os.path.join(A.config_dir, "server.json"),
              "--offload-seconds", "2", "--offload-frames", "8",
+             "--pretrain", self.clip, "--pretrain-epochs", "1",
+             "--pretrain-size", "32x24",
              "--build-dir", A.build_dir, "--out", out],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             timeout=600)
@@ -287,6 +317,14 @@ class EvalTest(unittest.TestCase):
         self.assertGreater(by["partial-f32-raw"]["bytes_up"],
                            by["partial-f16-delta-jpeg"]["bytes_up"])
         self.assertIn("targets", rep)
+        # The base student came from --pretrain and reached both sides: the
+        # server sent no model (the client had the weights).
+        self.assertEqual(rep["pretrain"]["frames"], FRAMES)
+        self.assertTrue(os.path.exists(rep["weights"]))
+        for v in rep["variants"]:
+            with open(os.path.join(vdir, v["name"], "stats.jsonl")) as f:
+                summary = [json.loads(l) for l in f][-1]
+            self.assertEqual(summary["models_adopted"], 0)
         with open(os.path.join(vdir, "report.md")) as f:
             md = f.read()
         for n in names + ["Naive offloading", "Targets"]:
