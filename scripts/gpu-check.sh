@@ -108,6 +108,45 @@ else
   say "server: skipped ($server or tests/test_server missing)"
 fi
 
+say "== clients per GPU: stride 8, 30 FPS, 720p JPEG key frames, p99 update latency < 267 ms"
+loadgen="$build_dir/shadowtutor-loadgen"
+clip_tool="$build_dir/client/shadowtutor-clip"
+if [ -x "$server" ] && [ -x "$loadgen" ] && [ -x "$clip_tool" ]; then
+  "$clip_tool" make "$out/clip720.mkv" --size 1280x720 --frames 32 --codec mjpeg >/dev/null
+  port=$((20000 + RANDOM % 20000))
+  cat >"$out/server_sweep.json" <<JSON
+{"listen": {"host": "127.0.0.1", "port": $port}, "metrics": {"host": "127.0.0.1", "port": 0},
+ "backend": "cuda", "workers": ${ST_SWEEP_WORKERS:-4}, "threads_per_worker": 1,
+ "teacher": "$root/config/teacher-small.json",
+ "student": {"config": "$root/config/student.json", "weights": null},
+ "distill": {"bootstrap_full_keyframes": 0}, "log_level": "warn"}
+JSON
+  "$server" --config "$out/server_sweep.json" 2>"$out/server_sweep.log" &
+  sweep_pid=$!
+  sleep 5
+  timeout 200 "$loadgen" --server "127.0.0.1:$port" --input "$out/clip720.mkv" --fps 30 \
+    --stride-policy fixed:8 --concurrency-sweep 1,4,16,32,64,128 --duration 8 --drain 5 \
+    --json "$out/sweep.json" >"$out/sweep.txt" 2>&1 || say "loadgen sweep: FAILED (see sweep.txt)"
+  kill -TERM "$sweep_pid" 2>/dev/null; wait "$sweep_pid" 2>/dev/null || true
+  rm -f "$out/clip720.mkv"
+  [ -f "$out/sweep.json" ] && python3 - "$out/sweep.json" <<'PY' | tee -a "$summary"
+import json, sys
+r = json.load(open(sys.argv[1]))
+best = 0
+for ph in r["phases"]:
+    p99 = ph["latency_ms"]["p99"]
+    ok = ph["dropped"] == 0 and p99 < 267
+    print(f"clients {ph['clients']:4d}: {ph['answers_per_s']:8.1f} updates/s, "
+          f"p50 {ph['latency_ms']['p50']:7.1f} ms, p99 {p99:7.1f} ms, "
+          f"dropped {ph['dropped']}  {'ok' if ok else 'over'}")
+    if ok:
+        best = max(best, ph["clients"])
+print(f"clients served per GPU (largest step with p99 < 267 ms, nothing dropped): {best}")
+PY
+else
+  say "clients per GPU: skipped (server, loadgen or shadowtutor-clip missing)"
+fi
+
 say "== benchmark ${height}x${width}, $iters iterations"
 bench_args=(--config config/student.json --height "$height" --width "$width" --iters "$iters")
 # cuDNN's heuristic (the default) and the exhaustive search (what PyTorch

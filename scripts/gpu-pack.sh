@@ -7,7 +7,8 @@
 # runs there. DIR should be ignored by git (e.g. listed in .git/info/exclude).
 #
 #   [ST_PACK_SERVER=1] scripts/gpu-pack.sh DIR [CUDA_ARCHITECTURES]   (default 90: H100/H200)
-#   ST_PACK_SERVER=1 adds the server and its tests (FFmpeg libraries: +49 MB).
+#   ST_PACK_SERVER=1 adds the server, its tests, the load generator and
+#   shadowtutor-clip (the clients-per-GPU sweep; FFmpeg libraries: +49 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:?usage: scripts/gpu-pack.sh DIR [CUDA_ARCHITECTURES]}
@@ -25,7 +26,9 @@ find "$dir/build/tests" -type f ! -perm -u+x -delete
 # them (about 49 MB compressed): only with ST_PACK_SERVER=1, since the
 # device's carry holds 64 MiB in all.
 if [ "${ST_PACK_SERVER:-0}" = 1 ]; then
-  cp "$build/shadowtutor-server" "$dir/build/"
+  cp "$build/shadowtutor-server" "$build/shadowtutor-loadgen" "$dir/build/"
+  mkdir -p "$dir/build/client"
+  cp "$build/client/shadowtutor-clip" "$dir/build/client/"
 else
   for t in "$dir"/build/tests/test_*; do
     if ldd "$t" | grep -q libavcodec; then rm -f "$t"; fi
@@ -34,7 +37,7 @@ fi
 cp "${ST_REF_DIR:-../shared/reference}/shadowtutor_ref.py" "$dir/ref/"
 # Shared libraries the binaries load, except the C runtime and CUDA (the
 # GPU machine has its own); FFmpeg brings many codecs' libraries along.
-libs=$(ldd "$dir"/build/shadowtutor-* "$dir"/build/tests/test_* |
+libs=$(ldd "$dir"/build/shadowtutor-* "$dir"/build/client/* "$dir"/build/tests/test_* 2>/dev/null |
   awk '/=> \// {print $3}' | sort -u |
   grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudnn[^/]*|libcublas[^/]*|libcudart|libnvrtc[^/]*)\.so' || true)
 staging=$(mktemp -d)
