@@ -181,10 +181,7 @@ typedef struct vclient {
   uv_timer_t timer;             /* the frame clock */
   int handles_open;
   vc_state state;
-  uint8_t hdr[ST_PROTO_HEADER_BYTES];
-  size_t hdr_have;
-  uint8_t *body;
-  uint32_t body_len, body_have;
+  st_framer rx;                 /* the reply being read */
   uint64_t version;             /* what our mirror holds */
   int32_t stride;
   uint64_t seq;                 /* last key frame sent */
@@ -467,19 +464,16 @@ static void vc_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   vclient *vc = h->data;
   static uint8_t chunk[64 * 1024]; /* one loop thread: one reader at a time */
   (void)suggested;
-  if (vc->body && vc->body_have < vc->body_len)
-    *buf = uv_buf_init((char *)vc->body + vc->body_have,
-                       vc->body_len - vc->body_have);
+  /* The rest of a body is read in place, the rest through the chunk. */
+  size_t n = 0;
+  uint8_t *space = st_framer_body_space(&vc->rx, &n);
+  if (space)
+    *buf = uv_buf_init((char *)space, (unsigned)n);
   else
     *buf = uv_buf_init((char *)chunk, sizeof chunk);
 }
 
-static void vc_body_done(vclient *vc) {
-  uint8_t *body = vc->body;
-  uint32_t len = vc->body_len;
-  vc->body = NULL;
-  vc->body_len = vc->body_have = 0;
-  vc->hdr_have = 0;
+static void vc_body_done(vclient *vc, uint8_t *body, uint32_t len) {
   vc_on_message(vc, body, len);
   free(body);
 }
@@ -495,43 +489,26 @@ static void vc_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   vc->ph->st.bytes_down += (uint64_t)nread;
   const uint8_t *p = (const uint8_t *)buf->base;
   size_t n = (size_t)nread;
-  if (vc->body && p == vc->body + vc->body_have) {
-    vc->body_have += (uint32_t)n;
-    if (vc->body_have == vc->body_len)
-      vc_body_done(vc);
+  uint8_t *body = NULL;
+  uint32_t len = 0;
+  size_t room = 0;
+  if (n && p == st_framer_body_space(&vc->rx, &room)) {
+    st_framer_body_commit(&vc->rx, n, &body, &len);
+    if (body)
+      vc_body_done(vc, body, len);
     return;
   }
   while (n > 0 && vc->state != VC_CLOSED) {
-    if (!vc->body) {
-      size_t take = ST_PROTO_HEADER_BYTES - vc->hdr_have;
-      if (take > n)
-        take = n;
-      memcpy(vc->hdr + vc->hdr_have, p, take);
-      vc->hdr_have += take;
-      p += take;
-      n -= take;
-      if (vc->hdr_have < ST_PROTO_HEADER_BYTES)
-        return;
-      uint32_t len;
-      if (st_frame_header_parse(vc->hdr, ST_PROTO_MAX_MESSAGE_BYTES_CEILING,
-                                &len) ||
-          !(vc->body = malloc(len))) {
-        stats_error(&vc->ph->st, "bad_reply_length");
-        vc_close(vc);
-        return;
-      }
-      vc->body_len = len;
-      vc->body_have = 0;
+    size_t used = 0;
+    if (st_framer_feed(&vc->rx, p, n, &used, &body, &len)) {
+      stats_error(&vc->ph->st, "bad_reply_length");
+      vc_close(vc);
+      return;
     }
-    size_t take = vc->body_len - vc->body_have;
-    if (take > n)
-      take = n;
-    memcpy(vc->body + vc->body_have, p, take);
-    vc->body_have += (uint32_t)take;
-    p += take;
-    n -= take;
-    if (vc->body_have == vc->body_len)
-      vc_body_done(vc);
+    p += used;
+    n -= used;
+    if (body)
+      vc_body_done(vc, body, len);
   }
 }
 
@@ -629,6 +606,7 @@ static int run_phase(phase *ph) {
     vclient *vc = &ph->vc[i];
     vc->ph = ph;
     vc->id = i;
+    st_framer_init(&vc->rx, ST_PROTO_MAX_MESSAGE_BYTES_CEILING);
     vc->rng = ph->opt->seed * 2654435761u + (uint64_t)i + 1;
     uv_tcp_init(ph->loop, &vc->tcp);
     uv_timer_init(ph->loop, &vc->timer);
@@ -644,7 +622,7 @@ static int run_phase(phase *ph) {
   uv_run(ph->loop, UV_RUN_DEFAULT);
   for (int i = 0; i < ph->clients; i++) {
     vclient *vc = &ph->vc[i];
-    free(vc->body);
+    st_framer_reset(&vc->rx);
     for (size_t k = 0; k < vc->mirror_count; k++)
       free(vc->mirror[k].w);
     free(vc->mirror);

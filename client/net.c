@@ -61,10 +61,7 @@ typedef struct conn {
   struct st_net *net;
   uint64_t id;
   int closing;
-  uint8_t hdr[ST_PROTO_HEADER_BYTES];
-  size_t hdr_have;
-  uint8_t *body; /* the message being read */
-  uint32_t body_len, body_have;
+  st_framer rx; /* the message being read */
   /* What the welcome said. */
   int welcomed, model_seen;
   char session[ST_PROTO_SESSION_BYTES + 1];
@@ -228,7 +225,7 @@ static void finish(st_net *n);
 
 static void conn_close_cb(uv_handle_t *h) {
   conn *c = h->data;
-  free(c->body);
+  st_framer_reset(&c->rx);
   free(c);
 }
 
@@ -870,46 +867,23 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void consume(st_net *n, conn *c, const uint8_t *p, size_t len) {
   /* A message may drop the connection: stop as soon as it is not ours. */
   while (len > 0 && n->c == c) {
-    if (!c->body) {
-      size_t take = ST_PROTO_HEADER_BYTES - c->hdr_have;
-      if (take > len)
-        take = len;
-      memcpy(c->hdr + c->hdr_have, p, take);
-      c->hdr_have += take;
-      p += take;
-      len -= take;
-      if (c->hdr_have < ST_PROTO_HEADER_BYTES)
-        return;
-      uint32_t blen = 0;
-      st_error_clear();
-      if (st_frame_header_parse(c->hdr, n->o.max_message_bytes, &blen)) {
-        malformed(n, "%s", st_error_detail());
-        return;
-      }
-      c->body = malloc(blen);
-      if (!c->body) {
-        drop(n, ST_ENOMEM, "out of memory for a %u-byte message", blen);
-        return;
-      }
-      c->body_len = blen;
-      c->body_have = 0;
-      continue;
+    size_t used = 0;
+    uint8_t *body = NULL;
+    uint32_t blen = 0;
+    st_error_clear();
+    int rc = st_framer_feed(&c->rx, p, len, &used, &body, &blen);
+    if (rc == ST_ENOMEM) {
+      drop(n, rc, "%s", st_error_detail());
+      return;
     }
-    size_t take = c->body_len - c->body_have;
-    if (take > len)
-      take = len;
-    memcpy(c->body + c->body_have, p, take);
-    c->body_have += (uint32_t)take;
-    p += take;
-    len -= take;
-    if (c->body_have == c->body_len) {
-      uint8_t *body = c->body;
-      uint32_t blen = c->body_len;
-      c->body = NULL;
-      c->body_len = c->body_have = 0;
-      c->hdr_have = 0;
+    if (rc) {
+      malformed(n, "%s", st_error_detail());
+      return;
+    }
+    p += used;
+    len -= used;
+    if (body)
       on_message(n, c, body, blen);
-    }
   }
 }
 
@@ -1013,6 +987,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status,
     return;
   }
   c->net = n;
+  st_framer_init(&c->rx, n->o.max_message_bytes);
   c->id = ++n->conn_ids;
   c->tcp.data = c;
   c->connect_req.data = c;

@@ -153,6 +153,82 @@ int st_frame_header_parse(const uint8_t hdr[ST_PROTO_HEADER_BYTES],
   return ST_OK;
 }
 
+void st_framer_init(st_framer *f, uint32_t max_message_bytes) {
+  memset(f, 0, sizeof *f);
+  f->max_message_bytes = max_message_bytes;
+}
+
+void st_framer_reset(st_framer *f) {
+  free(f->body);
+  st_framer_init(f, f->max_message_bytes);
+}
+
+/* Hands the finished body over and starts the next message. */
+static void framer_take(st_framer *f, uint8_t **body, uint32_t *body_len) {
+  *body = f->body;
+  *body_len = f->body_len;
+  f->body = NULL;
+  f->body_len = f->body_have = 0;
+  f->hdr_have = 0;
+}
+
+int st_framer_feed(st_framer *f, const uint8_t *p, size_t len, size_t *used,
+                   uint8_t **body, uint32_t *body_len) {
+  *used = 0;
+  *body = NULL;
+  *body_len = 0;
+  while (*used < len) {
+    if (!f->body) {
+      size_t take = ST_PROTO_HEADER_BYTES - f->hdr_have;
+      if (take > len - *used)
+        take = len - *used;
+      memcpy(f->hdr + f->hdr_have, p + *used, take);
+      f->hdr_have += take;
+      *used += take;
+      if (f->hdr_have < ST_PROTO_HEADER_BYTES)
+        return ST_OK;
+      uint32_t n = 0;
+      int rc = st_frame_header_parse(f->hdr, f->max_message_bytes, &n);
+      if (rc) {
+        st_framer_reset(f);
+        return rc;
+      }
+      if (!(f->body = malloc(n))) {
+        st_framer_reset(f);
+        return st_error_set(ST_ENOMEM, "out of memory for a %" PRIu32
+                                       "-byte message", n);
+      }
+      f->body_len = n;
+      f->body_have = 0;
+    }
+    size_t take = f->body_len - f->body_have;
+    if (take > len - *used)
+      take = len - *used;
+    memcpy(f->body + f->body_have, p + *used, take);
+    f->body_have += (uint32_t)take;
+    *used += take;
+    if (f->body_have == f->body_len) {
+      framer_take(f, body, body_len);
+      return ST_OK;
+    }
+  }
+  return ST_OK;
+}
+
+uint8_t *st_framer_body_space(st_framer *f, size_t *n) {
+  *n = f->body ? f->body_len - f->body_have : 0;
+  return f->body ? f->body + f->body_have : NULL;
+}
+
+void st_framer_body_commit(st_framer *f, size_t n, uint8_t **body,
+                           uint32_t *body_len) {
+  *body = NULL;
+  *body_len = 0;
+  f->body_have += (uint32_t)n;
+  if (f->body && f->body_have == f->body_len)
+    framer_take(f, body, body_len);
+}
+
 /* ---- the structural walker ------------------------------------------------ */
 
 /* msgpack format bytes, named as in the msgpack specification. */

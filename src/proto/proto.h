@@ -223,6 +223,36 @@ void st_frame_header_write(uint8_t hdr[ST_PROTO_HEADER_BYTES], uint32_t len);
 int st_frame_header_parse(const uint8_t hdr[ST_PROTO_HEADER_BYTES],
                           uint32_t max_message_bytes, uint32_t *len);
 
+/* Reassembles messages from a received byte stream, for the client side
+ * (client/net.c, the load generator). Once a prefix is in and valid, the
+ * body gets one malloc'd buffer of exactly its length, handed over whole.
+ * (The server reads into whole-message buffers of its own: src/loop.) */
+typedef struct st_framer {
+  uint32_t max_message_bytes;
+  uint8_t hdr[ST_PROTO_HEADER_BYTES];
+  size_t hdr_have;
+  uint8_t *body; /* the message being read, NULL between messages */
+  uint32_t body_len, body_have;
+} st_framer;
+
+void st_framer_init(st_framer *f, uint32_t max_message_bytes);
+/* Frees a partly read message and starts over. */
+void st_framer_reset(st_framer *f);
+/* Consumes p[0..len) up to the end of the next complete message: *used
+ * bytes. When one completed, *body (malloc'd, the caller frees it) and
+ * *body_len are set, else *body is NULL; call again with the rest. A bad
+ * prefix is ST_EBADMSG or ST_ETOOBIG (st_frame_header_parse), a body that
+ * cannot be allocated ST_ENOMEM; the framer is reset then. */
+int st_framer_feed(st_framer *f, const uint8_t *p, size_t len, size_t *used,
+                   uint8_t **body, uint32_t *body_len);
+/* The rest of the body being read, so a reader can receive into it
+ * directly (libuv's alloc_cb); NULL and 0 between messages. */
+uint8_t *st_framer_body_space(st_framer *f, size_t *n);
+/* n bytes were received into st_framer_body_space's buffer: completes the
+ * message like st_framer_feed when they were its last. */
+void st_framer_body_commit(st_framer *f, size_t n, uint8_t **body,
+                           uint32_t *body_len);
+
 /* ---- messages ------------------------------------------------------------ */
 
 /* Validates the structure of a msgpack body without allocating: exactly one

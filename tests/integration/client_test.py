@@ -853,8 +853,12 @@ class FakeServerTest(unittest.TestCase):
         self.assertEqual(s["malformed"], len(bad), run.stderr[-3000:])
         self.assertEqual(s["sessions"], len(bad) + 1)
         self.assertEqual(s["reconnects"], len(bad))
-        self.assertEqual(s["updates_applied"], len(good_updates))
-        self.assertGreaterEqual(len(good_updates), 1)
+        # Every good update is applied, except that the answer to the last
+        # key frame may arrive after the last frame (nothing left to swap
+        # it in before): a loaded machine shows it.
+        self.assertIn(s["updates_applied"],
+                      (len(good_updates), len(good_updates) - 1))
+        self.assertGreaterEqual(len(good_updates), 2)
         self.assertEqual(s["version"], 0)  # nothing bad was ever applied
         reasons = " ".join(e.get("reason", "") for e in run.of("malformed"))
         for text in ("unknown tensor 'no.such.tensor'", "is [%d], the student"
