@@ -147,23 +147,23 @@ static int parse_size(const char *s, int *w, int *h) {
   return 0;
 }
 
-static int cmd_label(const options *o) {
-  if (!o->teacher || !o->input || !o->out)
-    return fail(EXIT_USAGE, "label needs --teacher, --input and --out");
-  st_backend *be = NULL;
-  st_teacher *teacher = NULL;
+/* What happens to each labelled frame. */
+typedef int (*frame_fn)(void *ctx, const uint8_t *rgb, const uint8_t *label,
+                        const float *weight, const st_video_info *info);
+
+/* Decodes `path` exactly as the client does (client/video_in, the same
+ * scaling to the same size) and labels every frame in order with the
+ * teacher, carrying a recurrent teacher's state from frame to frame as a
+ * server session does; hands each frame to fn. *info: the stream's.
+ * 0, or 1 with a line on stderr. */
+static int label_each_frame(const options *o, const char *path,
+                            st_teacher *t, frame_fn fn, void *ctx,
+                            st_video_info *info) {
   st_teacher_state *state = NULL;
   st_video_in *in = NULL;
   uint8_t *label = NULL;
   float *weight = NULL;
-  FILE *f = NULL;
-  int rc = 0, code = 1;
-  st_backend_options bo = {.threads = o->threads};
-  if ((rc = st_backend_kind_from_name(o->backend, &bo.kind))) {
-    code = fail(EXIT_USAGE, "--backend: %s", o->backend);
-    goto done;
-  }
-  st_video_in_options vo = {.input = o->input,
+  st_video_in_options vo = {.input = path,
                             .rtsp_transport = "tcp",
                             .width = o->width,
                             .height = o->height,
@@ -171,85 +171,118 @@ static int cmd_label(const options *o) {
                             .max_frames = o->max_frames,
                             .decode_threads = 1,
                             .queue_frames = LABEL_QUEUE_FRAMES};
-  if ((rc = st_backend_new(&bo, &be)) ||
-      (rc = st_teacher_open(be, o->teacher, &teacher)) ||
-      (rc = st_teacher_state_new(teacher, &state)) ||
+  int rc, code = 1;
+  if ((rc = st_teacher_state_new(t, &state)) ||
       (rc = st_video_in_open(&vo, &in))) {
-    code = fail_status(rc, "label");
+    code = fail_status(rc, path);
     goto done;
   }
-  st_video_info info;
-  st_video_in_get_info(in, &info);
-  const size_t px = (size_t)info.width * (size_t)info.height;
+  st_video_in_get_info(in, info);
+  const size_t px = (size_t)info->width * (size_t)info->height;
   label = malloc(px);
   weight = malloc(px * sizeof *weight);
   if (!label || !weight) {
-    code = fail(1, "label: out of memory");
-    goto done;
-  }
-  if (!(f = fopen(o->out, "wb"))) {
-    code = fail(1, "%s: %s", o->out, strerror(errno));
-    goto done;
-  }
-  uint8_t header[HEADER_BYTES];
-  const int classes = st_teacher_get_config(teacher)->student_classes;
-  header_fill(header, (uint32_t)info.width, (uint32_t)info.height,
-              (uint32_t)classes, 0);
-  if (fwrite(header, 1, sizeof header, f) != sizeof header) {
-    code = fail(1, "%s: write failed", o->out);
+    code = fail(1, "%s: out of memory", path);
     goto done;
   }
   if ((rc = st_video_in_start(in))) {
-    code = fail_status(rc, "label");
+    code = fail_status(rc, path);
     goto done;
   }
-  uint64_t frames = 0;
   for (;;) {
     st_video_frame *fr = NULL;
     if ((rc = st_video_in_next(in, FRAME_WAIT_MS, &fr))) {
-      code = fail_status(rc, o->input);
+      code = fail_status(rc, path);
       goto done;
     }
     if (!fr)
       break;
-    const int64_t shape[3] = {info.height, info.width, 3};
+    const int64_t shape[3] = {info->height, info->width, 3};
     st_tensor image = st_tensor_view(fr->rgb, ST_U8, 3, shape);
-    rc = st_teacher_label_session(teacher, state, &image, NULL, label, weight);
-    st_video_in_release(in, fr);
+    rc = st_teacher_label_session(t, state, &image, NULL, label, weight);
     if (rc) {
+      st_video_in_release(in, fr);
       code = fail_status(rc, "teacher");
       goto done;
     }
-    if (fwrite(label, 1, px, f) != px) {
-      code = fail(1, "%s: write failed", o->out);
+    rc = fn(ctx, fr->rgb, label, weight, info);
+    st_video_in_release(in, fr);
+    if (rc)
       goto done;
-    }
-    frames++;
   }
-  header_fill(header, (uint32_t)info.width, (uint32_t)info.height,
-              (uint32_t)classes, frames);
-  if (fseek(f, 0, SEEK_SET) ||
-      fwrite(header, 1, sizeof header, f) != sizeof header) {
-    code = fail(1, "%s: write failed", o->out);
-    goto done;
-  }
-  if (fclose(f)) {
-    f = NULL;
-    code = fail(1, "%s: %s", o->out, strerror(errno));
-    goto done;
-  }
-  f = NULL;
-  printf("{\"frames\":%" PRIu64 ",\"width\":%d,\"height\":%d,"
-         "\"classes\":%d}\n",
-         frames, info.width, info.height, classes);
   code = 0;
 done:
-  if (f)
-    fclose(f);
   free(label);
   free(weight);
   st_video_in_free(in);
   st_teacher_state_free(state);
+  return code;
+}
+
+typedef struct label_sink {
+  FILE *f;
+  const char *path;
+  uint64_t frames;
+} label_sink;
+
+static int write_label(void *ctx, const uint8_t *rgb, const uint8_t *label,
+                       const float *weight, const st_video_info *info) {
+  (void)rgb;
+  (void)weight;
+  label_sink *k = ctx;
+  const size_t px = (size_t)info->width * (size_t)info->height;
+  if (fwrite(label, 1, px, k->f) != px)
+    return fail(1, "%s: write failed", k->path);
+  k->frames++;
+  return 0;
+}
+
+static int cmd_label(const options *o) {
+  if (!o->teacher || !o->input || !o->out)
+    return fail(EXIT_USAGE, "label needs --teacher, --input and --out");
+  st_backend *be = NULL;
+  st_teacher *teacher = NULL;
+  label_sink sink = {.path = o->out};
+  int rc, code = 1;
+  st_backend_options bo = {.threads = o->threads};
+  if (st_backend_kind_from_name(o->backend, &bo.kind))
+    return fail(EXIT_USAGE, "--backend: %s", o->backend);
+  if ((rc = st_backend_new(&bo, &be)) ||
+      (rc = st_teacher_open(be, o->teacher, &teacher))) {
+    code = fail_status(rc, "label");
+    goto done;
+  }
+  /* The header's counts are written last, so a cut file says 0 frames. */
+  uint8_t header[HEADER_BYTES] = {0};
+  if (!(sink.f = fopen(o->out, "wb")) ||
+      fwrite(header, 1, sizeof header, sink.f) != sizeof header) {
+    code = fail(1, "%s: %s", o->out, strerror(errno));
+    goto done;
+  }
+  st_video_info info;
+  if (label_each_frame(o, o->input, teacher, write_label, &sink, &info))
+    goto done;
+  const int classes = st_teacher_get_config(teacher)->student_classes;
+  header_fill(header, (uint32_t)info.width, (uint32_t)info.height,
+              (uint32_t)classes, sink.frames);
+  if (fseek(sink.f, 0, SEEK_SET) ||
+      fwrite(header, 1, sizeof header, sink.f) != sizeof header) {
+    code = fail(1, "%s: write failed", o->out);
+    goto done;
+  }
+  FILE *f = sink.f;
+  sink.f = NULL;
+  if (fclose(f)) {
+    code = fail(1, "%s: %s", o->out, strerror(errno));
+    goto done;
+  }
+  printf("{\"frames\":%" PRIu64 ",\"width\":%d,\"height\":%d,"
+         "\"classes\":%d}\n",
+         sink.frames, info.width, info.height, classes);
+  code = 0;
+done:
+  if (sink.f)
+    fclose(sink.f);
   st_teacher_free(teacher);
   st_backend_free(be);
   return code;
@@ -485,72 +518,35 @@ static void flip_example(example *e) {
   flip_rows((uint8_t *)e->weight, e->width, e->height, sizeof(float));
 }
 
-/* Labels every frame of one video into `ex` (grown). */
-static int label_video(const options *o, const char *path, st_teacher *t,
-                       example **ex, size_t *count, size_t *cap) {
-  st_teacher_state *state = NULL;
-  st_video_in *in = NULL;
-  st_video_in_options vo = {.input = path,
-                            .rtsp_transport = "tcp",
-                            .width = o->width,
-                            .height = o->height,
-                            .loops = 1,
-                            .max_frames = o->max_frames,
-                            .decode_threads = 1,
-                            .queue_frames = LABEL_QUEUE_FRAMES};
-  int rc;
-  if ((rc = st_teacher_state_new(t, &state)) ||
-      (rc = st_video_in_open(&vo, &in)) || (rc = st_video_in_start(in))) {
-    rc = fail_status(rc, path);
-    goto done;
+/* The training set: every labelled frame, copied. */
+typedef struct example_set {
+  example *ex;
+  size_t count, cap;
+} example_set;
+
+static int keep_example(void *ctx, const uint8_t *rgb, const uint8_t *label,
+                        const float *weight, const st_video_info *info) {
+  example_set *set = ctx;
+  if (set->count == set->cap) {
+    size_t ncap = set->cap ? 2 * set->cap : 64;
+    example *p = realloc(set->ex, ncap * sizeof *p);
+    if (!p)
+      return fail(1, "pretrain: out of memory");
+    set->ex = p;
+    set->cap = ncap;
   }
-  st_video_info info;
-  st_video_in_get_info(in, &info);
-  const size_t px = (size_t)info.width * (size_t)info.height;
-  for (;;) {
-    st_video_frame *fr = NULL;
-    if ((rc = st_video_in_next(in, FRAME_WAIT_MS, &fr))) {
-      rc = fail_status(rc, path);
-      goto done;
-    }
-    if (!fr)
-      break;
-    if (*count == *cap) {
-      size_t ncap = *cap ? 2 * *cap : 64;
-      example *p = realloc(*ex, ncap * sizeof *p);
-      if (!p) {
-        st_video_in_release(in, fr);
-        rc = fail(1, "pretrain: out of memory");
-        goto done;
-      }
-      *ex = p;
-      *cap = ncap;
-    }
-    example *e = &(*ex)[*count];
-    *e = (example){.rgb = malloc(px * 3), .label = malloc(px),
-                   .weight = malloc(px * sizeof(float)),
-                   .width = info.width, .height = info.height};
-    (*count)++; /* freed by the caller, complete or not */
-    if (!e->rgb || !e->label || !e->weight) {
-      st_video_in_release(in, fr);
-      rc = fail(1, "pretrain: out of memory");
-      goto done;
-    }
-    memcpy(e->rgb, fr->rgb, px * 3);
-    st_video_in_release(in, fr);
-    const int64_t shape[3] = {info.height, info.width, 3};
-    st_tensor image = st_tensor_view(e->rgb, ST_U8, 3, shape);
-    if ((rc = st_teacher_label_session(t, state, &image, NULL, e->label,
-                                       e->weight))) {
-      rc = fail_status(rc, "teacher");
-      goto done;
-    }
-  }
-  rc = 0;
-done:
-  st_video_in_free(in);
-  st_teacher_state_free(state);
-  return rc;
+  const size_t px = (size_t)info->width * (size_t)info->height;
+  example *e = &set->ex[set->count++]; /* freed by the caller, complete or
+                                           not */
+  *e = (example){.rgb = malloc(px * 3), .label = malloc(px),
+                 .weight = malloc(px * sizeof(float)),
+                 .width = info->width, .height = info->height};
+  if (!e->rgb || !e->label || !e->weight)
+    return fail(1, "pretrain: out of memory");
+  memcpy(e->rgb, rgb, px * 3);
+  memcpy(e->label, label, px);
+  memcpy(e->weight, weight, px * sizeof(float));
+  return 0;
 }
 
 static int cmd_pretrain(const options *o) {
@@ -560,8 +556,8 @@ static int cmd_pretrain(const options *o) {
   st_backend *be = NULL;
   st_teacher *teacher = NULL;
   st_student *student = NULL;
-  example *ex = NULL;
-  size_t count = 0, cap = 0, *order = NULL;
+  example_set set = {0};
+  size_t *order = NULL;
   int code = 1, rc;
   st_student_config cfg;
   st_backend_options bo = {.threads = o->threads};
@@ -586,9 +582,13 @@ static int cmd_pretrain(const options *o) {
                 st_student_num_classes(student));
     goto done;
   }
-  for (int i = 0; i < o->input_count; i++)
-    if (label_video(o, o->inputs[i], teacher, &ex, &count, &cap))
+  for (int i = 0; i < o->input_count; i++) {
+    st_video_info info;
+    if (label_each_frame(o, o->inputs[i], teacher, keep_example, &set, &info))
       goto done;
+  }
+  example *ex = set.ex;
+  const size_t count = set.count;
   if (!count) {
     code = fail(1, "pretrain: the inputs have no frames");
     goto done;
@@ -645,12 +645,12 @@ static int cmd_pretrain(const options *o) {
          o->epochs, o->out);
   code = 0;
 done:
-  for (size_t i = 0; i < count; i++) {
-    free(ex[i].rgb);
-    free(ex[i].label);
-    free(ex[i].weight);
+  for (size_t i = 0; i < set.count; i++) {
+    free(set.ex[i].rgb);
+    free(set.ex[i].label);
+    free(set.ex[i].weight);
   }
-  free(ex);
+  free(set.ex);
   free(order);
   st_student_free(student);
   st_teacher_free(teacher);
