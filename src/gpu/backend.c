@@ -104,6 +104,11 @@ int st_backend_sync(st_backend *be) {
   return rc || !be->ops->sync ? rc : be->ops->sync(be);
 }
 
+void st_backend_flush_subnormals(st_backend *be) {
+  if (be->ops->flush_subnormals)
+    be->ops->flush_subnormals(be);
+}
+
 void st_backend_get_stats(const st_backend *be, st_backend_stats *out) {
   memset(out, 0, sizeof *out);
   if (be->ops->stats)

@@ -63,6 +63,15 @@ int st_tensor_download(st_backend *be, const st_tensor *src, void *host,
                        size_t bytes);
 /* Waits for all work queued on the context. */
 int st_backend_sync(st_backend *be);
+/* Makes the threads that run this context's ops on the calling thread's
+ * behalf flush subnormal floats to zero (results and inputs), for work
+ * whose numbers have no use for values below FLT_MIN (a teacher's
+ * saturated gates) and would otherwise take a microcode assist on every
+ * multiply-add touching one. Per thread and sticky. The CPU backend sets
+ * x86 MXCSR FTZ/DAZ (ARM FPCR FZ) on the caller and its OpenMP team; GPU
+ * backends have nothing to do. The student is never run this way: its
+ * numbers follow PyTorch's, which keeps subnormals. */
+void st_backend_flush_subnormals(st_backend *be);
 
 /* Memory accounting of a context. alloc_calls counts the allocations the
  * backend took from the system (cudaMalloc by the CUDA pool, which serves

@@ -20,10 +20,6 @@
 
 #include "base/error.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
-
 /* Longest "what is missing" text of a refusal. */
 #define EXEC_MSG_BYTES 320
 /* Values the planner may add per node (an unfused BatchNormalization
@@ -3060,30 +3056,10 @@ int st_onnx_plan_new(st_backend *be, const st_onnx_model *m,
 /* Subnormal floats: a network whose sigmoids saturate (RVM's recurrent
  * gates on a dark frame) fills activations with values below FLT_MIN, and
  * every multiply-add touching one takes a microcode assist: the same RVM
- * frame ran 55x slower on one core (3.0 s against 53 ms at 384x288). The
- * CPU threads that run a plan therefore flush subnormal results and inputs
- * to zero (x86 MXCSR FTZ and DAZ, ARM FPCR FZ), as GPUs and TF's XNNPACK
- * kernels do; a value below 1.2e-38 has no meaning for a teacher. The
- * setting is per thread and sticks: set on the caller and on each thread
- * of its OpenMP team, the team oneDNN and the graph ops use. */
-static void flush_subnormals_on_this_thread(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  enum { MXCSR_FTZ = 1u << 15, MXCSR_DAZ = 1u << 6 };
-  _mm_setcsr(_mm_getcsr() | MXCSR_FTZ | MXCSR_DAZ);
-#elif defined(__aarch64__)
-  enum { FPCR_FZ_SHIFT = 24 };
-  uint64_t fpcr;
-  __asm__ volatile("mrs %0, fpcr" : "=r"(fpcr));
-  fpcr |= (uint64_t)1 << FPCR_FZ_SHIFT;
-  __asm__ volatile("msr fpcr, %0" : : "r"(fpcr));
-#endif
-}
-
-static void flush_subnormals(void) {
-  flush_subnormals_on_this_thread();
-#pragma omp parallel
-  flush_subnormals_on_this_thread();
-}
+ * frame ran 55x slower on one core (3.0 s against 53 ms at 384x288). A
+ * plan therefore runs with subnormals flushed to zero
+ * (st_backend_flush_subnormals), as GPUs and TF's XNNPACK kernels do; a
+ * value below 1.2e-38 has no meaning for a teacher. */
 
 static st_tensor *rt(st_onnx_plan *p, int id) { return &p->values[id].rt; }
 
@@ -3150,8 +3126,7 @@ int st_onnx_plan_run_inputs(st_onnx_plan *p, const st_tensor *const *inputs,
                           st_tensor_shape_str(want, b, sizeof b));
     p->run_inputs[id] = input;
   }
-  if (st_backend_is_host(p->be))
-    flush_subnormals();
+  st_backend_flush_subnormals(p->be);
   for (int i = 0; i < p->n_input_views; i++) {
     exec_value *v = &p->values[p->input_views[i]];
     v->rt.data = (char *)p->run_inputs[v->root]->data + v->offset;

@@ -8,6 +8,10 @@
 #include "base/error.h"
 #include "gpu/cpu/cpu_impl.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
 static void cpu_free(st_backend *be) {
   st_cpu_backend *cpu = st__cpu(be);
   st__cpu_conv_cache_free(cpu);
@@ -44,6 +48,30 @@ static int cpu_memcpy(st_backend *be, void *dst, const void *src,
   return ST_OK;
 }
 
+/* x86 MXCSR FTZ and DAZ, ARM FPCR FZ: subnormal results and inputs read as
+ * zero on this thread from now on. */
+static void flush_subnormals_on_this_thread(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  enum { MXCSR_FTZ = 1u << 15, MXCSR_DAZ = 1u << 6 };
+  _mm_setcsr(_mm_getcsr() | MXCSR_FTZ | MXCSR_DAZ);
+#elif defined(__aarch64__)
+  enum { FPCR_FZ_SHIFT = 24 };
+  uint64_t fpcr;
+  __asm__ volatile("mrs %0, fpcr" : "=r"(fpcr));
+  fpcr |= (uint64_t)1 << FPCR_FZ_SHIFT;
+  __asm__ volatile("msr fpcr, %0" : : "r"(fpcr));
+#endif
+}
+
+/* The caller and every thread of its OpenMP team: the team oneDNN and the
+ * CPU ops run on. */
+static void cpu_flush_subnormals(st_backend *be) {
+  (void)be;
+  flush_subnormals_on_this_thread();
+#pragma omp parallel
+  flush_subnormals_on_this_thread();
+}
+
 static const st_backend_ops cpu_ops = {
     .name = "cpu",
     .kind = ST_BACKEND_CPU,
@@ -54,6 +82,7 @@ static const st_backend_ops cpu_ops = {
     .upload = cpu_memcpy,
     .download = cpu_memcpy,
     .sync = NULL, /* every CPU op completes before it returns */
+    .flush_subnormals = cpu_flush_subnormals,
     .stats = cpu_stats,
     .conv2d_fwd = st__cpu_conv2d_fwd,
     .conv2d_bwd_data = st__cpu_conv2d_bwd_data,
