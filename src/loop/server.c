@@ -28,6 +28,8 @@
 
 typedef enum session_state {
   SESSION_HANDSHAKE = 0, /* connected, waiting for hello */
+  SESSION_RESUMING,      /* hello resumes a session whose key frame is still
+                            in work: welcome waits for its learner */
   SESSION_READY,         /* welcomed: key frames accepted */
   SESSION_CLOSING        /* error or bye sent; no more input is read */
 } session_state;
@@ -63,6 +65,16 @@ typedef struct session {
   uint64_t last_seq;                     /* highest key-frame seq seen */
   int have_seq;
   st_learner *learner;                   /* owned; lent to a running job */
+  int knows_model;                       /* hello named the base student */
+  int has_resume;                        /* hello asked to resume: */
+  char resume_id[ST_PROTO_SESSION_BYTES + 1];
+  uint64_t resume_version;
+  /* A resume that arrives while the dropped connection's key frame is in
+   * work: the new session waits (SESSION_RESUMING) for that job, then
+   * takes the learner over, as it would from a lingering one. */
+  struct session *resumer;               /* on the dropped session */
+  struct session *awaiting;              /* on the waiting one */
+  int detached;                          /* in srv->detached */
   st_job *waiting;                       /* owned: next job, at most one */
   /* counters for the close log line */
   uint64_t keyframes, updates, drops, bytes_in, bytes_out;
@@ -84,6 +96,7 @@ struct st_server {
   int draining;                          /* shutdown begun */
   int finished;                          /* everything closed or closing */
   session *sessions;                     /* live sessions */
+  session *detached;                     /* closed, their job still in work */
   size_t session_count;                  /* connections with an open handle */
   uint64_t next_session;                 /* counter part of session ids */
   struct lingering *lingers;             /* newest first */
@@ -110,6 +123,7 @@ typedef struct write_req {
 
 static void session_close(session *s);
 static void server_maybe_finish(st_server *srv);
+static void session_welcome(session *s, st_learner *learner, const char *id);
 
 /* ---- session life ------------------------------------------------------------ */
 
@@ -183,6 +197,14 @@ static void session_release(session *s) {
   if (s->handle_open || s->job_in_flight)
     return;
   st_server *srv = s->srv;
+  if (s->detached) {
+    if (s->prev)
+      s->prev->next = s->next;
+    else
+      srv->detached = s->next;
+    if (s->next)
+      s->next->prev = s->prev;
+  }
   if (s->welcomed && s->learner && !s->no_linger && !srv->draining &&
       srv->cfg->limits.session_linger_ms > 0)
     linger_add(srv, s);
@@ -199,6 +221,20 @@ static void session_closed_cb(uv_handle_t *h) {
   if (s->next)
     s->next->prev = s->prev;
   srv->session_count--;
+  if (s->awaiting) {
+    /* Gave up waiting: the dropped session lingers as usual. */
+    s->awaiting->resumer = NULL;
+    s->awaiting = NULL;
+  }
+  if (s->job_in_flight) {
+    /* Findable by a resume until its job is done (session_release). */
+    s->prev = NULL;
+    s->next = srv->detached;
+    if (srv->detached)
+      srv->detached->prev = s;
+    srv->detached = s;
+    s->detached = 1;
+  }
   st_metrics_gauge_add(srv->metrics, ST_GAUGE_CONNECTIONS_ACTIVE, -1);
   if (s->welcomed)
     st_metrics_gauge_add(srv->metrics, ST_GAUGE_SESSIONS_ACTIVE, -1);
@@ -365,7 +401,25 @@ static void job_done_cb(st_job *job, void *data) {
     if (job->status != ST_OK)
       s->no_linger = 1;
     st_job_free(job);
+    /* A resume waits for this job: hand the learner over (a failed job's
+     * learner is unusable: the resumer gets a new session). */
+    session *r = s->resumer;
+    st_learner *l = NULL;
+    char id[ST_PROTO_SESSION_BYTES + 1] = "";
+    if (r) {
+      r->awaiting = NULL;
+      s->resumer = NULL;
+      if (r->closing || r->state != SESSION_RESUMING)
+        r = NULL;
+    }
+    if (r && !s->no_linger) {
+      l = s->learner;
+      s->learner = NULL;
+      snprintf(id, sizeof id, "%s", s->id);
+    }
     session_release(s);
+    if (r)
+      session_welcome(r, l, id);
     server_maybe_finish(srv);
     return;
   }
@@ -429,6 +483,83 @@ static void make_session_id(st_server *srv, char *out, size_t len) {
     n += snprintf(out + n, len - (size_t)n, "%02x", rnd[i]);
 }
 
+/* A closed session of this client that `s` asks to resume, whose key
+ * frame is still in work; NULL when there is none. */
+static session *detached_find(st_server *srv, const session *s) {
+  for (session *d = srv->detached; d; d = d->next)
+    if (d->learner && !d->no_linger && !d->resumer &&
+        strcmp(d->id, s->resume_id) == 0 &&
+        strcmp(d->client_id, s->client_id) == 0)
+      return d;
+  return NULL;
+}
+
+/* Welcomes s: with `learner` (owned from here) the session `id` goes on
+ * where it stopped; with NULL a new session starts at the base weights. */
+static void session_welcome(session *s, st_learner *learner,
+                            const char *id) {
+  st_server *srv = s->srv;
+  const st_server_config *cfg = srv->cfg;
+  int resumed = learner != NULL;
+  s->learner = learner;
+  if (srv->draining) {
+    session_error(s, ST_ESHUTDOWN, 1, "server is shutting down");
+    return;
+  }
+  if (resumed) {
+    /* The same learner, id and version: updates sent before the drop may
+     * be lost, so only the version the client reports is trusted as is. */
+    snprintf(s->id, sizeof s->id, "%s", id);
+    s->learner->floor_version = s->learner->version;
+    st_log(ST_LOG_INFO,
+           "session=%s client=%s event=resumed version=%llu client_version=%llu",
+           s->id, s->client_id, (unsigned long long)s->learner->version,
+           (unsigned long long)s->resume_version);
+  } else {
+    int rc = st_learner_new(srv->mi, cfg, &s->learner);
+    if (rc) {
+      session_error(s, rc, 1, "cannot create a session: %s",
+                    st_error_detail());
+      return;
+    }
+    make_session_id(srv, s->id, sizeof s->id);
+    if (s->has_resume)
+      /* Expired or unknown: a new session at the base weights; the
+       * client's next key frame reports its old version and gets a full
+       * update. */
+      st_log(ST_LOG_INFO, "session=%s client=%s event=resume_unknown old=%s",
+             s->id, s->client_id, s->resume_id);
+  }
+  st_msg m = {.type = ST_MSG_WELCOME};
+  st_msg_welcome *w = &m.u.welcome;
+  w->proto = ST_PROTO_VERSION;
+  snprintf(w->session, sizeof w->session, "%s", s->id);
+  w->version = s->learner->version;
+  w->threshold = cfg->student.threshold;
+  w->min_stride = cfg->student.min_stride;
+  w->max_stride = cfg->student.max_stride;
+  w->stride = s->learner->stride;
+  w->trainable_count = srv->mi->trainable_count;
+  w->trainable = srv->mi->trainable;
+  w->update_encoding = cfg->update_encoding;
+  if (session_send(s, &m))
+    return;
+  s->state = SESSION_READY;
+  s->welcomed = 1;
+  st_metrics_add(srv->metrics, ST_CTR_SESSIONS, 1);
+  st_metrics_gauge_add(srv->metrics, ST_GAUGE_SESSIONS_ACTIVE, 1);
+  /* A resumed client holds the session's weights; others get the base
+   * student unless they already have that exact file. */
+  int send_model = !resumed && srv->mi->model_msg && !s->knows_model;
+  st_log(ST_LOG_INFO,
+         "session=%s client=%s peer=%s event=welcome size=%ux%u model=%d "
+         "resumed=%d",
+         s->id, s->client_id, s->peer, s->width, s->height, send_model,
+         resumed);
+  if (send_model)
+    session_write(s, srv->mi->model_msg, srv->mi->model_msg_len, 1);
+}
+
 static void on_hello(session *s, const st_msg_hello *h) {
   st_server *srv = s->srv;
   const st_server_config *cfg = srv->cfg;
@@ -450,71 +581,38 @@ static void on_hello(session *s, const st_msg_hello *h) {
     session_error(s, ST_ESHUTDOWN, 1, "server is shutting down");
     return;
   }
-  lingering *g = h->has_resume
-                     ? linger_take(srv, h->resume_session, h->client_id)
-                     : NULL;
-  int resumed = g != NULL;
-  if (g) {
-    /* The same learner, id and version: updates sent before the drop may
-     * be lost, so only the version the client reports is trusted as is. */
-    s->learner = g->learner;
-    g->learner = NULL;
-    snprintf(s->id, sizeof s->id, "%s", g->id);
-    s->learner->floor_version = s->learner->version;
-    linger_free(g);
-    st_log(ST_LOG_INFO,
-           "session=%s client=%s event=resumed version=%llu client_version=%llu",
-           s->id, s->client_id, (unsigned long long)s->learner->version,
-           (unsigned long long)h->resume_version);
-  } else {
-    int rc = st_learner_new(srv->mi, cfg, &s->learner);
-    if (rc) {
-      session_error(s, rc, 1, "cannot create a session: %s",
-                    st_error_detail());
-      return;
-    }
-    make_session_id(srv, s->id, sizeof s->id);
-    if (h->has_resume)
-      /* Expired or unknown: a new session at the base weights; the
-       * client's next key frame reports its old version and gets a full
-       * update. */
-      st_log(ST_LOG_INFO, "session=%s client=%s event=resume_unknown old=%s",
-             s->id, s->client_id, h->resume_session);
-  }
   s->width = h->width;
   s->height = h->height;
   s->encodings = h->encodings;
-
-  st_msg m = {.type = ST_MSG_WELCOME};
-  st_msg_welcome *w = &m.u.welcome;
-  w->proto = ST_PROTO_VERSION;
-  snprintf(w->session, sizeof w->session, "%s", s->id);
-  w->version = s->learner->version;
-  w->threshold = cfg->student.threshold;
-  w->min_stride = cfg->student.min_stride;
-  w->max_stride = cfg->student.max_stride;
-  w->stride = s->learner->stride;
-  w->trainable_count = srv->mi->trainable_count;
-  w->trainable = srv->mi->trainable;
-  w->update_encoding = cfg->update_encoding;
-  if (session_send(s, &m))
+  s->knows_model = h->has_student && srv->mi->hash[0] &&
+                   strcmp(h->student, srv->mi->hash) == 0;
+  s->has_resume = h->has_resume;
+  if (h->has_resume) {
+    snprintf(s->resume_id, sizeof s->resume_id, "%s", h->resume_session);
+    s->resume_version = h->resume_version;
+  }
+  lingering *g = h->has_resume
+                     ? linger_take(srv, h->resume_session, h->client_id)
+                     : NULL;
+  if (g) {
+    st_learner *l = g->learner;
+    g->learner = NULL;
+    linger_free(g);
+    session_welcome(s, l, s->resume_id);
     return;
-  s->state = SESSION_READY;
-  s->welcomed = 1;
-  st_metrics_add(srv->metrics, ST_CTR_SESSIONS, 1);
-  st_metrics_gauge_add(srv->metrics, ST_GAUGE_SESSIONS_ACTIVE, 1);
-  /* A resumed client holds the session's weights; others get the base
-   * student unless they already have that exact file. */
-  int send_model = !resumed && srv->mi->model_msg &&
-                   (!h->has_student || !srv->mi->hash[0] ||
-                    strcmp(h->student, srv->mi->hash) != 0);
-  st_log(ST_LOG_INFO,
-         "session=%s client=%s peer=%s event=welcome size=%ux%u model=%d "
-         "resumed=%d",
-         s->id, s->client_id, s->peer, s->width, s->height, send_model,
-         resumed);
-  if (send_model)
-    session_write(s, srv->mi->model_msg, srv->mi->model_msg_len, 1);
+  }
+  session *d = h->has_resume ? detached_find(srv, s) : NULL;
+  if (d) {
+    d->resumer = s;
+    s->awaiting = d;
+    s->state = SESSION_RESUMING;
+    st_log(ST_LOG_INFO,
+           "session=%s client=%s event=resume_waiting (its key frame is in "
+           "work)",
+           d->id, s->client_id);
+    return;
+  }
+  session_welcome(s, NULL, NULL);
 }
 
 /* Takes ownership of body (the frame borrows it). */
@@ -608,6 +706,11 @@ static void session_on_message(session *s, uint8_t *body, uint32_t len) {
     break;
   case ST_MSG_KEYFRAME:
   case ST_MSG_OFFLOAD:
+    if (s->state != SESSION_READY) {
+      session_error(s, ST_ESTATE, 1, "%s before welcome",
+                    st_msg_type_name(m.type));
+      break;
+    }
     on_frame(s, m.type, &m.u.frame, body);
     body = NULL;
     break;
@@ -832,11 +935,20 @@ static void sweep_cb(uv_timer_t *t) {
       session_error(s, ST_ETIMEDOUT, 1,
                     "a message must arrive within %llu ms",
                     (unsigned long long)lim->message_timeout_ms);
+    } else if (s->state == SESSION_RESUMING &&
+               now - s->accepted_ms > lim->handshake_timeout_ms) {
+      /* The dropped session's key frame takes too long: start afresh (its
+       * learner lingers once the job is done). */
+      st_log(ST_LOG_INFO, "client=%s event=resume_wait_timeout old=%s",
+             s->client_id, s->resume_id);
+      s->awaiting->resumer = NULL;
+      s->awaiting = NULL;
+      session_welcome(s, NULL, NULL);
     } else if (s->state == SESSION_HANDSHAKE &&
                now - s->accepted_ms > lim->handshake_timeout_ms) {
       session_error(s, ST_ETIMEDOUT, 1, "no hello within %llu ms",
                     (unsigned long long)lim->handshake_timeout_ms);
-    } else if (!s->job_in_flight &&
+    } else if (!s->job_in_flight && s->state != SESSION_RESUMING &&
                now - s->active_ms > lim->idle_timeout_ms) {
       session_error(s, ST_ETIMEDOUT, 1, "idle for more than %llu ms",
                     (unsigned long long)lim->idle_timeout_ms);

@@ -640,6 +640,77 @@ class F16DeltaTest(unittest.TestCase):
             srv.stop()
 
 
+class ResumeInWorkTest(unittest.TestCase):
+    """The connection drops right after a key frame: the resume arrives
+    while that frame is still being learnt."""
+    BW, BH = 640, 480  # big enough that a job takes a while
+
+    def start(self, handshake_ms):
+        # threshold 0.999: every key frame trains all of max_updates steps.
+        return Server(distill={"threshold": 0.999, "max_updates": 8},
+                      limits={"handshake_timeout_ms": handshake_ms})
+
+    def big_keyframe(self, seq, version):
+        img = np.zeros((self.BH, self.BW, 3), np.uint8)
+        img[100:300, 200:400] = [250, 240, 230]
+        return frame_bytes({"type": "keyframe", "seq": seq,
+                            "frame_index": seq * 8, "encoding": "raw",
+                            "width": self.BW, "height": self.BH,
+                            "data": img.tobytes(), "version": version})
+
+    def drop_after_keyframe(self, srv):
+        s = srv.connect()
+        w = hello(s, "dropper", width=self.BW, height=self.BH)
+        self.assertEqual(recv_msg(s)["type"], "model")
+        s.sendall(self.big_keyframe(1, 0))
+        # The server has the whole frame once the job is queued.
+        wait_metric(srv, "shadowtutor_keyframes_total", 1)
+        s.close()
+        s = srv.connect()
+        w2 = hello(s, "dropper", width=self.BW, height=self.BH,
+                   resume={"session": w["session"], "version": 0})
+        return s, w, w2
+
+    def test_resume_waits_for_the_job(self):
+        srv = self.start(10000)
+        try:
+            s, w, w2 = self.drop_after_keyframe(srv)
+            self.assertEqual(w2["type"], "welcome", (w2, srv.log_text()))
+            self.assertEqual(w2["session"], w["session"])
+            # The dropped frame's training counts (version 1), but its
+            # update was lost with the connection: the client's version 0
+            # gets a full update, and no model message came first.
+            self.assertEqual(w2["version"], 1)
+            s.sendall(self.big_keyframe(1, 0))
+            u = recv_msg(s)
+            self.assertEqual(u["type"], "update")
+            self.assertTrue(u["full"])
+            self.assertEqual(u["base_version"], 0)
+            s.close()
+            log = srv.log_text()
+            self.assertIn("event=resume_waiting", log)
+            self.assertIn("event=resumed", log)
+        finally:
+            srv.stop()
+
+    def test_resume_wait_is_bounded(self):
+        # The job outlasts the handshake deadline: the client gets a new
+        # session rather than waiting on.
+        srv = self.start(150)
+        try:
+            s, w, w2 = self.drop_after_keyframe(srv)
+            self.assertEqual(w2["type"], "welcome")
+            self.assertNotEqual(w2["session"], w["session"])
+            self.assertEqual(w2["version"], 0)
+            self.assertEqual(recv_msg(s)["type"], "model")
+            s.close()
+            log = srv.log_text()
+            self.assertIn("event=resume_waiting", log)
+            self.assertIn("event=resume_wait_timeout", log)
+        finally:
+            srv.stop()
+
+
 def wait_metric(srv, name, value, timeout=30):
     deadline = time.time() + timeout
     while time.time() < deadline:
