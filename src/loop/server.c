@@ -483,14 +483,22 @@ static void make_session_id(st_server *srv, char *out, size_t len) {
     n += snprintf(out + n, len - (size_t)n, "%02x", rnd[i]);
 }
 
-/* A closed session of this client that `s` asks to resume, whose key
- * frame is still in work; NULL when there is none. */
-static session *detached_find(st_server *srv, const session *s) {
-  for (session *d = srv->detached; d; d = d->next)
-    if (d->learner && !d->no_linger && !d->resumer &&
-        strcmp(d->id, s->resume_id) == 0 &&
-        strcmp(d->client_id, s->client_id) == 0)
-      return d;
+/* The session `s` asks to resume when it is still held by a connection:
+ * one that looks alive (the server has not seen the drop yet) or one
+ * closed while its key frame is in work. NULL when there is none. */
+static int resumable(const session *o, const session *s) {
+  return o != s && o->welcomed && o->learner && !o->no_linger &&
+         !o->resumer && strcmp(o->id, s->resume_id) == 0 &&
+         strcmp(o->client_id, s->client_id) == 0;
+}
+
+static session *resume_source(st_server *srv, const session *s) {
+  for (session *o = srv->sessions; o; o = o->next)
+    if (resumable(o, s))
+      return o;
+  for (session *o = srv->detached; o; o = o->next)
+    if (resumable(o, s))
+      return o;
   return NULL;
 }
 
@@ -601,15 +609,29 @@ static void on_hello(session *s, const st_msg_hello *h) {
     session_welcome(s, l, s->resume_id);
     return;
   }
-  session *d = h->has_resume ? detached_find(srv, s) : NULL;
-  if (d) {
-    d->resumer = s;
-    s->awaiting = d;
+  /* The client knows its old connection is dead, the server may not yet:
+   * the new connection takes the session over and the old one is closed. */
+  session *o = h->has_resume ? resume_source(srv, s) : NULL;
+  if (o && o->job_in_flight) {
+    o->resumer = s;
+    s->awaiting = o;
     s->state = SESSION_RESUMING;
     st_log(ST_LOG_INFO,
            "session=%s client=%s event=resume_waiting (its key frame is in "
            "work)",
-           d->id, s->client_id);
+           o->id, s->client_id);
+    if (o->handle_open)
+      session_close(o);
+    return;
+  }
+  if (o) {
+    st_learner *l = o->learner;
+    o->learner = NULL;
+    o->no_linger = 1;
+    st_log(ST_LOG_INFO, "session=%s client=%s event=taken_over peer=%s",
+           o->id, s->client_id, s->peer);
+    session_close(o);
+    session_welcome(s, l, s->resume_id);
     return;
   }
   session_welcome(s, NULL, NULL);

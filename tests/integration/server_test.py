@@ -693,6 +693,35 @@ class ResumeInWorkTest(unittest.TestCase):
         finally:
             srv.stop()
 
+    def test_resume_takes_over_a_live_connection(self):
+        # The client gave up on a connection the server still holds (a
+        # NAT dropped it silently): the resume takes the session over and
+        # the stale connection is closed.
+        srv = self.start(10000)
+        try:
+            old = srv.connect()
+            w = hello(old, "roamer")
+            recv_msg(old)  # model
+            old.sendall(keyframe(1, 0, test_frame(1)))
+            u = recv_msg(old)
+            self.assertEqual(u["version"], 1)
+            s = srv.connect()
+            w2 = hello(s, "roamer", resume={"session": w["session"],
+                                            "version": 1})
+            self.assertEqual((w2["type"], w2["session"], w2["version"]),
+                             ("welcome", w["session"], 1))
+            old.settimeout(10)
+            self.assertEqual(old.recv(1), b"")  # closed by the server
+            old.close()
+            s.sendall(keyframe(2, 1, test_frame(2)))
+            u = recv_msg(s)
+            self.assertEqual((u["type"], u["base_version"]), ("update", 1))
+            self.assertFalse(u["full"])
+            s.close()
+            self.assertIn("event=taken_over", srv.log_text())
+        finally:
+            srv.stop()
+
     def test_resume_wait_is_bounded(self):
         # The job outlasts the handshake deadline: the client gets a new
         # session rather than waiting on.
