@@ -27,6 +27,9 @@
   XX(DROPS, "shadowtutor_keyframes_dropped_total",                              \
      "Waiting key frames replaced by a newer one.")                             \
   XX(RESYNCS, "shadowtutor_resyncs_total", "Full updates sent after a version mismatch.") \
+  XX(UPDATES_EMPTY, "shadowtutor_updates_empty_total",                          \
+     "Updates without tensors: the key frame changed nothing.")                 \
+  XX(RESUMES, "shadowtutor_resumes_total", "Sessions continued by a resume.")   \
   XX(BYTES_IN, "shadowtutor_bytes_received_total", "Bytes read from clients.")  \
   XX(BYTES_OUT, "shadowtutor_bytes_sent_total", "Bytes written to clients.")    \
   XX(DISTILL_STEPS, "shadowtutor_distill_steps_total", "Adam steps taken.")

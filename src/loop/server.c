@@ -430,6 +430,8 @@ static void job_done_cb(st_job *job, void *data) {
       st_metrics_add(srv->metrics, ST_CTR_UPDATES, 1);
       if (job->resync)
         st_metrics_add(srv->metrics, ST_CTR_RESYNCS, 1);
+      if (!job->tensors)
+        st_metrics_add(srv->metrics, ST_CTR_UPDATES_EMPTY, 1);
       s->updates++;
       st_log(ST_LOG_DEBUG,
              "session=%s event=update seq=%llu version=%llu stride=%d "
@@ -519,6 +521,7 @@ static void session_welcome(session *s, st_learner *learner,
      * be lost, so only the version the client reports is trusted as is. */
     snprintf(s->id, sizeof s->id, "%s", id);
     s->learner->floor_version = s->learner->version;
+    st_metrics_add(srv->metrics, ST_CTR_RESUMES, 1);
     st_log(ST_LOG_INFO,
            "session=%s client=%s event=resumed version=%llu client_version=%llu",
            s->id, s->client_id, (unsigned long long)s->learner->version,

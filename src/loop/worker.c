@@ -473,6 +473,7 @@ static int encode_update(worker *w, st_job *job, int32_t stride,
     l->floor_version = u->version;
   l->version = u->version;
   job->resync = resync;
+  job->tensors = count;
   return st_msg_encode(&msg, &job->reply, &job->reply_len);
 }
 

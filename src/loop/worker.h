@@ -102,6 +102,7 @@ typedef struct st_job {
   size_t reply_len;
   st_msg_timing timing;
   int resync;               /* 1: the reply is a full update */
+  size_t tensors;           /* tensors the update carries */
   int32_t steps;
   double metric;
 } st_job;

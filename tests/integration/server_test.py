@@ -635,6 +635,8 @@ class F16DeltaTest(unittest.TestCase):
                 version = u["version"]
             self.assertGreater(trained, 0)
             self.assertGreaterEqual(idle, 2)
+            self.assertGreaterEqual(
+                srv.metric("shadowtutor_updates_empty_total"), idle)
             s.close()
         finally:
             srv.stop()
@@ -690,6 +692,7 @@ class ResumeInWorkTest(unittest.TestCase):
             log = srv.log_text()
             self.assertIn("event=resume_waiting", log)
             self.assertIn("event=resumed", log)
+            self.assertEqual(srv.metric("shadowtutor_resumes_total"), 1)
         finally:
             srv.stop()
 
@@ -719,6 +722,7 @@ class ResumeInWorkTest(unittest.TestCase):
             self.assertFalse(u["full"])
             s.close()
             self.assertIn("event=taken_over", srv.log_text())
+            self.assertEqual(srv.metric("shadowtutor_resumes_total"), 1)
         finally:
             srv.stop()
 
@@ -736,6 +740,7 @@ class ResumeInWorkTest(unittest.TestCase):
             log = srv.log_text()
             self.assertIn("event=resume_waiting", log)
             self.assertIn("event=resume_wait_timeout", log)
+            self.assertEqual(srv.metric("shadowtutor_resumes_total"), 0)
         finally:
             srv.stop()
 
