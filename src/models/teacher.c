@@ -55,16 +55,19 @@ static int check_keys(const char *label, json_t *obj, const char *prefix,
   return st_json_check_keys(label, obj, prefix, known, n, 1);
 }
 
-static int read_int(const char *label, json_t *v, const char *path,
-                    json_int_t lo, json_int_t hi, int64_t *dst) {
-  if (!json_is_integer(v))
-    return st_error_set(ST_EFORMAT, "%s: %s must be an integer", label, path);
-  json_int_t x = json_integer_value(v);
-  if (x < lo || x > hi)
-    return st_error_set(ST_EINVAL, "%s: %s must be in [%lld, %lld]", label,
-                        path, (long long)lo, (long long)hi);
-  *dst = (int64_t)x;
-  return ST_OK;
+/* A required integer key (check_keys has made sure it is there), through
+ * the shared reader. */
+static int read_int(const char *label, json_t *obj, const char *key,
+                    const char *path, long long lo, long long hi,
+                    int64_t *dst) {
+  long long x = 0;
+  int present = 0;
+  int rc = st_json_int(label, obj, key, path, lo, hi, &x, &present);
+  if (!rc && !present)
+    rc = st_error_set(ST_EFORMAT, "%s: %s is missing", label, path);
+  if (!rc)
+    *dst = (int64_t)x;
+  return rc;
 }
 
 /* A non-empty string that fits `cap` bytes with its NUL. */
@@ -132,10 +135,10 @@ static int resolve_path(const char *label, const char *base_dir,
 static int parse_input(const char *label, json_t *input,
                        st_teacher_config *c) {
   int rc;
-  if ((rc = read_int(label, json_object_get(input, "width"), "input.width", 1,
+  if ((rc = read_int(label, input, "width", "input.width", 1,
                      ST_TEACHER_MAX_INPUT_SIDE, &c->width)) ||
-      (rc = read_int(label, json_object_get(input, "height"), "input.height",
-                     1, ST_TEACHER_MAX_INPUT_SIDE, &c->height)))
+      (rc = read_int(label, input, "height", "input.height", 1,
+                     ST_TEACHER_MAX_INPUT_SIDE, &c->height)))
     return rc;
   json_t *order = json_object_get(input, "channel_order");
   if (!json_is_string(order))
@@ -345,7 +348,7 @@ static int parse_root(const char *label, const char *base_dir, json_t *root,
       (rc = parse_input(label, input, c)) ||
       (rc = read_string(label, json_object_get(root, "output"), "output",
                         c->output, sizeof c->output)) ||
-      (rc = read_int(label, json_object_get(root, "classes"), "classes", 1,
+      (rc = read_int(label, root, "classes", "classes", 1,
                      ST_LABELS_MAX_CLASSES, &classes)))
     goto done;
   c->classes = (int)classes;
