@@ -205,10 +205,28 @@ static void session_release(session *s) {
     if (s->next)
       s->next->prev = s->prev;
   }
+  /* A resume waits for this session: hand the learner over (an unusable
+   * one, after a failed job, is not: the resumer gets a new session). */
+  session *r = s->resumer;
+  st_learner *l = NULL;
+  char id[ST_PROTO_SESSION_BYTES + 1] = "";
+  if (r) {
+    r->awaiting = NULL;
+    s->resumer = NULL;
+    if (r->closing || r->state != SESSION_RESUMING)
+      r = NULL;
+  }
+  if (r && !s->no_linger) {
+    l = s->learner;
+    s->learner = NULL;
+    snprintf(id, sizeof id, "%s", s->id);
+  }
   if (s->welcomed && s->learner && !s->no_linger && !srv->draining &&
       srv->cfg->limits.session_linger_ms > 0)
     linger_add(srv, s);
   session_free(s);
+  if (r)
+    session_welcome(r, l, id);
 }
 
 static void session_closed_cb(uv_handle_t *h) {
@@ -401,25 +419,7 @@ static void job_done_cb(st_job *job, void *data) {
     if (job->status != ST_OK)
       s->no_linger = 1;
     st_job_free(job);
-    /* A resume waits for this job: hand the learner over (a failed job's
-     * learner is unusable: the resumer gets a new session). */
-    session *r = s->resumer;
-    st_learner *l = NULL;
-    char id[ST_PROTO_SESSION_BYTES + 1] = "";
-    if (r) {
-      r->awaiting = NULL;
-      s->resumer = NULL;
-      if (r->closing || r->state != SESSION_RESUMING)
-        r = NULL;
-    }
-    if (r && !s->no_linger) {
-      l = s->learner;
-      s->learner = NULL;
-      snprintf(id, sizeof id, "%s", s->id);
-    }
     session_release(s);
-    if (r)
-      session_welcome(r, l, id);
     server_maybe_finish(srv);
     return;
   }
