@@ -193,18 +193,31 @@ static void linger_expire(st_server *srv, int all) {
 
 /* A session is freed when both its handle is closed and no job holds its
  * learner (libuv: memory of a handle is freed only in its close callback). */
+/* The server's two session lists (live, and detached) are doubly linked
+ * through prev/next; a session is in at most one. */
+static void list_push(session **head, session *s) {
+  s->prev = NULL;
+  s->next = *head;
+  if (*head)
+    (*head)->prev = s;
+  *head = s;
+}
+
+static void list_remove(session **head, session *s) {
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    *head = s->next;
+  if (s->next)
+    s->next->prev = s->prev;
+}
+
 static void session_release(session *s) {
   if (s->handle_open || s->job_in_flight)
     return;
   st_server *srv = s->srv;
-  if (s->detached) {
-    if (s->prev)
-      s->prev->next = s->next;
-    else
-      srv->detached = s->next;
-    if (s->next)
-      s->next->prev = s->prev;
-  }
+  if (s->detached)
+    list_remove(&srv->detached, s);
   /* A resume waits for this session: hand the learner over (an unusable
    * one, after a failed job, is not: the resumer gets a new session). */
   session *r = s->resumer;
@@ -232,12 +245,7 @@ static void session_release(session *s) {
 static void session_closed_cb(uv_handle_t *h) {
   session *s = h->data;
   st_server *srv = s->srv;
-  if (s->prev)
-    s->prev->next = s->next;
-  else
-    srv->sessions = s->next;
-  if (s->next)
-    s->next->prev = s->prev;
+  list_remove(&srv->sessions, s);
   srv->session_count--;
   if (s->awaiting) {
     /* Gave up waiting: the dropped session lingers as usual. */
@@ -246,11 +254,7 @@ static void session_closed_cb(uv_handle_t *h) {
   }
   if (s->job_in_flight) {
     /* Findable by a resume until its job is done (session_release). */
-    s->prev = NULL;
-    s->next = srv->detached;
-    if (srv->detached)
-      srv->detached->prev = s;
-    srv->detached = s;
+    list_push(&srv->detached, s);
     s->detached = 1;
   }
   st_metrics_gauge_add(srv->metrics, ST_GAUGE_CONNECTIONS_ACTIVE, -1);
@@ -912,10 +916,7 @@ static void on_connection(uv_stream_t *listener, int status) {
   uv_tcp_init(srv->loop, &s->tcp);
   s->tcp.data = s;
   s->handle_open = 1;
-  s->next = srv->sessions;
-  if (srv->sessions)
-    srv->sessions->prev = s;
-  srv->sessions = s;
+  list_push(&srv->sessions, s);
   srv->session_count++;
   st_metrics_add(srv->metrics, ST_CTR_CONNECTIONS, 1);
   st_metrics_gauge_add(srv->metrics, ST_GAUGE_CONNECTIONS_ACTIVE, 1);
