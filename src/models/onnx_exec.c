@@ -418,6 +418,33 @@ static void step_output(st_onnx_plan *p, int id, st_dtype dt, int ndim,
   p->values[id].last_use = p->n_steps; /* dead unless read later */
 }
 
+/* Pushes the step y = concat(ids[0..count)) along `axis` (F32 operands
+ * already declared; y has `ndim` extents `shape`). The ids are copied. */
+static int push_concat(st_onnx_plan *p, const int *ids, int count, int axis,
+                       int y, int ndim, const int64_t *shape) {
+  exec_step s = {.kind = STEP_CONCAT, .n_ins = count, .out = y,
+                 .axis = axis};
+  s.ins = calloc((size_t)count, sizeof *s.ins);
+  /* The values table never moves, so the run can read these pointers. */
+  s.in_tensors = calloc((size_t)count, sizeof *s.in_tensors);
+  if (!s.ins || !s.in_tensors) {
+    free(s.ins);
+    free(s.in_tensors);
+    return st_error_set(ST_ENOMEM, "onnx plan: out of memory");
+  }
+  for (int k = 0; k < count; k++) {
+    s.ins[k] = ids[k];
+    s.in_tensors[k] = &p->values[ids[k]].rt;
+  }
+  step_output(p, y, ST_F32, ndim, shape);
+  int rc = push_step(p, &s);
+  if (rc) {
+    free(s.ins);
+    free(s.in_tensors);
+  }
+  return rc;
+}
+
 /* Output `out` becomes a view of runtime value `src` with another shape. */
 static void make_view(st_onnx_plan *p, int out, int src, int ndim,
                       const int64_t *shape) {
@@ -1080,22 +1107,8 @@ static int op_concat(st_onnx_plan *p, const st_onnx_node *n) {
     free(ids);
     return rc;
   }
-  exec_step s = {.kind = STEP_CONCAT, .ins = ids, .n_ins = (int)n->n_inputs,
-                 .out = out, .axis = axis};
-  /* The values table never moves, so the run can read these pointers. */
-  s.in_tensors = calloc(n->n_inputs, sizeof *s.in_tensors);
-  if (!s.in_tensors) {
-    free(ids);
-    return st_error_set(ST_ENOMEM, "onnx plan: out of memory");
-  }
-  for (size_t i = 0; i < n->n_inputs; i++)
-    s.in_tensors[i] = &p->values[ids[i]].rt;
-  step_output(p, out, ST_F32, t0->ndim, shape);
-  rc = push_step(p, &s);
-  if (rc) {
-    free(ids);
-    free(s.in_tensors);
-  }
+  rc = push_concat(p, ids, (int)n->n_inputs, axis, out, t0->ndim, shape);
+  free(ids);
   return rc;
 }
 
@@ -1401,26 +1414,7 @@ static int pad_with_zeros(st_onnx_plan *p, const st_onnx_node *n, int x,
   int y = 0;
   ST_TRY(new_value(p, &y));
   shape[axis] = xt->shape[axis] + before + after;
-  exec_step s = {.kind = STEP_CONCAT, .n_ins = count, .out = y,
-                 .axis = axis};
-  s.ins = calloc((size_t)count, sizeof *s.ins);
-  s.in_tensors = calloc((size_t)count, sizeof *s.in_tensors);
-  if (!s.ins || !s.in_tensors) {
-    free(s.ins);
-    free(s.in_tensors);
-    return st_error_set(ST_ENOMEM, "onnx plan: out of memory");
-  }
-  for (int k = 0; k < count; k++) {
-    s.ins[k] = ids[k];
-    s.in_tensors[k] = &p->values[ids[k]].rt;
-  }
-  step_output(p, y, ST_F32, xt->ndim, shape);
-  int rc = push_step(p, &s);
-  if (rc) {
-    free(s.ins);
-    free(s.in_tensors);
-    return rc;
-  }
+  ST_TRY(push_concat(p, ids, count, axis, y, xt->ndim, shape));
   *out = y;
   return ST_OK;
 }
@@ -2142,26 +2136,7 @@ static int op_pad(st_onnx_plan *p, const st_onnx_node *n) {
     int64_t yshape[ST_MAX_DIMS];
     memcpy(yshape, ct->shape, sizeof yshape);
     yshape[d] += b + e;
-    exec_step s = {.kind = STEP_CONCAT, .n_ins = count_in, .out = y,
-                   .axis = d};
-    s.ins = calloc((size_t)count_in, sizeof *s.ins);
-    s.in_tensors = calloc((size_t)count_in, sizeof *s.in_tensors);
-    if (!s.ins || !s.in_tensors) {
-      free(s.ins);
-      free(s.in_tensors);
-      return st_error_set(ST_ENOMEM, "onnx plan: out of memory");
-    }
-    for (int k = 0; k < count_in; k++) {
-      s.ins[k] = ids[k];
-      s.in_tensors[k] = &p->values[ids[k]].rt;
-    }
-    step_output(p, y, ST_F32, r, yshape);
-    int rc = push_step(p, &s);
-    if (rc) {
-      free(s.ins);
-      free(s.in_tensors);
-      return rc;
-    }
+    ST_TRY(push_concat(p, ids, count_in, d, y, r, yshape));
     cur = y;
   }
   return ST_OK;
