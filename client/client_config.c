@@ -27,42 +27,22 @@ typedef struct setting {
 
 /* The X-macro's defaults are strings for some types and numbers for the
  * others; each type's row maker keeps the kind it understands. */
-#define ROW_STR(key, def, lo, hi, ch, help)                                    \
-  {#key, ST_SET_STR, offsetof(st_client_config, key), def, 0, 0, 0, ch, help},
+#define ROW_TEXT(kind, key, def, ch, help)                                     \
+  {#key, kind, offsetof(st_client_config, key), def, 0, 0, 0, ch, help},
+#define ROW_NUMERIC(kind, key, def, lo, hi, ch, help)                          \
+  {#key,  kind, offsetof(st_client_config, key), NULL, (double)(def),          \
+   (double)(lo), (double)(hi), ch, help},
+#define ROW_STR(key, def, lo, hi, ch, help) ROW_TEXT(ST_SET_STR, key, def, ch, help)
 #define ROW_PATH(key, def, lo, hi, ch, help)                                   \
-  {#key, ST_SET_PATH, offsetof(st_client_config, key), def, 0, 0, 0, ch, help},
+  ROW_TEXT(ST_SET_PATH, key, def, ch, help)
 #define ROW_ENUM(key, def, lo, hi, ch, help)                                   \
-  {#key, ST_SET_ENUM, offsetof(st_client_config, key), def, 0, 0, 0, ch, help},
+  ROW_TEXT(ST_SET_ENUM, key, def, ch, help)
 #define ROW_INT(key, def, lo, hi, ch, help)                                    \
-  {#key,                                                                       \
-   ST_SET_INT,                                                                 \
-   offsetof(st_client_config, key),                                            \
-   NULL,                                                                       \
-   (double)(def),                                                              \
-   (double)(lo),                                                               \
-   (double)(hi),                                                               \
-   ch,                                                                         \
-   help},
+  ROW_NUMERIC(ST_SET_INT, key, def, lo, hi, ch, help)
 #define ROW_NUM(key, def, lo, hi, ch, help)                                    \
-  {#key,                                                                       \
-   ST_SET_NUM,                                                                 \
-   offsetof(st_client_config, key),                                            \
-   NULL,                                                                       \
-   (double)(def),                                                              \
-   (double)(lo),                                                               \
-   (double)(hi),                                                               \
-   ch,                                                                         \
-   help},
+  ROW_NUMERIC(ST_SET_NUM, key, def, lo, hi, ch, help)
 #define ROW_BOOL(key, def, lo, hi, ch, help)                                   \
-  {#key,                                                                       \
-   ST_SET_BOOL,                                                                \
-   offsetof(st_client_config, key),                                            \
-   NULL,                                                                       \
-   (double)(def),                                                              \
-   0,                                                                          \
-   1,                                                                          \
-   ch,                                                                         \
-   help},
+  ROW_NUMERIC(ST_SET_BOOL, key, def, 0, 1, ch, help)
 #define ROW(key, type, def, lo, hi, ch, help)                                  \
   ROW_##type(key, def, lo, hi, ch, help)
 
