@@ -499,8 +499,64 @@ static void unravel(int64_t flat, int ndim, const int64_t *shape,
 
 /* ---- constant folding on the host -------------------------------------- */
 
+/* The elementwise ops constant folding computes on the host: the
+ * backend's binary kinds, and Min, Max and Mod (shape arithmetic). */
+typedef enum fold_op {
+  FOLD_ADD, FOLD_SUB, FOLD_MUL, FOLD_DIV, FOLD_MIN, FOLD_MAX,
+  FOLD_MOD,  /* ONNX Mod fmod=0: the result takes the divisor's sign */
+  FOLD_FMOD, /* fmod=1: C's fmod, the dividend's sign */
+} fold_op;
+
+static fold_op fold_op_of(st_binary_kind kind) {
+  switch (kind) {
+  case ST_BINARY_SUB: return FOLD_SUB;
+  case ST_BINARY_MUL: return FOLD_MUL;
+  case ST_BINARY_DIV: return FOLD_DIV;
+  case ST_BINARY_ADD: break;
+  }
+  return FOLD_ADD;
+}
+
+/* One integer element; -1 on a division by zero. */
+static int fold_int(fold_op op, int64_t x, int64_t z, int64_t *v) {
+  if ((op == FOLD_DIV || op == FOLD_MOD || op == FOLD_FMOD) && z == 0)
+    return -1;
+  switch (op) {
+  case FOLD_ADD: *v = x + z; break;
+  case FOLD_SUB: *v = x - z; break;
+  case FOLD_MUL: *v = x * z; break;
+  case FOLD_DIV: *v = x / z; break; /* ONNX integer Div truncates, as C */
+  case FOLD_MIN: *v = x < z ? x : z; break;
+  case FOLD_MAX: *v = x > z ? x : z; break;
+  case FOLD_MOD:
+  case FOLD_FMOD:
+    *v = x % z; /* C truncates; fmod=0 follows the divisor */
+    if (op == FOLD_MOD && *v != 0 && ((*v < 0) != (z < 0)))
+      *v += z;
+    break;
+  }
+  return 0;
+}
+
+/* One float element, in fp32 as a runtime op would compute it (min, max
+ * and fmod are exact). FOLD_MOD is refused for floats by its caller. */
+static float fold_float(fold_op op, float x, float z) {
+  switch (op) {
+  case FOLD_ADD: return x + z;
+  case FOLD_SUB: return x - z;
+  case FOLD_MUL: return x * z;
+  case FOLD_DIV: return x / z;
+  case FOLD_MIN: return fminf(x, z);
+  case FOLD_MAX: return fmaxf(x, z);
+  case FOLD_MOD:
+  case FOLD_FMOD: return fmodf(x, z);
+  }
+  return 0.0f;
+}
+
+/* out = a op b on two constants, broadcast. */
 static int fold_binary(st_onnx_plan *p, const st_onnx_node *n, int a_id,
-                       int b_id, st_binary_kind kind, int out) {
+                       int b_id, fold_op op, int out) {
   const st_tensor *a = vt(p, a_id), *b = vt(p, b_id);
   if (a->dtype != b->dtype)
     return node_fail(ST_EDTYPE, n, "operands are %s and %s",
@@ -515,30 +571,15 @@ static int fold_binary(st_onnx_plan *p, const st_onnx_node *n, int a_id,
     unravel(i, r, shape, idx);
     int64_t ia = broadcast_index(a, r, idx), ib = broadcast_index(b, r, idx);
     if (integer) {
-      int64_t x = hgeti(a, ia), z = hgeti(b, ib), v = 0;
-      switch (kind) {
-      case ST_BINARY_ADD: v = x + z; break;
-      case ST_BINARY_SUB: v = x - z; break;
-      case ST_BINARY_MUL: v = x * z; break;
-      case ST_BINARY_DIV:
-        if (z == 0) {
-          st_tensor_free(&y);
-          return node_fail(ST_ERANGE, n, "integer division by zero");
-        }
-        v = x / z; /* ONNX integer Div truncates, as C does */
-        break;
+      int64_t v = 0;
+      if (fold_int(op, hgeti(a, ia), hgeti(b, ib), &v)) {
+        st_tensor_free(&y);
+        return node_fail(ST_ERANGE, n, "integer %s by zero",
+                         op == FOLD_DIV ? "division" : "modulo");
       }
       hseti(&y, i, v);
     } else {
-      /* fp32 arithmetic, as a runtime op would compute it */
-      float x = (float)hget(a, ia), z = (float)hget(b, ib), v = 0.0f;
-      switch (kind) {
-      case ST_BINARY_ADD: v = x + z; break;
-      case ST_BINARY_SUB: v = x - z; break;
-      case ST_BINARY_MUL: v = x * z; break;
-      case ST_BINARY_DIV: v = x / z; break;
-      }
-      hset(&y, i, v);
+      hset(&y, i, fold_float(op, (float)hget(a, ia), (float)hget(b, ib)));
     }
   }
   set_const(p, out, y, 1);
@@ -1166,7 +1207,7 @@ static int op_binary(st_onnx_plan *p, const st_onnx_node *n) {
   ST_TRY(input_id(p, n, 1, &b));
   if (is_const(p, a) && is_const(p, b)) {
     p->stats.folded_nodes++;
-    return fold_binary(p, n, a, b, kind, out);
+    return fold_binary(p, n, a, b, fold_op_of(kind), out);
   }
   int r;
   int64_t shape[ST_MAX_DIMS];
@@ -2399,31 +2440,8 @@ static int op_min_max(st_onnx_plan *p, const st_onnx_node *n) {
   ST_TRY(input_id(p, n, 0, &a));
   ST_TRY(input_id(p, n, 1, &b));
   if (is_const(p, a) && is_const(p, b)) {
-    const st_tensor *ta = vt(p, a), *tb = vt(p, b);
-    if (ta->dtype != tb->dtype)
-      return node_fail(ST_EDTYPE, n, "operands are %s and %s",
-                       st_dtype_name(ta->dtype), st_dtype_name(tb->dtype));
-    int r;
-    int64_t shape[ST_MAX_DIMS], idx[ST_MAX_DIMS];
-    ST_TRY(broadcast_shape(n, ta, tb, &r, shape));
-    st_tensor y;
-    ST_TRY(host_alloc(&y, ta->dtype, r, shape));
-    int integer = ta->dtype != ST_F32 && ta->dtype != ST_F16;
-    for (int64_t i = 0; i < shape_numel(r, shape); i++) {
-      unravel(i, r, shape, idx);
-      int64_t ia = broadcast_index(ta, r, idx), ib = broadcast_index(tb, r,
-                                                                     idx);
-      if (integer) {
-        int64_t u = hgeti(ta, ia), v = hgeti(tb, ib);
-        hseti(&y, i, is_max ? (u > v ? u : v) : (u < v ? u : v));
-      } else {
-        double u = hget(ta, ia), v = hget(tb, ib);
-        hset(&y, i, is_max ? fmax(u, v) : fmin(u, v));
-      }
-    }
-    set_const(p, out, y, 1);
     p->stats.folded_nodes++;
-    return ST_OK;
+    return fold_binary(p, n, a, b, is_max ? FOLD_MAX : FOLD_MIN, out);
   }
   if (is_const(p, a)) {
     int tmp = a;
@@ -2453,38 +2471,12 @@ static int op_mod(st_onnx_plan *p, const st_onnx_node *n) {
   if (!is_const(p, a) || !is_const(p, b))
     return REFUSE(n, "Mod of a tensor computed at run time is not supported "
                   "(only shape arithmetic is)");
-  const st_tensor *ta = vt(p, a), *tb = vt(p, b);
-  if (ta->dtype != tb->dtype)
-    return node_fail(ST_EDTYPE, n, "operands are %s and %s",
-                     st_dtype_name(ta->dtype), st_dtype_name(tb->dtype));
+  const st_tensor *ta = vt(p, a);
   int integer = ta->dtype != ST_F32 && ta->dtype != ST_F16;
   if (!integer && !use_fmod)
     return node_fail(ST_EINVAL, n, "fmod must be 1 for floating point");
-  int r;
-  int64_t shape[ST_MAX_DIMS], idx[ST_MAX_DIMS];
-  ST_TRY(broadcast_shape(n, ta, tb, &r, shape));
-  st_tensor y;
-  ST_TRY(host_alloc(&y, ta->dtype, r, shape));
-  for (int64_t i = 0; i < shape_numel(r, shape); i++) {
-    unravel(i, r, shape, idx);
-    int64_t ia = broadcast_index(ta, r, idx), ib = broadcast_index(tb, r, idx);
-    if (integer) {
-      int64_t u = hgeti(ta, ia), v = hgeti(tb, ib);
-      if (v == 0) {
-        st_tensor_free(&y);
-        return node_fail(ST_ERANGE, n, "integer modulo by zero");
-      }
-      int64_t m = u % v; /* C truncates; ONNX's fmod=0 follows the divisor */
-      if (!use_fmod && m != 0 && ((m < 0) != (v < 0)))
-        m += v;
-      hseti(&y, i, m);
-    } else {
-      hset(&y, i, fmod(hget(ta, ia), hget(tb, ib)));
-    }
-  }
-  set_const(p, out, y, 1);
   p->stats.folded_nodes++;
-  return ST_OK;
+  return fold_binary(p, n, a, b, use_fmod ? FOLD_FMOD : FOLD_MOD, out);
 }
 
 /* Tanh: the backend has a sigmoid, and tanh(x) = 2 * sigmoid(2x) - 1. */
