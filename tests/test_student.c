@@ -260,6 +260,95 @@ static void test_algorithm1_on_student(void **state) {
   st_student_free(s);
 }
 
+/* Host copies of every tensor of a student, for comparisons. */
+static void assert_same_weights(st_backend *be, st_student *a, st_student *b) {
+  for (size_t i = 0; i < st_student_tensor_count(a); i++) {
+    st_tensor x = st_test_to_host(be, st_student_tensor(a, i));
+    st_tensor y = st_test_to_host(be, st_student_tensor(b, i));
+    st_test_assert_close(x.data, y.data, (size_t)st_tensor_numel(&x), 0.0, 0.0,
+                         st_student_tensor_name(a, i));
+    st_tensor_free(&x);
+    st_tensor_free(&y);
+  }
+}
+
+/* Reusing the frozen modules' outputs across the steps of one example
+ * gives what recomputing them every time (the reference's way) gives:
+ * the same losses, scores and weights, to the bit on the CPU. */
+static void test_frozen_reuse_equals_recompute(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_student *reuse = student_from_fixture(be);
+  st_student *again = student_from_fixture(be);
+  st_student_recompute_frozen(again, 1);
+  example ex;
+  example_open(&ex, sizes[1]);
+  st_student *both[2] = {reuse, again};
+  float losses[2][4];
+  double scores[2][4];
+  for (int k = 0; k < 2; k++) {
+    ST_ASSERT_OK(
+        st_student_set_example(both[k], &ex.image, &ex.label, &ex.weight));
+    for (int i = 0; i < 4; i++) {
+      ST_ASSERT_OK(st_student_train_step(both[k], &losses[k][i], NULL));
+      ST_ASSERT_OK(st_student_score(both[k], &scores[k][i]));
+    }
+  }
+  st_test_assert_close(losses[0], losses[1], 4, 0.0, 0.0, "losses");
+  for (int i = 0; i < 4; i++)
+    assert_float_equal(scores[0][i], scores[1][i],
+                       st_test_on_gpu() ? 1e-2 : 0.0);
+  assert_same_weights(be, reuse, again);
+  example_close(&ex);
+  st_student_free(again);
+  st_student_free(reuse);
+}
+
+/* The first step's loss of `s` on the example after its weights were
+ * replaced in the middle of an example (the kept frozen outputs belong to
+ * the old weights) equals that of a student that had the new weights from
+ * the start. Both ways a caller replaces weights: a learner state, and
+ * writes through st_student_tensor (an update arriving). */
+static void test_weight_change_recomputes_frozen(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_student_options o;
+  st_student_options_default(&o);
+  o.seed = 7;
+  st_student *other = NULL;
+  ST_ASSERT_OK(st_student_new(be, &o, &other));
+  st_student_state *other_state = NULL;
+  ST_ASSERT_OK(st_student_state_new(other, &other_state));
+  example ex;
+  example_open(&ex, sizes[0]);
+  float want, got;
+  ST_ASSERT_OK(st_student_set_example(other, &ex.image, &ex.label, &ex.weight));
+  ST_ASSERT_OK(st_student_train_step(other, &want, NULL));
+
+  for (int way = 0; way < 2; way++) {
+    st_student *s = student_from_fixture(be);
+    double before;
+    ST_ASSERT_OK(st_student_set_example(s, &ex.image, &ex.label, &ex.weight));
+    ST_ASSERT_OK(st_student_score(s, &before));
+    if (way == 0) {
+      ST_ASSERT_OK(st_student_state_load(s, other_state));
+    } else {
+      for (size_t i = 0; i < st_student_tensor_count(s); i++) {
+        size_t n;
+        const float *v = st_student_state_values(other_state, i, &n);
+        ST_ASSERT_OK(st_tensor_upload(be, st_student_tensor(s, i), v,
+                                      n * sizeof(float)));
+      }
+    }
+    ST_ASSERT_OK(st_student_train_step(s, &got, NULL));
+    st_test_assert_close(&got, &want, 1, 0.0, 0.0,
+                         way ? "loss after tensor writes"
+                             : "loss after a state load");
+    st_student_free(s);
+  }
+  example_close(&ex);
+  st_student_state_free(other_state);
+  st_student_free(other);
+}
+
 static void test_weight_file_errors(void **state) {
   st_backend *be = st_test_backend(state);
   st_student_options o;
@@ -333,6 +422,8 @@ int main(void) {
       cmocka_unit_test(test_full_distillation_matches_reference),
       cmocka_unit_test(test_best_snapshot_restores_weights),
       cmocka_unit_test(test_algorithm1_on_student),
+      cmocka_unit_test(test_frozen_reuse_equals_recompute),
+      cmocka_unit_test(test_weight_change_recomputes_frozen),
       cmocka_unit_test(test_weight_file_errors),
       cmocka_unit_test(test_bad_inputs_rejected),
       cmocka_unit_test(test_save_load_round_trip),

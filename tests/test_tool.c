@@ -184,14 +184,19 @@ static void test_bench_reports(void **state) {
   const char *json = strstr(r->out, "{\"backend\":\"cpu\",\"height\":41,"
                                     "\"width\":67,\"iters\":2,");
   assert_non_null(json);
-  double infer = -1.0, step = -1.0;
+  double infer = -1.0, step = -1.0, recompute = -1.0;
   const char *a = strstr(json, "\"infer_ms_median\":");
   const char *b = strstr(json, "\"distill_step_ms_median\":");
+  const char *c = strstr(json, "\"distill_step_recompute_ms_median\":");
   assert_non_null(a);
   assert_non_null(b);
+  assert_non_null(c);
   assert_int_equal(sscanf(a, "\"infer_ms_median\":%lf", &infer), 1);
   assert_int_equal(sscanf(b, "\"distill_step_ms_median\":%lf", &step), 1);
-  assert_true(infer > 0.0 && step > 0.0);
+  assert_int_equal(
+      sscanf(c, "\"distill_step_recompute_ms_median\":%lf", &recompute), 1);
+  assert_true(infer > 0.0 && step > 0.0 && recompute > 0.0);
+  assert_non_null(strstr(r->out, "reuse / recompute"));
   free(r);
 }
 

@@ -92,6 +92,12 @@ struct st_student {
   plan plan;
   int example_set;              /* set_example was called for this plan */
   int forward_valid;            /* activations match the current weights */
+  /* The outputs of the frozen modules (those before first_trainable) match
+   * the current image and frozen weights, so a forward may start at the
+   * first trainable module: only the trainable part changes between the
+   * steps of one key frame. */
+  int prefix_valid;
+  int recompute_frozen;         /* 1: never reuse them (the reference's way) */
   double forward_miou;          /* mIoU of that forward, < 0 when unknown */
 };
 
@@ -278,6 +284,14 @@ static int init_params(st_student *s) {
 
 /* ---- plans ----------------------------------------------------------------- */
 
+/* No activation matches any more: new buffers, a new image, or weights
+ * that may all have changed (a load, a state, a caller's write). Changes
+ * of the trainable weights alone clear forward_valid only. */
+static void forget_activations(st_student *s) {
+  s->forward_valid = 0;
+  s->prefix_valid = 0;
+}
+
 static void plan_free(plan *pl) {
   for (int i = 0; i < pl->owned_count; i++)
     st_tensor_free(&pl->owned[i]);
@@ -374,7 +388,7 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 /* Plans every activation for an HxW frame. */
 static int plan_make(st_student *s, int64_t h, int64_t w) {
   plan_free(&s->plan);
-  s->forward_valid = 0;
+  forget_activations(s);
   s->example_set = 0;
   plan *pl = &s->plan;
   int nc = s->opts.num_classes;
@@ -502,31 +516,58 @@ static int block_fwd(st_student *s, block *b, const st_tensor *x) {
   return conv_fwd(s, &b->c3x1, &a->u, ST_ACT_NONE, 1.0f, &a->out);
 }
 
+/* Forward on the planned image. Frozen modules depend only on the image
+ * and their own (unchanging) weights, and batch norm normalises with the
+ * statistics of its input alone, so when their outputs from an earlier
+ * forward of this image are still valid the pass starts at the first
+ * trainable module: Algorithm 1's forwards of one key frame differ only
+ * there. The result is the same as a full pass. */
 static int forward_planned(st_student *s) {
   plan *pl = &s->plan;
   st_backend *be = s->be;
-  ST_TRY(st_image_to_tensor(be, &pl->image, s->opts.channel_order, s->opts.mean,
-                         s->opts.std_, &pl->x));
-  ST_TRY(conv_fwd(s, &s->in_conv1, &pl->x, ST_ACT_NONE, 0.0f, &pl->x1));
-  ST_TRY(conv_fwd(s, &s->in_conv2, &pl->x1, ST_ACT_NONE, 0.0f, &pl->x2));
-  ST_TRY(block_fwd(s, &s->blocks[B_ENC1], &pl->x2));
-  ST_TRY(block_fwd(s, &s->blocks[B_ENC2], &pl->e1));
-  ST_TRY(block_fwd(s, &s->blocks[B_ENC3], &pl->e2));
-  ST_TRY(block_fwd(s, &s->blocks[B_DEC1], &pl->e3));
-  ST_TRY(st_resize_bilinear_fwd(be, &s->blocks[B_DEC1].a.out, &pl->d1));
-  ST_TRY(block_fwd(s, &s->blocks[B_DEC2], &pl->c1));
-  ST_TRY(st_resize_bilinear_fwd(be, &s->blocks[B_DEC2].a.out, &pl->d2));
-  ST_TRY(block_fwd(s, &s->blocks[B_DEC3], &pl->c2));
-  ST_TRY(st_resize_bilinear_fwd(be, &s->blocks[B_DEC3].a.out, &pl->d3));
-  ST_TRY(conv_fwd(s, &s->out_conv1, &pl->d3, ST_ACT_NONE, 0.0f, &pl->o1));
-  ST_TRY(conv_fwd(s, &s->out_conv2, &pl->o1, ST_ACT_NONE, 0.0f, &pl->o2));
-  /* A 1x1 convolution commutes with bilinear resizing (the interpolation
-   * weights sum to one, so the bias passes through unchanged): run the
-   * classifier at the low resolution and upsample C channels instead of 32. */
-  ST_TRY(conv_fwd(s, &s->out_conv3, &pl->o2, ST_ACT_NONE, 0.0f,
-               &pl->small_logits));
-  ST_TRY(st_resize_bilinear_fwd(be, &pl->small_logits, &pl->logits));
+  int from = s->prefix_valid && !s->recompute_frozen ? s->first_trainable : 0;
+#define RUN(m) (from <= (int)ST_MOD_##m)
+  if (RUN(in_conv1)) {
+    ST_TRY(st_image_to_tensor(be, &pl->image, s->opts.channel_order,
+                           s->opts.mean, s->opts.std_, &pl->x));
+    ST_TRY(conv_fwd(s, &s->in_conv1, &pl->x, ST_ACT_NONE, 0.0f, &pl->x1));
+  }
+  if (RUN(in_conv2))
+    ST_TRY(conv_fwd(s, &s->in_conv2, &pl->x1, ST_ACT_NONE, 0.0f, &pl->x2));
+  if (RUN(enc1))
+    ST_TRY(block_fwd(s, &s->blocks[B_ENC1], &pl->x2));
+  if (RUN(enc2))
+    ST_TRY(block_fwd(s, &s->blocks[B_ENC2], &pl->e1));
+  if (RUN(enc3))
+    ST_TRY(block_fwd(s, &s->blocks[B_ENC3], &pl->e2));
+  if (RUN(dec1)) {
+    ST_TRY(block_fwd(s, &s->blocks[B_DEC1], &pl->e3));
+    ST_TRY(st_resize_bilinear_fwd(be, &s->blocks[B_DEC1].a.out, &pl->d1));
+  }
+  if (RUN(dec2)) {
+    ST_TRY(block_fwd(s, &s->blocks[B_DEC2], &pl->c1));
+    ST_TRY(st_resize_bilinear_fwd(be, &s->blocks[B_DEC2].a.out, &pl->d2));
+  }
+  if (RUN(dec3)) {
+    ST_TRY(block_fwd(s, &s->blocks[B_DEC3], &pl->c2));
+    ST_TRY(st_resize_bilinear_fwd(be, &s->blocks[B_DEC3].a.out, &pl->d3));
+  }
+  if (RUN(out_conv1))
+    ST_TRY(conv_fwd(s, &s->out_conv1, &pl->d3, ST_ACT_NONE, 0.0f, &pl->o1));
+  if (RUN(out_conv2))
+    ST_TRY(conv_fwd(s, &s->out_conv2, &pl->o1, ST_ACT_NONE, 0.0f, &pl->o2));
+  if (RUN(out_conv3)) {
+    /* A 1x1 convolution commutes with bilinear resizing (the interpolation
+     * weights sum to one, so the bias passes through unchanged): run the
+     * classifier at the low resolution and upsample C channels instead of
+     * 32. */
+    ST_TRY(conv_fwd(s, &s->out_conv3, &pl->o2, ST_ACT_NONE, 0.0f,
+                 &pl->small_logits));
+    ST_TRY(st_resize_bilinear_fwd(be, &pl->small_logits, &pl->logits));
+  }
+#undef RUN
   s->forward_valid = 1;
+  s->prefix_valid = 1;
   s->forward_miou = -1.0;
   return ST_OK;
 }
@@ -542,7 +583,7 @@ static int load_image(st_student *s, const st_tensor *image) {
   ST_TRY(check_image(image));
   ST_TRY(plan_ensure(s, image->shape[0], image->shape[1]));
   s->example_set = 0;
-  s->forward_valid = 0;
+  forget_activations(s);
   return st_tensor_upload(s->be, &s->plan.image, image->data,
                           st_tensor_nbytes(image));
 }
@@ -907,7 +948,7 @@ int st_student_set_trainable(st_student *s, const st_student_module *mods,
   st_student_reset_optimizer(s);
   /* What is kept for backward depends on the set: plan again lazily. */
   plan_free(&s->plan);
-  s->forward_valid = 0;
+  forget_activations(s);
   s->example_set = 0;
   return ST_OK;
 }
@@ -993,7 +1034,15 @@ const char *st_student_tensor_name(const st_student *s, size_t i) {
 }
 
 st_tensor *st_student_tensor(st_student *s, size_t i) {
-  return i < (size_t)s->param_count ? &s->params[i].value : NULL;
+  if (i >= (size_t)s->param_count)
+    return NULL;
+  /* The caller may write through the pointer. */
+  forget_activations(s);
+  return &s->params[i].value;
+}
+
+void st_student_recompute_frozen(st_student *s, int on) {
+  s->recompute_frozen = on;
 }
 
 long st_student_tensor_index(const st_student *s, const char *name) {
@@ -1043,7 +1092,7 @@ int st_student_load(st_student *s, const st_safetensors *file,
     st_tensor_free(&host);
     ST_TRY(rc);
   }
-  s->forward_valid = 0;
+  forget_activations(s);
   return ST_OK;
 }
 
@@ -1185,7 +1234,7 @@ int st_student_state_load(st_student *s, const st_student_state *st) {
   }
   s->adam_step = st->adam_step;
   s->has_best = 0;
-  s->forward_valid = 0;
+  forget_activations(s);
   return ST_OK;
 }
 

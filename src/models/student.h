@@ -68,6 +68,8 @@ int st_student_new_from_config(st_backend *be, const st_student_config *c,
  * backend's memory). */
 size_t st_student_tensor_count(const st_student *s);
 const char *st_student_tensor_name(const st_student *s, size_t i);
+/* The caller may write the tensor (an update arriving), so the student
+ * forgets every activation it keeps for reuse. */
 st_tensor *st_student_tensor(st_student *s, size_t i);
 /* Index of a named tensor, or -1. */
 long st_student_tensor_index(const st_student *s, const char *name);
@@ -107,7 +109,10 @@ int st_student_set_example(st_student *s, const st_tensor *image,
                            const st_tensor *label, const st_tensor *weight);
 /* Forward on the example and mIoU of its argmax against the label. The
  * activations are kept, so a following st_student_train_step reuses this
- * forward instead of running another. */
+ * forward instead of running another. The frozen modules' outputs are kept
+ * too: until the next example or weight load, forwards run only the
+ * trainable part (the same result as a full pass, which the reference
+ * recomputes every time). */
 int st_student_score(st_student *s, double *miou);
 /* One Adam step on the trainable tensors: forward (reused when the weights
  * have not changed since the last score), weighted cross-entropy, backward
@@ -120,6 +125,10 @@ int st_student_save_best(st_student *s);
 int st_student_restore_best(st_student *s);
 /* Forgets Adam moments and the step count. */
 void st_student_reset_optimizer(st_student *s);
+/* on = 1: every forward recomputes the frozen modules as the reference
+ * does (a baseline for benchmarks and tests); 0, the default: their
+ * outputs are reused within one example. */
+void st_student_recompute_frozen(st_student *s, int on);
 /* Algorithm 1's view of the student (models/distill.h): score, step and
  * snapshots on the example last given to st_student_set_example. */
 st_distill_learner st_student_learner(st_student *s);
