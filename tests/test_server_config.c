@@ -71,6 +71,7 @@ static void assert_server_config_equal(const st_server_config *a,
   assert_int_equal(a->workers, b->workers);
   assert_int_equal(a->threads_per_worker, b->threads_per_worker);
   assert_int_equal(a->deterministic, b->deterministic);
+  assert_int_equal(a->conv_exhaustive, b->conv_exhaustive);
   assert_int_equal(a->null_compute, b->null_compute);
   assert_string_equal(a->teacher_path, b->teacher_path);
   assert_string_equal(a->student_config_path, b->student_config_path);
@@ -101,6 +102,7 @@ static void test_defaults(void **state) {
   assert_int_equal(c.workers, 1);
   assert_int_equal(c.threads_per_worker, expected_threads(1));
   assert_int_equal(c.deterministic, 0);
+  assert_int_equal(c.conv_exhaustive, 1);
   assert_int_equal(c.null_compute, 0);
   assert_string_equal(c.teacher_path, "");
   assert_string_equal(c.student_config_path, "");
@@ -146,6 +148,7 @@ static void test_shipped_config(void **state) {
       {"workers", NULL},
       {"threads_per_worker", NULL},
       {"deterministic", NULL},
+      {"conv_search", NULL},
       {"null_compute", NULL},
       {"teacher", NULL},
       {"student", "config"},
@@ -192,6 +195,7 @@ static void test_shipped_config(void **state) {
   assert_int_equal(c.workers, 1);
   assert_int_equal(c.threads_per_worker, expected_threads(1));
   assert_int_equal(c.deterministic, 0);
+  assert_int_equal(c.conv_exhaustive, 1);
   assert_int_equal(c.null_compute, 0);
   snprintf(want, sizeof want, "%s/teacher-small.json", dir);
   assert_string_equal(c.teacher_path, want);
@@ -220,6 +224,7 @@ static void test_every_field_is_read(void **state) {
         " 'metrics': {'host': '::1', 'port': 65535},"
         " 'backend': 'auto', 'device': 3, 'workers': 4,"
         " 'threads_per_worker': 7, 'deterministic': true,"
+        " 'conv_search': 'heuristic',"
         " 'null_compute': false, 'teacher': 'models/t.json',"
         " 'student': {'config': null, 'weights': '/w/base.safetensors'},"
         " 'distill': {'threshold': 0.5, 'min_stride': 2, 'max_stride': 2,"
@@ -245,6 +250,7 @@ static void test_every_field_is_read(void **state) {
   assert_int_equal(c.workers, 4);
   assert_int_equal(c.threads_per_worker, 7);
   assert_int_equal(c.deterministic, 1);
+  assert_int_equal(c.conv_exhaustive, 0);
   assert_int_equal(c.null_compute, 0);
   assert_string_equal(c.teacher_path, "/srv/st/models/t.json");
   assert_string_equal(c.student_config_path, "");
@@ -405,6 +411,10 @@ static const bad_case bad_cases[] = {
       "s.json: threads_per_worker must be an integer"),
     M("'deterministic': 1", ST_EFORMAT,
       "s.json: deterministic must be true or false"),
+    M("'conv_search': 'fast'", ST_EINVAL,
+      "s.json: conv_search must be \"exhaustive\" or \"heuristic\""),
+    M("'conv_search': null", ST_EFORMAT,
+      "s.json: conv_search must be a string"),
     M("'null_compute': 'yes'", ST_EFORMAT,
       "s.json: null_compute must be true or false"),
     /* teacher */

@@ -44,9 +44,9 @@ enum {
 static const char *const top_keys[] = {
     "listen",        "metrics",      "backend",
     "device",        "workers",      "threads_per_worker",
-    "deterministic", "null_compute", "teacher",
-    "student",       "distill",      "limits",
-    "token",         "log_level"};
+    "deterministic", "conv_search",  "null_compute",
+    "teacher",       "student",      "distill",
+    "limits",        "token",        "log_level"};
 static const char *const endpoint_keys[] = {"host", "port"};
 static const char *const student_keys[] = {"config", "weights"};
 static const char *const distill_keys[] = {
@@ -106,6 +106,11 @@ void st_server_config_defaults(st_server_config *c) {
   c->workers = 1;
   c->threads_per_worker = threads_for(c->workers);
   c->deterministic = 0;
+  /* A server runs fixed frame sizes for hours: timing cuDNN's algorithms
+   * once per shape (at the worker's warm-up for the teacher's size) beats
+   * trusting its heuristic, which ranked 1.5-3x slower algorithms first on
+   * the student's shapes (docs/performance.md). */
+  c->conv_exhaustive = 1;
   c->null_compute = 0;
   st_student_config_defaults(&c->student);
   c->update_encoding = ST_SERVER_DEFAULT_UPDATE_ENCODING;
@@ -445,6 +450,17 @@ static int parse_root(const char *label, const char *base_dir, json_t *root,
       (rc = read_bool(label, root, "null_compute", &c.null_compute)))
     return rc;
   c.threads_per_worker = threads > 0 ? threads : threads_for(c.workers);
+  const char *search;
+  if ((rc = read_string(label, root, "conv_search", "conv_search", 0,
+                        &search)))
+    return rc;
+  if (search && strcmp(search, "exhaustive") && strcmp(search, "heuristic"))
+    return st_error_set(ST_EINVAL,
+                        "%s: conv_search must be \"exhaustive\" or "
+                        "\"heuristic\"",
+                        label);
+  if (search)
+    c.conv_exhaustive = !strcmp(search, "exhaustive");
 
   /* The teacher: required unless the server computes nothing. */
   const char *teacher;

@@ -14,6 +14,9 @@
  *     "threads_per_worker": 0,      CPU threads of each worker; 0 = online
  *                                   cores / workers (at least 1), else [1, 1024]
  *     "deterministic": false,
+ *     "conv_search": "exhaustive",  "exhaustive" | "heuristic": how CUDA
+ *                                   picks each convolution's cuDNN algorithm
+ *                                   (once per shape and worker context)
  *     "null_compute": false,        true: no teacher, no student: updates carry
  *                                   no tensors (measures the loop alone)
  *     "teacher": "teacher-small.json",   path of the teacher config (required
@@ -104,6 +107,7 @@ typedef struct st_server_config {
   int workers;
   int threads_per_worker;                  /* resolved: >= 1 */
   int deterministic;
+  int conv_exhaustive;                     /* conv_search == "exhaustive" */
   int null_compute;
   char teacher_path[ST_SERVER_PATH_BYTES]; /* resolved; "" with null_compute */
   char student_config_path[ST_SERVER_PATH_BYTES]; /* resolved; "" = defaults */

@@ -271,7 +271,8 @@ static int worker_open(worker *w) {
   st_backend_options bo = {.kind = cfg->backend,
                            .threads = cfg->threads_per_worker,
                            .device = cfg->device,
-                           .deterministic = cfg->deterministic};
+                           .deterministic = cfg->deterministic,
+                           .conv_exhaustive = cfg->conv_exhaustive};
   ST_TRY(st_backend_new(&bo, &w->teacher_be));
   /* AUTO resolved to one kind for the teacher; the pair must agree. */
   bo.kind = st_backend_get_kind(w->teacher_be);
