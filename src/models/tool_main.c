@@ -403,6 +403,27 @@ static int time_median(int (*fn)(bench_ctx *), bench_ctx *b, int iters,
   return rc;
 }
 
+/* `iters` rounds of one reuse step then one recompute step (after one
+ * warm-up step of each); the medians of each kind. `times` holds 2 x iters. */
+static int time_alternating(bench_ctx *b, int iters, double *times,
+                            double *reuse_ms, double *recompute_ms) {
+  int rc = ST_OK;
+  for (int i = -1; !rc && i < iters; i++)
+    for (int recompute = 0; !rc && recompute < 2; recompute++) {
+      st_student_recompute_frozen(b->student, recompute);
+      double t0 = now_ms();
+      rc = bench_step(b);
+      if (i >= 0)
+        times[recompute * iters + i] = now_ms() - t0;
+    }
+  st_student_recompute_frozen(b->student, 0);
+  if (!rc) {
+    *reuse_ms = median(times, iters);
+    *recompute_ms = median(times + iters, iters);
+  }
+  return rc;
+}
+
 static int cmd_bench(const options *o) {
   session s;
   st_tensor image = {0}, label = {0}, weight = {0};
@@ -414,7 +435,7 @@ static int cmd_bench(const options *o) {
               (rc = st_tensor_alloc(NULL, &label, ST_U8, 2, map_shape)) ||
               (rc = st_tensor_alloc(NULL, &weight, ST_F32, 2, map_shape))))
     rc = fail_status(rc, "bench");
-  if (!rc && !(times = calloc((size_t)o->iters, sizeof *times)))
+  if (!rc && !(times = calloc(2 * (size_t)o->iters, sizeof *times)))
     rc = fail(1, "bench: out of memory");
   if (rc)
     goto done;
@@ -438,25 +459,22 @@ static int cmd_bench(const options *o) {
     goto done;
   }
   double infer_rss = peak_rss_mb();
+  /* Partial distillation times reuse steps alternately with steps that
+   * recompute the frozen modules every time, as the reference (and so the
+   * PyTorch comparison) does: the baseline of the reuse, under the same
+   * machine noise. Full distillation has no frozen module. */
+  double recompute_ms = 0.0;
   if ((rc = st_student_set_example(s.student, &image, &label, &weight)) ||
-      (rc = time_median(bench_step, &bc, o->iters, times, &step_ms))) {
+      (rc = s.cfg.trainable_full
+                ? time_median(bench_step, &bc, o->iters, times, &step_ms)
+                : time_alternating(&bc, o->iters, times, &step_ms,
+                                   &recompute_ms))) {
     rc = fail_status(rc, "bench distill");
     goto done;
   }
+  if (s.cfg.trainable_full)
+    recompute_ms = step_ms;
   double step_rss = peak_rss_mb();
-  /* The baseline of the frozen-output reuse: the same steps recomputing
-   * the frozen modules every time, as the reference (and so the PyTorch
-   * comparison) does. Full distillation has no frozen module. */
-  double recompute_ms = step_ms;
-  if (!s.cfg.trainable_full) {
-    st_student_recompute_frozen(s.student, 1);
-    rc = time_median(bench_step, &bc, o->iters, times, &recompute_ms);
-    st_student_recompute_frozen(s.student, 0);
-    if (rc) {
-      rc = fail_status(rc, "bench distill");
-      goto done;
-    }
-  }
   printf("backend %s, %lldx%lld, %d iterations, %lld trainable of %lld "
          "parameters\n",
          st_backend_name(s.be), (long long)h, (long long)w, o->iters,
