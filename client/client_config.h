@@ -73,6 +73,9 @@ typedef enum st_setting_type {
      "base weights (.safetensors); null: a blank device takes the server's")   \
   XX(backend, ENUM, "cpu", 0, 0, "cpu|cuda|auto", "compute backend")           \
   XX(device, INT, 0, 0, 1024, NULL, "CUDA device ordinal")                     \
+  XX(conv_search, ENUM, "exhaustive", 0, 0, "exhaustive|heuristic",            \
+     "CUDA: time every cuDNN algorithm once per shape (at the warm-up) or "    \
+     "take cuDNN's ranking")                                                   \
   XX(threads, INT, 0, 0, 1024, NULL, "CPU inference threads; 0: all cores")    \
   XX(client_id, STR, NULL, 0, 0, NULL, "name sent in hello; null: host name")  \
   XX(token, STR, NULL, 0, 0, NULL, "the server's shared secret, if any")       \

@@ -146,7 +146,9 @@ static int open_model(client *cl) {
   if (rc)
     return fail(ST_CLIENT_EXIT_USAGE, "%s", st_error_detail());
   st_backend_options bo = {.threads = (int)c->threads,
-                           .device = (int)c->device};
+                           .device = (int)c->device,
+                           .conv_exhaustive =
+                               !strcmp(c->conv_search, "exhaustive")};
   if ((rc = st_backend_kind_from_name(c->backend, &bo.kind)) ||
       (rc = st_backend_new(&bo, &cl->be)) ||
       (rc = st_student_new_from_config(cl->be, &cl->scfg, &cl->student)))
