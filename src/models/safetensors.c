@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -649,6 +650,29 @@ static int tensors_check(const char *path, const st_named_tensor *sorted,
   return ST_OK;
 }
 
+/* Numbers the temporary files of this process's writes. */
+static atomic_ulong tmp_counter;
+
+/* fsync of the folder holding `path`, so that the rename itself survives a
+ * crash, not only the file's bytes. File systems that cannot sync a folder
+ * (EINVAL) have nothing more to make durable. */
+static int sync_parent_dir(const char *path) {
+  const char *slash = strrchr(path, '/');
+  char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path))
+                    : strdup(".");
+  if (!dir)
+    return st_error_set(ST_ENOMEM, "%s: out of memory", path);
+  int rc = ST_OK;
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || (fsync(fd) != 0 && errno != EINVAL))
+    rc = st_error_set(ST_EIO, "%s: cannot sync folder %s: %s", path, dir,
+                      strerror(errno));
+  if (fd >= 0)
+    close(fd);
+  free(dir);
+  return rc;
+}
+
 int st_safetensors_write(const char *path, const st_named_tensor *tensors,
                          size_t count, const char *const *metadata_kv) {
   int rc;
@@ -686,15 +710,21 @@ int st_safetensors_write(const char *path, const st_named_tensor *tensors,
     goto err;
 
   /* Written beside the target and renamed over it, so a reader never sees
-   * a half-written file and a crash leaves the old one intact. */
-  int tmp_len = snprintf(NULL, 0, "%s.tmp.%ld", path, (long)getpid());
+   * a half-written file and a crash leaves the old one intact. The name is
+   * unique per call (process id and a process-wide counter) and created
+   * exclusively, so threads and processes writing the same path at once
+   * never share a temporary; the last rename wins whole. */
+  unsigned long call = atomic_fetch_add(&tmp_counter, 1);
+  int tmp_len =
+      snprintf(NULL, 0, "%s.tmp.%ld.%lu", path, (long)getpid(), call);
   tmp_path = malloc((size_t)tmp_len + 1);
   if (!tmp_path) {
     rc = st_error_set(ST_ENOMEM, "%s: out of memory", path);
     goto err;
   }
-  snprintf(tmp_path, (size_t)tmp_len + 1, "%s.tmp.%ld", path, (long)getpid());
-  fd = open(tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  snprintf(tmp_path, (size_t)tmp_len + 1, "%s.tmp.%ld.%lu", path,
+           (long)getpid(), call);
+  fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) {
     rc = st_error_set(errno == ENOENT ? ST_ENOENT : ST_EIO,
                       "%s: cannot create: %s", tmp_path, strerror(errno));
@@ -721,6 +751,9 @@ int st_safetensors_write(const char *path, const st_named_tensor *tensors,
                       tmp_path, strerror(errno));
     goto err;
   }
+  tmp_created = 0;
+  if ((rc = sync_parent_dir(path)))
+    goto err;
   free(tmp_path);
   free(header);
   free(nbytes);

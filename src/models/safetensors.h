@@ -55,7 +55,9 @@ typedef struct st_named_tensor {
 
 /* Writes tensors (sorted by name, as the reference writer does) and an
  * optional metadata list of key/value string pairs terminated by a NULL key.
- * Writes to a temporary file and renames it into place. */
+ * Writes to a temporary file of its own (safe for threads and processes
+ * writing the same path at once), fsyncs it, renames it into place and
+ * fsyncs the folder: a crash leaves the old file or the new one, whole. */
 int st_safetensors_write(const char *path, const st_named_tensor *tensors,
                          size_t count, const char *const *metadata_kv);
 
