@@ -766,6 +766,48 @@ static void test_nesting_bounded(void **state) {
   free(buf);
 }
 
+/* A ModelProto whose graph holds one node with `count` empty attributes:
+ * 2 bytes each on the wire, a whole AttributeProto (~250 bytes) each once
+ * decoded. */
+static uint8_t *attribute_flood_model(size_t count, size_t *len) {
+  enum { HEADER_MAX_BYTES = 1 + 10 };
+  size_t attrs = 2 * count;
+  uint8_t *buf = malloc(attrs + 2 * HEADER_MAX_BYTES);
+  assert_non_null(buf);
+  uint8_t *p = buf;
+  size_t node_bytes = attrs;
+  uint8_t node_header[HEADER_MAX_BYTES];
+  node_header[0] = CHAIN_KEYS[0]; /* GraphProto.node */
+  size_t nh = 1 + put_varint(node_header + 1, node_bytes);
+  *p++ = MODEL_GRAPH_KEY;
+  p += put_varint(p, nh + node_bytes);
+  memcpy(p, node_header, nh);
+  p += nh;
+  for (size_t i = 0; i < count; i++) {
+    *p++ = CHAIN_KEYS[1]; /* NodeProto.attribute */
+    *p++ = 0;
+  }
+  *len = (size_t)(p - buf);
+  return buf;
+}
+
+/* A small file that would decode to more than ST_ONNX_MAX_DECODED_BYTES is
+ * refused before protobuf-c allocates anything; the same shape at a sane
+ * count decodes (and fails later, for lack of an opset). */
+static void test_decoded_size_bounded(void **state) {
+  (void)state;
+  size_t len;
+  uint8_t *buf = attribute_flood_model(1000, &len);
+  expect_parse_fails(buf, len, "flood-small", ST_EFORMAT, "imports no opset");
+  free(buf);
+  /* 24 M attributes: 48 MB on the wire, above 5 GB decoded. */
+  buf = attribute_flood_model((size_t)24 << 20, &len);
+  assert_true(len < ST_ONNX_MAX_FILE_BYTES);
+  expect_parse_fails(buf, len, "flood-big", ST_EFORMAT,
+                     "decoding it would take");
+  free(buf);
+}
+
 static void test_nul_in_string(void **state) {
   (void)state;
   /* ModelProto.producer_name (field 2) = "py\0torch". */
@@ -831,6 +873,7 @@ int main(void) {
       cmocka_unit_test(test_garbage),
       cmocka_unit_test(test_mutations),
       cmocka_unit_test(test_nesting_bounded),
+      cmocka_unit_test(test_decoded_size_bounded),
       cmocka_unit_test(test_nul_in_string),
       cmocka_unit_test(test_load_errors),
       cmocka_unit_test(test_names),
