@@ -720,6 +720,69 @@ static void test_adam_fixture(void **state) {
   st_safetensors_free(fx);
 }
 
+/* Enough tensors for two CUDA batches (32 per launch), of sizes from one
+ * element to more than one block's worth, with an empty one among them. */
+#define ADAM_MANY 37
+
+/* st_adam_steps over many tensors gives each tensor exactly what
+ * st_adam_step gives it, over several steps. */
+static void test_adam_steps_match_single(void **state) {
+  st_backend *be = st_test_backend(state);
+  const st_adam_params ap = {ADAM_LR, ADAM_BETA1, ADAM_BETA2, ADAM_EPS};
+  /* [k][0..3]: param, grad, m, v of the batched run; [k][4..7] single. */
+  st_tensor t[ADAM_MANY][8];
+  st_tensor *params[ADAM_MANY], *ms[ADAM_MANY], *vs[ADAM_MANY];
+  const st_tensor *grads[ADAM_MANY];
+  for (int k = 0; k < ADAM_MANY; k++) {
+    const int64_t n = k == 5 ? 0 : 1 + (int64_t)k * k * 7;
+    const int64_t shape[1] = {n};
+    st_tensor host;
+    ST_ASSERT_OK(st_tensor_alloc(NULL, &host, ST_F32, 1, shape));
+    for (int f = 0; f < 8; f++) {
+      /* param and grad random, moments start from a random state too */
+      st_test_fill_uniform(host.data, (size_t)n, 100 + (uint64_t)k * 4 + f % 4,
+                           f % 4 == 3 ? 0.0f : -1.0f, 1.0f);
+      t[k][f] = st_test_to_backend(be, &host);
+    }
+    st_tensor_free(&host);
+    params[k] = &t[k][0];
+    grads[k] = &t[k][1];
+    ms[k] = &t[k][2];
+    vs[k] = &t[k][3];
+  }
+  for (int64_t step = 1; step <= ADAM_STEPS; step++) {
+    ST_ASSERT_OK(st_adam_steps(be, &ap, step, ADAM_MANY, params, grads, ms,
+                               vs));
+    for (int k = 0; k < ADAM_MANY; k++)
+      ST_ASSERT_OK(st_adam_step(be, &ap, step, &t[k][4], &t[k][5], &t[k][6],
+                                &t[k][7]));
+  }
+  for (int k = 0; k < ADAM_MANY; k++)
+    for (int f = 0; f < 4; f++) {
+      if (f == 1)
+        continue; /* grads are only read */
+      st_tensor a = st_test_to_host(be, &t[k][f]);
+      st_tensor b = st_test_to_host(be, &t[k][f + 4]);
+      assert_memory_equal(a.data, b.data, st_tensor_nbytes(&a));
+      st_tensor_free(&a);
+      st_tensor_free(&b);
+    }
+  for (int k = 0; k < ADAM_MANY; k++)
+    for (int f = 0; f < 8; f++)
+      st_tensor_free(&t[k][f]);
+  /* Mismatched shapes are refused before anything runs. */
+  st_tensor small, big;
+  const int64_t s1[1] = {3}, s2[1] = {4};
+  ST_ASSERT_OK(st_tensor_alloc(be, &small, ST_F32, 1, s1));
+  ST_ASSERT_OK(st_tensor_alloc(be, &big, ST_F32, 1, s2));
+  st_tensor *bp[1] = {&small}, *bm[1] = {&small}, *bv[1] = {&big};
+  const st_tensor *bg[1] = {&small};
+  assert_int_equal(st_adam_steps(be, &ap, 1, 1, bp, bg, bm, bv), ST_ESHAPE);
+  assert_int_equal(st_adam_steps(be, &ap, 0, 1, bp, bg, bm, bm), ST_EINVAL);
+  st_tensor_free(&small);
+  st_tensor_free(&big);
+}
+
 static int f16_is_nan(uint16_t h) {
   return (h & 0x7c00u) == 0x7c00u && (h & 0x03ffu);
 }
@@ -1078,6 +1141,7 @@ int main(void) {
       cmocka_unit_test(test_argmax_fixture),
       cmocka_unit_test(test_miou_fixture),
       cmocka_unit_test(test_adam_fixture),
+      cmocka_unit_test(test_adam_steps_match_single),
       cmocka_unit_test(test_cast_fixture),
       cmocka_unit_test(test_copy_fill),
       cmocka_unit_test(test_image_to_tensor_fixture),

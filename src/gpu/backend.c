@@ -614,6 +614,31 @@ int st_adam_step(st_backend *be, const st_adam_params *p, int64_t step,
   return ST__SLOT(be, adam_step, be, p, step, param, grad, m, v);
 }
 
+int st_adam_steps(st_backend *be, const st_adam_params *p, int64_t step,
+                  int count, st_tensor *const *params,
+                  const st_tensor *const *grads, st_tensor *const *ms,
+                  st_tensor *const *vs) {
+  const char *op = "adam_steps";
+  if (step < 1)
+    return st_error_set(ST_EINVAL, "%s: step %lld (1-based)", op,
+                        (long long)step);
+  if (count < 0 || (count && (!params || !grads || !ms || !vs)))
+    return st_error_set(ST_EINVAL, "%s: %d tensors", op, count);
+  for (int i = 0; i < count; i++) {
+    ST__TRY(check_unary(op, params[i], grads[i]));
+    ST__TRY(check_unary(op, params[i], ms[i]));
+    ST__TRY(check_unary(op, params[i], vs[i]));
+  }
+  if (count == 0)
+    return ST_OK;
+  if (be->ops->adam_steps)
+    return ST__SLOT(be, adam_steps, be, p, step, count, params, grads, ms, vs);
+  for (int i = 0; i < count; i++)
+    ST__TRY(ST__SLOT(be, adam_step, be, p, step, params[i], grads[i], ms[i],
+                     vs[i]));
+  return ST_OK;
+}
+
 int st_cast(st_backend *be, const st_tensor *src, st_tensor *dst) {
   const char *op = "cast";
   if (!src || !dst || !src->data || !dst->data)

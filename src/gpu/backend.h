@@ -205,6 +205,14 @@ typedef struct st_adam_params {
 int st_adam_step(st_backend *be, const st_adam_params *p, int64_t step,
                  st_tensor *param, const st_tensor *grad, st_tensor *m,
                  st_tensor *v);
+/* st_adam_step on `count` tensors with the same hyper-parameters and step
+ * (an optimiser's whole parameter set): the same arithmetic for every
+ * element, in one launch where the backend can (CUDA), one st_adam_step
+ * per tensor elsewhere. params[i], grads[i], ms[i], vs[i] as there. */
+int st_adam_steps(st_backend *be, const st_adam_params *p, int64_t step,
+                  int count, st_tensor *const *params,
+                  const st_tensor *const *grads, st_tensor *const *ms,
+                  st_tensor *const *vs);
 
 /* Element conversions between F32 and F16 tensors of equal shape. */
 int st_cast(st_backend *be, const st_tensor *src, st_tensor *dst);

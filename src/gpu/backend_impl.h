@@ -84,6 +84,12 @@ typedef struct st_backend_ops {
   int (*adam_step)(st_backend *be, const st_adam_params *p, int64_t step,
                    st_tensor *param, const st_tensor *grad, st_tensor *m,
                    st_tensor *v);
+  /* optional: adam_step over count tensors at once (absent: the wrapper
+   * calls adam_step per tensor) */
+  int (*adam_steps)(st_backend *be, const st_adam_params *p, int64_t step,
+                    int count, st_tensor *const *params,
+                    const st_tensor *const *grads, st_tensor *const *ms,
+                    st_tensor *const *vs);
   /* conversions */
   int (*cast)(st_backend *be, const st_tensor *src, st_tensor *dst);
   int (*copy)(st_backend *be, const st_tensor *src, st_tensor *dst);

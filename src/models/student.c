@@ -848,12 +848,21 @@ int st_student_train_step(st_student *s, float *loss, double *miou) {
                      &pl->g_logits));
   ST_TRY(backward(s));
   s->adam_step++;
+  st_tensor *values[STUDENT_MAX_TENSORS], *ms[STUDENT_MAX_TENSORS],
+      *vs[STUDENT_MAX_TENSORS];
+  const st_tensor *grads[STUDENT_MAX_TENSORS];
+  int count = 0;
   for (int i = 0; i < s->param_count; i++) {
     student_param *p = &s->params[i];
-    if (s->trainable[p->module])
-      ST_TRY(st_adam_step(s->be, &s->opts.adam, s->adam_step, &p->value,
-                       &p->grad, &p->m, &p->v));
+    if (!s->trainable[p->module])
+      continue;
+    values[count] = &p->value;
+    grads[count] = &p->grad;
+    ms[count] = &p->m;
+    vs[count++] = &p->v;
   }
+  ST_TRY(st_adam_steps(s->be, &s->opts.adam, s->adam_step, count, values,
+                       grads, ms, vs));
   s->forward_valid = 0;
   return ST_OK;
 }

@@ -330,6 +330,7 @@ static st_backend_ops make_ops(void) {
   o.argmax_channels = st__cuda_argmax_channels;
   o.confusion_counts = st__cuda_confusion_counts;
   o.adam_step = st__cuda_adam_step;
+  o.adam_steps = st__cuda_adam_steps;
   o.cast = st__cuda_cast;
   o.copy = st__cuda_copy;
   o.fill = st__cuda_fill;

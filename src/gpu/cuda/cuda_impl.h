@@ -141,6 +141,9 @@ extern "C" int st__cuda_confusion_counts(st_backend *be, const st_tensor *pred,
 extern "C" int st__cuda_adam_step(st_backend *be, const st_adam_params *p,
     int64_t step, st_tensor *param, const st_tensor *grad, st_tensor *m,
     st_tensor *v);
+extern "C" int st__cuda_adam_steps(st_backend *be, const st_adam_params *p,
+    int64_t step, int count, st_tensor *const *params, const st_tensor *const
+    *grads, st_tensor *const *ms, st_tensor *const *vs);
 extern "C" int st__cuda_cast(st_backend *be, const st_tensor *src, st_tensor
     *dst);
 extern "C" int st__cuda_copy(st_backend *be, const st_tensor *src, st_tensor
