@@ -614,11 +614,28 @@ static void test_weighted_ce_bad_label(void **state) {
   assert_int_equal(st_weighted_ce(be, &l, &lab, &w, &loss, &d), ST_ERANGE);
   assert_non_null(strstr(st_error_detail(), "7"));
   assert_int_equal(st_weighted_ce(be, &l, &lab, &w, &loss, NULL), ST_ERANGE);
+  /* Without waiting: the call itself succeeds, reading its result names
+   * the label; a result of the wrong shape is refused up front. */
+  const int64_t res_shape[1] = {ST_CE_RESULT_LEN}, short_shape[1] = {2};
+  st_tensor res, short_res;
+  ST_ASSERT_OK(st_tensor_alloc(be, &res, ST_F32, 1, res_shape));
+  ST_ASSERT_OK(st_tensor_alloc(be, &short_res, ST_F32, 1, short_shape));
+  ST_ASSERT_OK(st_weighted_ce_into(be, &l, &lab, &w, &res, &d));
+  assert_int_equal(st_weighted_ce_result(be, &res, C, &loss), ST_ERANGE);
+  assert_non_null(strstr(st_error_detail(), "label 7 is not below the 4"));
+  assert_int_equal(st_weighted_ce_into(be, &l, &lab, &w, &short_res, NULL),
+                   ST_ESHAPE);
   /* The same call with the label fixed succeeds. */
   ((uint8_t *)hlab.data)[9] = C - 1;
   ST_ASSERT_OK(st_tensor_upload(be, &lab, hlab.data, st_tensor_nbytes(&hlab)));
   ST_ASSERT_OK(st_weighted_ce(be, &l, &lab, &w, &loss, &d));
   assert_true(isfinite(loss) && loss > 0.0f);
+  float later = NAN;
+  ST_ASSERT_OK(st_weighted_ce_into(be, &l, &lab, &w, &res, NULL));
+  ST_ASSERT_OK(st_weighted_ce_result(be, &res, C, &later));
+  assert_memory_equal(&later, &loss, sizeof loss);
+  st_tensor_free(&res);
+  st_tensor_free(&short_res);
   /* A NaN logit off the label channel still makes the loss NaN, as in
    * PyTorch, so a diverged network cannot look healthy. */
   ((float *)hl.data)[2 * 15 + 4] = NAN;
@@ -672,9 +689,23 @@ static void test_miou_fixture(void **state) {
                (long long)wc[i]);
   const float got = (float)st_miou_from_counts(counts, MIOU_CLASSES);
   st_test_assert_close(&got, &want, 1, ULPS_RTOL, 0.0, "miou");
-  /* Values >= num_classes are an error. */
+  /* Without waiting, into a result tensor: the same counts. */
+  const int64_t dev_shape[1] = {MIOU_CLASSES * MIOU_CLASSES +
+                                ST_CONFUSION_EXTRA};
+  st_tensor dev;
+  ST_ASSERT_OK(st_tensor_alloc(be, &dev, ST_I64, 1, dev_shape));
+  int64_t later[MIOU_CLASSES * MIOU_CLASSES];
+  ST_ASSERT_OK(st_confusion_counts_into(be, &pred, &lab, MIOU_CLASSES, &dev));
+  ST_ASSERT_OK(st_confusion_counts_result(be, &dev, MIOU_CLASSES, later));
+  assert_memory_equal(later, counts, sizeof counts);
+  /* Values >= num_classes are an error, found when the result is read; a
+   * result sized for other classes is refused. */
   assert_int_equal(st_confusion_counts(be, &pred, &lab, MIOU_CLASSES - 2, counts),
                    ST_ERANGE);
+  assert_int_equal(
+      st_confusion_counts_into(be, &pred, &lab, MIOU_CLASSES - 2, &dev),
+      ST_ESHAPE);
+  st_tensor_free(&dev);
   st_tensor *all[] = {&hl, &hlab, &hcounts, &l, &lab, &pred};
   for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
     st_tensor_free(all[k]);

@@ -538,9 +538,9 @@ static int check_label_map(const char *op, const char *what,
   return ST_OK;
 }
 
-int st_weighted_ce(st_backend *be, const st_tensor *logits,
-                   const st_tensor *label, const st_tensor *weight,
-                   float *loss, st_tensor *dlogits) {
+int st_weighted_ce_into(st_backend *be, const st_tensor *logits,
+                        const st_tensor *label, const st_tensor *weight,
+                        st_tensor *result, st_tensor *dlogits) {
   const char *op = "weighted_ce";
   ST__TRY(check_tensor(op, "logits", logits, ST_F32, 4));
   ST__TRY(check_label_map(op, "label", label, ST_U8, logits));
@@ -552,9 +552,45 @@ int st_weighted_ce(st_backend *be, const st_tensor *logits,
     ST__TRY(check_tensor(op, "dlogits", dlogits, ST_F32, 4));
     ST__TRY(check_same(op, "logits/dlogits", logits, dlogits));
   }
+  ST__TRY(check_tensor(op, "result", result, ST_F32, 1));
+  if (result->shape[0] != ST_CE_RESULT_LEN)
+    return st_error_set(ST_ESHAPE, "%s: result must be F32 [%d]", op,
+                        ST_CE_RESULT_LEN);
+  return ST__SLOT(be, weighted_ce, be, logits, label, weight, result, dlogits);
+}
+
+int st_weighted_ce_result(st_backend *be, const st_tensor *result,
+                          int num_classes, float *loss) {
+  const char *op = "weighted_ce";
+  ST__TRY(check_tensor(op, "result", result, ST_F32, 1));
+  if (result->shape[0] != ST_CE_RESULT_LEN || !loss)
+    return st_error_set(ST_EINVAL, "%s: result must be F32 [%d], loss set",
+                        op, ST_CE_RESULT_LEN);
+  float r[ST_CE_RESULT_LEN];
+  ST__TRY(st_tensor_download(be, result, r, sizeof r));
+  if (r[1] > 0.0f)
+    return st_error_set(ST_ERANGE,
+                        "%s: label %d is not below the %d classes (%.0f "
+                        "pixels out of range)",
+                        op, (int)r[2], num_classes, (double)r[1]);
+  *loss = r[0];
+  return ST_OK;
+}
+
+int st_weighted_ce(st_backend *be, const st_tensor *logits,
+                   const st_tensor *label, const st_tensor *weight,
+                   float *loss, st_tensor *dlogits) {
   if (!loss)
-    return st_error_set(ST_EINVAL, "%s: loss pointer is NULL", op);
-  return ST__SLOT(be, weighted_ce, be, logits, label, weight, loss, dlogits);
+    return st_error_set(ST_EINVAL, "weighted_ce: loss pointer is NULL");
+  ST__TRY(check_tensor("weighted_ce", "logits", logits, ST_F32, 4));
+  const int64_t shape[1] = {ST_CE_RESULT_LEN};
+  st_tensor result;
+  ST__TRY(st_tensor_alloc(be, &result, ST_F32, 1, shape));
+  int rc = st_weighted_ce_into(be, logits, label, weight, &result, dlogits);
+  if (!rc)
+    rc = st_weighted_ce_result(be, &result, (int)logits->shape[1], loss);
+  st_tensor_free(&result);
+  return rc;
 }
 
 int st_argmax_channels(st_backend *be, const st_tensor *logits,
@@ -568,18 +604,71 @@ int st_argmax_channels(st_backend *be, const st_tensor *logits,
   return ST__SLOT(be, argmax_channels, be, logits, labels);
 }
 
-int st_confusion_counts(st_backend *be, const st_tensor *pred,
-                        const st_tensor *label, int num_classes,
-                        int64_t *counts) {
+static int check_confusion(const char *op, const st_tensor *counts,
+                           int num_classes) {
+  if (num_classes < 1 || num_classes > 256)
+    return st_error_set(ST_EINVAL, "%s: %d classes", op, num_classes);
+  ST__TRY(check_tensor(op, "counts", counts, ST_I64, 1));
+  if (counts->shape[0] !=
+      (int64_t)num_classes * num_classes + ST_CONFUSION_EXTRA)
+    return st_error_set(ST_ESHAPE, "%s: counts must be I64 [%d]", op,
+                        num_classes * num_classes + ST_CONFUSION_EXTRA);
+  return ST_OK;
+}
+
+int st_confusion_counts_into(st_backend *be, const st_tensor *pred,
+                             const st_tensor *label, int num_classes,
+                             st_tensor *counts) {
   const char *op = "confusion_counts";
-  if (!pred || !label || !counts || !pred->data || !label->data)
+  if (!pred || !label || !pred->data || !label->data)
     return st_error_set(ST_EINVAL, "%s: missing argument", op);
   if (pred->dtype != ST_U8 || label->dtype != ST_U8)
     return st_error_set(ST_EDTYPE, "%s: pred and label must be U8", op);
   ST__TRY(check_same(op, "pred/label", pred, label));
-  if (num_classes < 1 || num_classes > 256)
-    return st_error_set(ST_EINVAL, "%s: %d classes", op, num_classes);
+  ST__TRY(check_confusion(op, counts, num_classes));
   return ST__SLOT(be, confusion_counts, be, pred, label, num_classes, counts);
+}
+
+int st_confusion_counts_result(st_backend *be, const st_tensor *counts,
+                               int num_classes, int64_t *host_counts) {
+  const char *op = "confusion_counts";
+  ST__TRY(check_confusion(op, counts, num_classes));
+  if (!host_counts)
+    return st_error_set(ST_EINVAL, "%s: missing argument", op);
+  const size_t bins = (size_t)num_classes * (size_t)num_classes;
+  /* The flags first (one wait), then the counts, which are ready by then. */
+  const int64_t extra_shape[1] = {ST_CONFUSION_EXTRA};
+  st_tensor extra = st_tensor_view((int64_t *)counts->data + bins, ST_I64, 1,
+                                   extra_shape);
+  int64_t flags[ST_CONFUSION_EXTRA];
+  ST__TRY(st_tensor_download(be, &extra, flags, sizeof flags));
+  if (flags[0])
+    return st_error_set(ST_ERANGE,
+                        "%s: value %d is not below the %d classes (%lld "
+                        "pixels out of range)",
+                        op, (int)flags[1], num_classes, (long long)flags[0]);
+  const int64_t bins_shape[1] = {(int64_t)bins};
+  st_tensor head = st_tensor_view(counts->data, ST_I64, 1, bins_shape);
+  return st_tensor_download(be, &head, host_counts, bins * sizeof(int64_t));
+}
+
+int st_confusion_counts(st_backend *be, const st_tensor *pred,
+                        const st_tensor *label, int num_classes,
+                        int64_t *counts) {
+  if (!counts)
+    return st_error_set(ST_EINVAL, "confusion_counts: missing argument");
+  if (num_classes < 1 || num_classes > 256)
+    return st_error_set(ST_EINVAL, "confusion_counts: %d classes",
+                        num_classes);
+  const int64_t shape[1] = {(int64_t)num_classes * num_classes +
+                            ST_CONFUSION_EXTRA};
+  st_tensor dev;
+  ST__TRY(st_tensor_alloc(be, &dev, ST_I64, 1, shape));
+  int rc = st_confusion_counts_into(be, pred, label, num_classes, &dev);
+  if (!rc)
+    rc = st_confusion_counts_result(be, &dev, num_classes, counts);
+  st_tensor_free(&dev);
+  return rc;
 }
 
 double st_miou_from_counts(const int64_t *counts, int num_classes) {

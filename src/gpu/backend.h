@@ -172,11 +172,26 @@ int st_resize_bilinear_bwd(st_backend *be, const st_tensor *dy, st_tensor *dx);
 
 /* loss = mean over N,H,W of -weight * log_softmax(logits, dim=1)[label].
  * logits [N,C,H,W] F32, label [N,H,W] U8 (< C), weight [N,H,W] F32.
- * The loss is written to host memory. dlogits [N,C,H,W] receives the
- * gradient of the loss when not NULL (fused backward). */
+ * The loss is written to host memory (the call waits for it). dlogits
+ * [N,C,H,W] receives the gradient of the loss when not NULL (fused
+ * backward). */
 int st_weighted_ce(st_backend *be, const st_tensor *logits,
                    const st_tensor *label, const st_tensor *weight,
                    float *loss, st_tensor *dlogits);
+/* Elements of a cross-entropy result: the loss, the number of pixels whose
+ * label is not below C, and the largest such label (both 0 when none). */
+#define ST_CE_RESULT_LEN 3
+/* st_weighted_ce without waiting: the loss stays in `result`, an F32
+ * [ST_CE_RESULT_LEN] tensor of the backend, until st_weighted_ce_result
+ * reads it, so that a training step hands nothing to the host in its
+ * middle. */
+int st_weighted_ce_into(st_backend *be, const st_tensor *logits,
+                        const st_tensor *label, const st_tensor *weight,
+                        st_tensor *result, st_tensor *dlogits);
+/* Waits for `result` and gives its loss, or ST_ERANGE naming the largest
+ * out-of-range label among `num_classes`. */
+int st_weighted_ce_result(st_backend *be, const st_tensor *result,
+                          int num_classes, float *loss);
 /* labels[n,h,w] = argmax over c of logits[n,c,h,w] (first maximum wins);
  * logits F32 [N,C,H,W] with C <= 256, labels U8 [N,H,W]. */
 int st_argmax_channels(st_backend *be, const st_tensor *logits,
@@ -187,6 +202,20 @@ int st_argmax_channels(st_backend *be, const st_tensor *logits,
 int st_confusion_counts(st_backend *be, const st_tensor *pred,
                         const st_tensor *label, int num_classes,
                         int64_t *counts);
+/* Elements of a confusion result beyond the num_classes^2 counts: the
+ * number of pixels with a value >= num_classes and the largest such
+ * value (both 0 when none). */
+#define ST_CONFUSION_EXTRA 2
+/* st_confusion_counts without waiting: the counts stay in `counts`, an
+ * I64 tensor of the backend with num_classes^2 + ST_CONFUSION_EXTRA
+ * elements, until st_confusion_counts_result reads them. */
+int st_confusion_counts_into(st_backend *be, const st_tensor *pred,
+                             const st_tensor *label, int num_classes,
+                             st_tensor *counts);
+/* Waits for a confusion result and copies its num_classes^2 counts to host
+ * memory, or returns ST_ERANGE naming the largest out-of-range value. */
+int st_confusion_counts_result(st_backend *be, const st_tensor *counts,
+                               int num_classes, int64_t *host_counts);
 /* Mean IoU over classes whose union is non-empty (1.0 when none is): the
  * reference's miou() from a confusion matrix. Host only. */
 double st_miou_from_counts(const int64_t *counts, int num_classes);

@@ -73,14 +73,16 @@ typedef struct st_backend_ops {
   int (*resize_bilinear_bwd)(st_backend *be, const st_tensor *dy,
                              st_tensor *dx);
   /* loss, metrics, optimiser */
+  /* into result, F32 [ST_CE_RESULT_LEN]: no waiting */
   int (*weighted_ce)(st_backend *be, const st_tensor *logits,
                      const st_tensor *label, const st_tensor *weight,
-                     float *loss, st_tensor *dlogits);
+                     st_tensor *result, st_tensor *dlogits);
   int (*argmax_channels)(st_backend *be, const st_tensor *logits,
                          st_tensor *labels);
+  /* into counts, I64 [k * k + ST_CONFUSION_EXTRA]: no waiting */
   int (*confusion_counts)(st_backend *be, const st_tensor *pred,
                           const st_tensor *label, int num_classes,
-                          int64_t *counts);
+                          st_tensor *counts);
   int (*adam_step)(st_backend *be, const st_adam_params *p, int64_t step,
                    st_tensor *param, const st_tensor *grad, st_tensor *m,
                    st_tensor *v);

@@ -61,6 +61,8 @@ typedef struct plan {
   st_tensor image;             /* U8 [H,W,3] in backend memory */
   st_tensor label, weight;     /* example maps [1,H,W] */
   st_tensor pred;              /* argmax U8 [1,H,W] */
+  st_tensor confusion;         /* I64 confusion result of pred vs label */
+  st_tensor ce_result;         /* F32 loss result of the last step */
   st_tensor x;                 /* normalised input [1,3,H,W] */
   st_tensor x1, x2;            /* stem outputs */
   st_tensor c1;                /* cat(d1, e2), e2 lives in its tail */
@@ -396,6 +398,10 @@ static int plan_make(st_student *s, int64_t h, int64_t w) {
   const int64_t map_shape[3] = {1, h, w};
   ST_TRY(plan_alloc(s, &pl->image, ST_U8, 3, img_shape));
   ST_TRY(plan_alloc(s, &pl->pred, ST_U8, 3, map_shape));
+  const int64_t confusion_shape[1] = {(int64_t)nc * nc + ST_CONFUSION_EXTRA};
+  ST_TRY(plan_alloc(s, &pl->confusion, ST_I64, 1, confusion_shape));
+  const int64_t ce_shape[1] = {ST_CE_RESULT_LEN};
+  ST_TRY(plan_alloc(s, &pl->ce_result, ST_F32, 1, ce_shape));
   ST_TRY(plan_act(s, &pl->x, IN_CH, h, w));
   int64_t h1 = conv_out(h, 3, 2, 1), w1 = conv_out(w, 3, 2, 1);
   int64_t h2 = conv_out(h1, 3, 2, 1), w2 = conv_out(w1, 3, 2, 1);
@@ -657,7 +663,10 @@ static int forward_miou(st_student *s, double *miou) {
   }
   int rc = st_argmax_channels(s->be, &pl->logits, &pl->pred);
   if (!rc)
-    rc = st_confusion_counts(s->be, &pl->pred, &pl->label, nc, c);
+    rc = st_confusion_counts_into(s->be, &pl->pred, &pl->label, nc,
+                                  &pl->confusion);
+  if (!rc)
+    rc = st_confusion_counts_result(s->be, &pl->confusion, nc, c);
   if (!rc)
     *miou = st_miou_from_counts(c, nc);
   free(heap);
@@ -844,8 +853,10 @@ int st_student_train_step(st_student *s, float *loss, double *miou) {
     *miou = s->forward_miou;
   }
   plan *pl = &s->plan;
-  ST_TRY(st_weighted_ce(s->be, &pl->logits, &pl->label, &pl->weight, loss,
-                     &pl->g_logits));
+  /* The step enqueues everything before it reads the loss: no wait in its
+   * middle, and the backward pass is queued while the device computes. */
+  ST_TRY(st_weighted_ce_into(s->be, &pl->logits, &pl->label, &pl->weight,
+                             &pl->ce_result, &pl->g_logits));
   ST_TRY(backward(s));
   s->adam_step++;
   st_tensor *values[STUDENT_MAX_TENSORS], *ms[STUDENT_MAX_TENSORS],
@@ -864,7 +875,8 @@ int st_student_train_step(st_student *s, float *loss, double *miou) {
   ST_TRY(st_adam_steps(s->be, &s->opts.adam, s->adam_step, count, values,
                        grads, ms, vs));
   s->forward_valid = 0;
-  return ST_OK;
+  return st_weighted_ce_result(s->be, &pl->ce_result, s->opts.num_classes,
+                               loss);
 }
 
 int st_student_save_best(st_student *s) {

@@ -63,12 +63,12 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
                                 st_tensor *dx);
 int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
                         const st_tensor *label, const st_tensor *weight,
-                        float *loss, st_tensor *dlogits);
+                        st_tensor *result, st_tensor *dlogits);
 int st__cpu_argmax_channels(st_backend *be, const st_tensor *logits,
                             st_tensor *labels);
 int st__cpu_confusion_counts(st_backend *be, const st_tensor *pred,
                              const st_tensor *label, int num_classes,
-                             int64_t *counts);
+                             st_tensor *counts);
 int st__cpu_adam_step(st_backend *be, const st_adam_params *p, int64_t step,
                       st_tensor *param, const st_tensor *grad, st_tensor *m,
                       st_tensor *v);

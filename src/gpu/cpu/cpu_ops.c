@@ -567,16 +567,16 @@ static inline float exp_nonpos(float x) {
 
 int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
                         const st_tensor *label, const st_tensor *weight,
-                        float *loss, st_tensor *dlogits) {
+                        st_tensor *result, st_tensor *dlogits) {
   const int64_t n = logits->shape[0], c = logits->shape[1];
   const int64_t hw = logits->shape[2] * logits->shape[3], count = n * hw;
   const float *xd = logits->data, *wd = weight->data;
   const uint8_t *ld = label->data;
   float *dd = dlogits ? dlogits->data : NULL;
-  if (count == 0) { /* the mean over no pixels: nothing to learn */
-    *loss = 0.0f;
+  float *res = result->data;
+  memset(res, 0, ST_CE_RESULT_LEN * sizeof *res);
+  if (count == 0) /* the mean over no pixels: nothing to learn */
     return ST_OK;
-  }
   const float inv_count = (float)(1.0 / (double)count);
   const int64_t tiles = (hw + ST_CPU_PIXEL_TILE - 1) / ST_CPU_PIXEL_TILE;
   double total = 0.0;
@@ -642,12 +642,11 @@ int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
       if (lab[t] < c)
         d[lab[t] * hw + t] -= w[t] * inv_count;
   }
-  if (bad_pixels)
-    return st_error_set(ST_ERANGE,
-                        "weighted_ce: label %d is not below the %lld classes "
-                        "(%lld pixels out of range)",
-                        bad_label, (long long)c, (long long)bad_pixels);
-  *loss = (float)(total / (double)count);
+  res[0] = (float)(total / (double)count);
+  if (bad_pixels) {
+    res[1] = (float)bad_pixels;
+    res[2] = (float)bad_label;
+  }
   return ST_OK;
 }
 
@@ -687,11 +686,13 @@ int st__cpu_argmax_channels(st_backend *be, const st_tensor *logits,
 
 int st__cpu_confusion_counts(st_backend *be, const st_tensor *pred,
                              const st_tensor *label, int num_classes,
-                             int64_t *counts) {
+                             st_tensor *counts_t) {
   const int64_t n = st_tensor_numel(pred);
   const uint8_t *pd = pred->data, *ld = label->data;
   const int k = num_classes;
-  memset(counts, 0, (size_t)k * (size_t)k * sizeof(int64_t));
+  int64_t *counts = counts_t->data;
+  memset(counts, 0,
+         ((size_t)k * (size_t)k + ST_CONFUSION_EXTRA) * sizeof(int64_t));
   int64_t bad_pixels = 0;
   int bad_value = -1;
   if (k <= ST_CPU_CONFUSION_LOCAL_CLASSES) {
@@ -728,11 +729,10 @@ int st__cpu_confusion_counts(st_backend *be, const st_tensor *pred,
       counts[(size_t)l * (size_t)k + (size_t)p]++;
     }
   }
-  if (bad_pixels)
-    return st_error_set(ST_ERANGE,
-                        "confusion_counts: value %d is not below the %d "
-                        "classes (%lld pixels out of range)",
-                        bad_value, k, (long long)bad_pixels);
+  if (bad_pixels) {
+    counts[(size_t)k * (size_t)k] = bad_pixels;
+    counts[(size_t)k * (size_t)k + 1] = bad_value;
+  }
   return ST_OK;
 }
 

@@ -8,8 +8,8 @@
  * session's teacher and student contexts are ordered with st_event_*.
  *
  * Every op enqueues work on the context's stream and returns without
- * waiting, except those that hand a value to the host (the loss of
- * st_weighted_ce, st_confusion_counts, downloads), which synchronise the
+ * waiting (the loss and the confusion counts stay in device result
+ * tensors); only downloads, which hand values to the host, synchronise the
  * stream. The build uses the per-thread default stream and no op touches
  * the legacy default stream or synchronises the device.
  *
@@ -132,12 +132,12 @@ extern "C" int st__cuda_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
 extern "C" int st__cuda_resize_bilinear_bwd(st_backend *be, const st_tensor
     *dy, st_tensor *dx);
 extern "C" int st__cuda_weighted_ce(st_backend *be, const st_tensor *logits,
-    const st_tensor *label, const st_tensor *weight, float *loss, st_tensor
-    *dlogits);
+    const st_tensor *label, const st_tensor *weight, st_tensor *result,
+    st_tensor *dlogits);
 extern "C" int st__cuda_argmax_channels(st_backend *be, const st_tensor
     *logits, st_tensor *labels);
 extern "C" int st__cuda_confusion_counts(st_backend *be, const st_tensor *pred,
-    const st_tensor *label, int num_classes, int64_t *counts);
+    const st_tensor *label, int num_classes, st_tensor *counts);
 extern "C" int st__cuda_adam_step(st_backend *be, const st_adam_params *p,
     int64_t step, st_tensor *param, const st_tensor *grad, st_tensor *m,
     st_tensor *v);

@@ -10,11 +10,13 @@
 // float, logp = x - max - log(sum)) with CUDA's expf/logf in place of the
 // CPU's vectorised exponential (both within an ulp or two of exact).
 //
-// Out-of-range labels or classes are counted on the device and checked
-// after the value comes back to the host, so the error names the largest
-// offending value and the number of pixels, as on the CPU. Temporary
-// device memory is the context's scratch buffer: a warmed-up context
-// allocates nothing here.
+// Nothing here waits for the device: the loss and the counts go to the
+// caller's result tensors (backend.h: st_weighted_ce_into,
+// st_confusion_counts_into), out-of-range labels or classes are counted
+// there too, and backend.c turns them into the value or the error (naming
+// the largest offending value and the number of pixels, as on the CPU)
+// when the host reads the result. Temporary device memory is the context's
+// scratch buffer: a warmed-up context allocates nothing here.
 #include <stdint.h>
 #include <string.h>
 
@@ -54,8 +56,8 @@ __device__ static double block_sum(double v) {
 
 // ---- weighted cross-entropy ---------------------------------------------
 
-// What the cross-entropy hands back to the host, at the start of scratch;
-// the per-block partial sums follow it.
+// The cross-entropy's running totals, at the start of scratch; the
+// per-block partial sums follow it.
 typedef struct ce_result {
   double total;                  // sum over pixels of -w * logp
   unsigned long long bad_pixels; // pixels whose label is >= C
@@ -118,26 +120,32 @@ static __global__ void weighted_ce_kernel(const float *logits,
     partials[blockIdx.x] = block_total;
 }
 
-// One block: the partial sums added in a fixed order into res->total.
+// One block: the partial sums added in a fixed order, and the caller's
+// result written: [loss, bad pixels, largest bad label] (backend.h).
 static __global__ void sum_partials_kernel(const double *partials, int count,
-                                           ce_result *res) {
+                                           const ce_result *res,
+                                           double pixels, float *result) {
   double acc = 0.0;
   for (int i = threadIdx.x; i < count; i += blockDim.x)
     acc += partials[i];
   const double total = block_sum(acc);
-  if (threadIdx.x == 0)
-    res->total = total;
+  if (threadIdx.x == 0) {
+    result[0] = (float)(total / pixels);
+    result[1] = (float)res->bad_pixels;
+    result[2] = (float)res->bad_label;
+  }
 }
 
 extern "C" int st__cuda_weighted_ce(st_backend *be, const st_tensor *logits,
                                     const st_tensor *label,
-                                    const st_tensor *weight, float *loss,
-                                    st_tensor *dlogits) {
+                                    const st_tensor *weight,
+                                    st_tensor *result, st_tensor *dlogits) {
   st_cuda_backend *cu = st__cuda(be);
   const int64_t n = logits->shape[0], c = logits->shape[1];
   const int64_t hw = logits->shape[2] * logits->shape[3], count = n * hw;
   if (count == 0) { // the mean over no pixels: nothing to learn
-    *loss = 0.0f;
+    ST_CUDA_TRY(cudaMemsetAsync(result->data, 0, st_tensor_nbytes(result),
+                                cu->stream));
     return ST_OK;
   }
   const float inv_count = (float)(1.0 / (double)count);
@@ -155,19 +163,9 @@ extern "C" int st__cuda_weighted_ce(st_backend *be, const st_tensor *logits,
       (const float *)weight->data, dlogits ? (float *)dlogits->data : NULL,
       (int)c, hw, count, inv_count, partials, res);
   ST_CUDA_LAUNCHED();
-  sum_partials_kernel<<<1, ST_CUDA_BLOCK, 0, cu->stream>>>(partials,
-                                                           (int)blocks, res);
+  sum_partials_kernel<<<1, ST_CUDA_BLOCK, 0, cu->stream>>>(
+      partials, (int)blocks, res, (double)count, (float *)result->data);
   ST_CUDA_LAUNCHED();
-  ce_result host;
-  rc = st__cuda_read_back(cu, &host, res, sizeof host);
-  if (rc)
-    return rc;
-  if (host.bad_pixels)
-    return st_error_set(ST_ERANGE,
-                        "weighted_ce: label %d is not below the %lld classes "
-                        "(%llu pixels out of range)",
-                        host.bad_label, (long long)c, host.bad_pixels);
-  *loss = (float)(host.total / (double)count);
   return ST_OK;
 }
 
@@ -208,12 +206,11 @@ extern "C" int st__cuda_argmax_channels(st_backend *be, const st_tensor *logits,
 
 // ---- confusion counts ---------------------------------------------------
 
-// Out-of-range report of the confusion counts, at the start of scratch;
-// the k * k counts follow it.
+// Out-of-range report of the confusion counts: the two words after the
+// k * k counts of the caller's tensor (ST_CONFUSION_EXTRA).
 typedef struct confusion_flags {
   unsigned long long bad_pixels; // pixels with a value >= num_classes
-  int bad_value;                 // the largest such value (0 when none)
-  int unused;                    // keeps the counts 8-byte aligned
+  unsigned long long bad_value;  // the largest such value (0 when none)
 } confusion_flags;
 
 // Records a thread's out-of-range pixels, if any, with two atomics.
@@ -221,7 +218,7 @@ __device__ static void report_bad(confusion_flags *flags,
                                   unsigned long long bad, int worst) {
   if (bad) {
     atomicAdd(&flags->bad_pixels, bad);
-    atomicMax(&flags->bad_value, worst);
+    atomicMax(&flags->bad_value, (unsigned long long)worst);
   }
 }
 
@@ -278,24 +275,18 @@ static __global__ void confusion_global_kernel(const uint8_t *pred,
 
 extern "C" int st__cuda_confusion_counts(st_backend *be, const st_tensor *pred,
                                          const st_tensor *label,
-                                         int num_classes, int64_t *counts) {
+                                         int num_classes, st_tensor *counts) {
   st_cuda_backend *cu = st__cuda(be);
   const int64_t n = st_tensor_numel(pred);
   const int k = num_classes;
-  const size_t count_bytes = (size_t)k * (size_t)k * sizeof(int64_t);
-  if (n == 0) {
-    memset(counts, 0, count_bytes);
+  // The counts are non-negative, so the unsigned device words are the
+  // int64 values bit for bit; the flags follow them.
+  unsigned long long *dev_counts = (unsigned long long *)counts->data;
+  confusion_flags *flags = (confusion_flags *)(dev_counts + (size_t)k * k);
+  ST_CUDA_TRY(cudaMemsetAsync(counts->data, 0, st_tensor_nbytes(counts),
+                              cu->stream));
+  if (n == 0)
     return ST_OK;
-  }
-  void *scratch = NULL;
-  int rc =
-      st__cuda_scratch(cu, sizeof(confusion_flags) + count_bytes, &scratch);
-  if (rc)
-    return rc;
-  confusion_flags *flags = (confusion_flags *)scratch;
-  unsigned long long *dev_counts = (unsigned long long *)(flags + 1);
-  ST_CUDA_TRY(
-      cudaMemsetAsync(scratch, 0, sizeof *flags + count_bytes, cu->stream));
   const unsigned blocks = reduce_grid(n);
   if (k <= ST_CUDA_CONFUSION_SHARED_CLASSES)
     confusion_shared_kernel<<<blocks, ST_CUDA_BLOCK, 0, cu->stream>>>(
@@ -306,19 +297,5 @@ extern "C" int st__cuda_confusion_counts(st_backend *be, const st_tensor *pred,
         (const uint8_t *)pred->data, (const uint8_t *)label->data, n, k,
         dev_counts, flags);
   ST_CUDA_LAUNCHED();
-  // The counts are non-negative, so the unsigned device words are the
-  // int64 values bit for bit.
-  rc = st__cuda_read_back(cu, counts, dev_counts, count_bytes);
-  if (rc)
-    return rc;
-  confusion_flags host;
-  rc = st__cuda_read_back(cu, &host, flags, sizeof host);
-  if (rc)
-    return rc;
-  if (host.bad_pixels)
-    return st_error_set(ST_ERANGE,
-                        "confusion_counts: value %d is not below the %d "
-                        "classes (%llu pixels out of range)",
-                        host.bad_value, k, host.bad_pixels);
   return ST_OK;
 }
