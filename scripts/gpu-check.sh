@@ -156,6 +156,9 @@ bench_args=(--config config/student.json --height "$height" --width "$width" --i
   | tee "$out/bench_cuda_exhaustive.txt" | tee -a "$summary"
 "$tool" bench --backend cuda --conv-search exhaustive --full "${bench_args[@]}" \
   | tee "$out/bench_cuda_full.txt" | tee -a "$summary"
+# The same without CUDA graphs: what the recordings save.
+"$tool" bench --backend cuda --conv-search exhaustive --no-graphs "${bench_args[@]}" \
+  | tee "$out/bench_cuda_exhaustive_nographs.txt" | tee -a "$summary"
 
 torch_ok=$(python3 -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
 if [ "$torch_ok" = 1 ]; then
@@ -189,6 +192,13 @@ for search, c_file, t_suffix in (('heuristic', 'bench_cuda.txt', ''),
              # The same step recomputing the frozen modules, as PyTorch does.
              (f'  frozen recomputed ({search})', c['distill_step_recompute_ms_median'],
               td['distill_step_ms_median'], 'like-for-like work')]
+ng = last_json(f'{out}/bench_cuda_exhaustive_nographs.txt')
+tib = last_json(f'{out}/torch_infer_benchmark.txt')
+tdb = last_json(f'{out}/torch_distill_benchmark.txt')
+rows += [('inference ms (exh., no graphs)', ng['infer_ms_median'],
+          tib['infer_ms_median'], 'what graphs save'),
+         ('distill step ms (exh., no graphs)', ng['distill_step_ms_median'],
+          tdb['distill_step_ms_median'], 'what graphs save')]
 print(f"{'metric':34} {'C':>9} {'PyTorch':>9} {'C/PyTorch':>10}  target")
 for name, cv, tv, target in rows:
     print(f"{name:34} {cv:9.3f} {tv:9.3f} {cv / tv:10.2f}  {target}")

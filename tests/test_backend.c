@@ -193,11 +193,89 @@ static void test_event_orders_contexts(void **state) {
   st_backend_free(other);
 }
 
+enum { GRAPH_ELEMS = 4096 };
+
+static void expect_all(st_backend *be, const st_tensor *t, float want) {
+  st_tensor host = st_test_to_host(be, t);
+  const float *h = host.data;
+  for (int64_t i = 0; i < st_tensor_numel(t); i++)
+    if (h[i] != want)
+      fail_msg("element %lld is %g, want %g", (long long)i, h[i], want);
+  st_tensor_free(&host);
+}
+
+/* Recorded op sequences: recording runs nothing, a launch runs the ops on
+ * the tensors' current contents, a graph launches only on its own context,
+ * and a call that cannot be recorded fails the recording without harming
+ * the context. The CPU records nothing and says so. */
+static void test_graph_records_and_replays(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_graph *g = (st_graph *)&g; /* must be cleared */
+  if (st_backend_get_kind(be) == ST_BACKEND_CPU) {
+    assert_int_equal(st_graph_begin(be), ST_ENOTSUP);
+    assert_int_equal(st_graph_end(be, &g), ST_ENOTSUP);
+    assert_null(g);
+    return;
+  }
+  const int64_t shape[1] = {GRAPH_ELEMS};
+  st_tensor a, b, y;
+  ST_ASSERT_OK(st_tensor_alloc(be, &a, ST_F32, 1, shape));
+  ST_ASSERT_OK(st_tensor_alloc(be, &b, ST_F32, 1, shape));
+  ST_ASSERT_OK(st_tensor_alloc(be, &y, ST_F32, 1, shape));
+  ST_ASSERT_OK(st_fill(be, &b, 1.0f));
+  ST_ASSERT_OK(st_graph_begin(be));
+  ST_ASSERT_OK(st_fill(be, &a, 2.0f));
+  ST_ASSERT_OK(st_add(be, &a, &b, &y));
+  ST_ASSERT_OK(st_graph_end(be, &g));
+  assert_non_null(g);
+  expect_all(be, &y, 0.0f); /* recorded, not run */
+  ST_ASSERT_OK(st_graph_launch(be, g));
+  expect_all(be, &y, 3.0f);
+  ST_ASSERT_OK(st_fill(be, &b, 5.0f));
+  ST_ASSERT_OK(st_graph_launch(be, g));
+  ST_ASSERT_OK(st_graph_launch(be, g));
+  expect_all(be, &y, 7.0f);
+  assert_true(st_graph_valid(be, g));
+
+  st_backend_options opts = {.kind = st_backend_get_kind(be)};
+  st_backend *other = NULL;
+  ST_ASSERT_OK(st_backend_new(&opts, &other));
+  assert_false(st_graph_valid(other, g));
+  assert_int_equal(st_graph_launch(other, g), ST_EINVAL);
+  st_backend_free(other);
+  st_graph_free(be, g);
+
+  /* A download, a wait and an allocation cannot be recorded. */
+  float host[GRAPH_ELEMS];
+  for (int what = 0; what < 3; what++) {
+    ST_ASSERT_OK(st_graph_begin(be));
+    ST_ASSERT_OK(st_fill(be, &a, 9.0f));
+    st_tensor extra;
+    int rc = what == 0   ? st_tensor_download(be, &a, host, sizeof host)
+             : what == 1 ? st_backend_sync(be)
+                         : st_tensor_alloc(be, &extra, ST_F32, 1, shape);
+    assert_int_equal(rc, ST_EINVAL);
+    assert_non_null(strstr(st_error_detail(), "while recording"));
+    g = (st_graph *)&g;
+    assert_int_equal(st_graph_end(be, &g), ST_EBACKEND);
+    assert_null(g);
+    /* Nothing of it ran, and the context works as before. */
+    expect_all(be, &a, 2.0f);
+    ST_ASSERT_OK(st_fill(be, &a, 4.0f));
+    expect_all(be, &a, 4.0f);
+    ST_ASSERT_OK(st_fill(be, &a, 2.0f));
+  }
+  st_tensor_free(&a);
+  st_tensor_free(&b);
+  st_tensor_free(&y);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_two_contexts_two_threads),
       cmocka_unit_test(test_steady_state_allocates_nothing),
       cmocka_unit_test(test_event_orders_contexts),
+      cmocka_unit_test(test_graph_records_and_replays),
   };
   return st_test_run_on_backends("backend", tests,
                                  sizeof tests / sizeof tests[0]);

@@ -146,6 +146,39 @@ void st_event_free(st_event *ev) {
     free(ev);
 }
 
+int st_graph_begin(st_backend *be) {
+  if (!be->ops->graph_begin)
+    return st_error_set(ST_ENOTSUP, "%s backend records no op sequences",
+                        be->ops->name);
+  int rc = backend_bind(be);
+  return rc ? rc : be->ops->graph_begin(be);
+}
+
+int st_graph_end(st_backend *be, st_graph **out) {
+  *out = NULL;
+  if (!be->ops->graph_end)
+    return st_error_set(ST_ENOTSUP, "%s backend records no op sequences",
+                        be->ops->name);
+  int rc = backend_bind(be);
+  return rc ? rc : be->ops->graph_end(be, out);
+}
+
+int st_graph_valid(st_backend *be, const st_graph *g) {
+  return g && be->ops->graph_valid && be->ops->graph_valid(be, g);
+}
+
+int st_graph_launch(st_backend *be, st_graph *g) {
+  if (!g || !be->ops->graph_launch)
+    return st_error_set(ST_EINVAL, "graph_launch: no graph");
+  int rc = backend_bind(be);
+  return rc ? rc : be->ops->graph_launch(be, g);
+}
+
+void st_graph_free(st_backend *be, st_graph *g) {
+  if (g && be->ops->graph_free)
+    be->ops->graph_free(be, g);
+}
+
 /* ---- argument checks ---------------------------------------------------- */
 
 static int check_tensor(const char *op, const char *what, const st_tensor *t,

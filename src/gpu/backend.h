@@ -95,6 +95,28 @@ int st_backend_wait_event(st_backend *waiter, st_event *ev);
 /* Accepts NULL. The event must not be pending in a wait. */
 void st_event_free(st_event *ev);
 
+/* Recorded op sequences (CUDA graphs). Between st_graph_begin and
+ * st_graph_end the ops called on a context are recorded instead of run;
+ * st_graph_launch then runs the whole recording with one call, as often as
+ * wanted, on the same tensors (their device addresses are part of it: the
+ * caller keeps every tensor the recorded ops touched alive and in place).
+ * While recording, nothing may wait for the device, hand a value to the
+ * host (downloads, *_result, sync) or take new memory from the context; a
+ * call that tries fails, and so does st_graph_end. Backends without
+ * recording (the CPU) answer st_graph_begin with ST_ENOTSUP; callers then
+ * run their ops directly. */
+typedef struct st_graph st_graph;
+int st_graph_begin(st_backend *be);
+/* Ends the recording. *out is the graph, or NULL with an error when a call
+ * failed while recording (then nothing ran: run the ops again, directly). */
+int st_graph_end(st_backend *be, st_graph **out);
+/* 1 while `g` may still be launched on `be`: the context's own buffers that
+ * recorded ops use (scratch, convolution workspace) have not moved since. */
+int st_graph_valid(st_backend *be, const st_graph *g);
+int st_graph_launch(st_backend *be, st_graph *g);
+/* Accepts NULL. */
+void st_graph_free(st_backend *be, st_graph *g);
+
 /* ---- ops ---------------------------------------------------------------- */
 
 typedef enum st_activation {

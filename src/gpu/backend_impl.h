@@ -33,6 +33,12 @@ typedef struct st_backend_ops {
   int (*event_record)(st_backend *be, st_event *ev);
   int (*event_wait)(st_backend *be, st_event *ev);
   void (*event_free)(st_event *ev);
+  /* optional: recorded op sequences (absent: st_graph_begin is ST_ENOTSUP) */
+  int (*graph_begin)(st_backend *be);
+  int (*graph_end)(st_backend *be, st_graph **out);
+  int (*graph_valid)(st_backend *be, const st_graph *g);
+  int (*graph_launch)(st_backend *be, st_graph *g);
+  void (*graph_free)(st_backend *be, st_graph *g);
 
   /* convolutions */
   int (*conv2d_fwd)(st_backend *be, const st_conv2d_params *p,
@@ -140,6 +146,11 @@ struct st_backend {
  * event is the bare header with ops NULL (nothing to wait for). */
 struct st_event {
   const st_backend_ops *ops; /* backend that made it; NULL: synchronous */
+};
+
+/* Every backend's recorded graph starts with this header. */
+struct st_graph {
+  st_backend *owner; /* the context that recorded it; launches only there */
 };
 
 /* Constructors of the built-in backends. */

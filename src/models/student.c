@@ -53,6 +53,14 @@ typedef struct block {
 
 enum { B_ENC1, B_ENC2, B_ENC3, B_DEC1, B_DEC2, B_DEC3, BLOCK_COUNT };
 
+/* One op sequence of a plan that the backend may record (CUDA graphs):
+ * the same ops on the same buffers every time it runs. */
+typedef struct recording {
+  st_graph *graph; /* the recording, or NULL */
+  int eager_runs;  /* runs without one so far */
+  int refused;     /* recording failed: this plan runs it directly */
+} recording;
+
 typedef struct plan {
   int64_t h, w;                /* planned frame size; 0 = none */
   int grads;                   /* 1: gradient buffers are allocated too */
@@ -78,6 +86,9 @@ typedef struct plan {
   st_tensor g_logits, g_small, g_o2, g_o1, g_d3;
   st_tensor g_c1, g_c2, g_e3, g_x2, g_x1, g_tmp_e;
   st_tensor scratch_p, scratch_t, scratch_u; /* shared by frozen blocks */
+  /* Recorded sequences: the whole forward, the forward of the trainable
+   * part alone, the mIoU counts, and the step's loss and backward pass. */
+  recording rec_full, rec_trainable, rec_miou, rec_step;
 } plan;
 
 struct st_student {
@@ -100,6 +111,7 @@ struct st_student {
    * steps of one key frame. */
   int prefix_valid;
   int recompute_frozen;         /* 1: never reuse them (the reference's way) */
+  int graphs_off;               /* 1: no recordings (asked, or unsupported) */
   double forward_miou;          /* mIoU of that forward, < 0 when unknown */
 };
 
@@ -294,10 +306,56 @@ static void forget_activations(st_student *s) {
   s->prefix_valid = 0;
 }
 
-static void plan_free(plan *pl) {
+static void plan_free(st_student *s) {
+  plan *pl = &s->plan;
+  recording *recs[] = {&pl->rec_full, &pl->rec_trainable, &pl->rec_miou,
+                       &pl->rec_step};
+  for (size_t i = 0; i < sizeof recs / sizeof recs[0]; i++)
+    st_graph_free(s->be, recs[i]->graph);
   for (int i = 0; i < pl->owned_count; i++)
     st_tensor_free(&pl->owned[i]);
   memset(pl, 0, sizeof *pl);
+}
+
+/* Runs `ops`, which enqueue the same ops on the same plan buffers every
+ * time: directly the first time (buffers, algorithm choices and lazy
+ * initialisation happen there), recorded the second time where the
+ * backend records, and from then on as one launch of the recording, which
+ * saves the per-op launch cost (dozens of small kernels in the student's
+ * low-resolution blocks). A recording that fails (a call the backend
+ * cannot record) or goes stale is dropped, and the ops run directly. */
+static int run_recorded(st_student *s, recording *r,
+                        int (*ops)(st_student *)) {
+  st_backend *be = s->be;
+  if (r->graph && !st_graph_valid(be, r->graph)) {
+    st_graph_free(be, r->graph);
+    r->graph = NULL;
+  }
+  if (r->graph)
+    return st_graph_launch(be, r->graph);
+  if (s->graphs_off || r->refused || r->eager_runs++ == 0)
+    return ops(s);
+  int rc = st_graph_begin(be);
+  if (rc) {
+    if (rc == ST_ENOTSUP)
+      s->graphs_off = 1; /* this backend records nothing */
+    else
+      r->refused = 1;
+    st_error_clear();
+    return ops(s);
+  }
+  rc = ops(s);
+  st_graph *g = NULL;
+  int end_rc = st_graph_end(be, &g);
+  if (rc || end_rc) {
+    /* Nothing ran while recording: run the ops for real. */
+    st_graph_free(be, g);
+    r->refused = 1;
+    st_error_clear();
+    return ops(s);
+  }
+  r->graph = g;
+  return st_graph_launch(be, g);
 }
 
 static int plan_alloc(st_student *s, st_tensor *t, st_dtype dt, int ndim,
@@ -389,7 +447,7 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* Plans every activation for an HxW frame. */
 static int plan_make(st_student *s, int64_t h, int64_t w) {
-  plan_free(&s->plan);
+  plan_free(s);
   forget_activations(s);
   s->example_set = 0;
   plan *pl = &s->plan;
@@ -492,7 +550,7 @@ static int plan_ensure(st_student *s, int64_t h, int64_t w) {
     return ST_OK;
   int rc = plan_make(s, h, w);
   if (rc)
-    plan_free(&s->plan);
+    plan_free(s);
   return rc;
 }
 
@@ -522,16 +580,10 @@ static int block_fwd(st_student *s, block *b, const st_tensor *x) {
   return conv_fwd(s, &b->c3x1, &a->u, ST_ACT_NONE, 1.0f, &a->out);
 }
 
-/* Forward on the planned image. Frozen modules depend only on the image
- * and their own (unchanging) weights, and batch norm normalises with the
- * statistics of its input alone, so when their outputs from an earlier
- * forward of this image are still valid the pass starts at the first
- * trainable module: Algorithm 1's forwards of one key frame differ only
- * there. The result is the same as a full pass. */
-static int forward_planned(st_student *s) {
+/* The forward's ops from module `from` on. */
+static int forward_from(st_student *s, int from) {
   plan *pl = &s->plan;
   st_backend *be = s->be;
-  int from = s->prefix_valid && !s->recompute_frozen ? s->first_trainable : 0;
 #define RUN(m) (from <= (int)ST_MOD_##m)
   if (RUN(in_conv1)) {
     ST_TRY(st_image_to_tensor(be, &pl->image, s->opts.channel_order,
@@ -572,6 +624,27 @@ static int forward_planned(st_student *s) {
     ST_TRY(st_resize_bilinear_fwd(be, &pl->small_logits, &pl->logits));
   }
 #undef RUN
+  return ST_OK;
+}
+
+static int forward_full_ops(st_student *s) { return forward_from(s, 0); }
+
+static int forward_trainable_ops(st_student *s) {
+  return forward_from(s, s->first_trainable);
+}
+
+/* Forward on the planned image. Frozen modules depend only on the image
+ * and their own (unchanging) weights, and batch norm normalises with the
+ * statistics of its input alone, so when their outputs from an earlier
+ * forward of this image are still valid the pass starts at the first
+ * trainable module: Algorithm 1's forwards of one key frame differ only
+ * there. The result is the same as a full pass. */
+static int forward_planned(st_student *s) {
+  plan *pl = &s->plan;
+  int from = s->prefix_valid && !s->recompute_frozen ? s->first_trainable : 0;
+  ST_TRY(from == 0 ? run_recorded(s, &pl->rec_full, forward_full_ops)
+                   : run_recorded(s, &pl->rec_trainable,
+                                  forward_trainable_ops));
   s->forward_valid = 1;
   s->prefix_valid = 1;
   s->forward_miou = -1.0;
@@ -649,6 +722,15 @@ int st_student_set_example(st_student *s, const st_tensor *image,
   return ST_OK;
 }
 
+/* argmax of the logits and its confusion counts against the label, left
+ * in the plan's result tensor. */
+static int miou_ops(st_student *s) {
+  plan *pl = &s->plan;
+  ST_TRY(st_argmax_channels(s->be, &pl->logits, &pl->pred));
+  return st_confusion_counts_into(s->be, &pl->pred, &pl->label,
+                                  s->opts.num_classes, &pl->confusion);
+}
+
 static int forward_miou(st_student *s, double *miou) {
   plan *pl = &s->plan;
   int nc = s->opts.num_classes;
@@ -661,10 +743,7 @@ static int forward_miou(st_student *s, double *miou) {
       return st_error_set(ST_ENOMEM, "student: confusion matrix");
     c = heap;
   }
-  int rc = st_argmax_channels(s->be, &pl->logits, &pl->pred);
-  if (!rc)
-    rc = st_confusion_counts_into(s->be, &pl->pred, &pl->label, nc,
-                                  &pl->confusion);
+  int rc = run_recorded(s, &pl->rec_miou, miou_ops);
   if (!rc)
     rc = st_confusion_counts_result(s->be, &pl->confusion, nc, c);
   if (!rc)
@@ -838,6 +917,14 @@ static int backward(st_student *s) {
 #undef NEED_OUT
 }
 
+/* The step's loss (its gradient fused) and the backward pass. */
+static int step_ops(st_student *s) {
+  plan *pl = &s->plan;
+  ST_TRY(st_weighted_ce_into(s->be, &pl->logits, &pl->label, &pl->weight,
+                             &pl->ce_result, &pl->g_logits));
+  return backward(s);
+}
+
 int st_student_train_step(st_student *s, float *loss, double *miou) {
   if (!s->example_set)
     return st_error_set(ST_EINVAL, "student: train step without an example");
@@ -854,10 +941,9 @@ int st_student_train_step(st_student *s, float *loss, double *miou) {
   }
   plan *pl = &s->plan;
   /* The step enqueues everything before it reads the loss: no wait in its
-   * middle, and the backward pass is queued while the device computes. */
-  ST_TRY(st_weighted_ce_into(s->be, &pl->logits, &pl->label, &pl->weight,
-                             &pl->ce_result, &pl->g_logits));
-  ST_TRY(backward(s));
+   * middle, and the backward pass is queued while the device computes.
+   * Adam stays outside the recording: its scalars change every step. */
+  ST_TRY(run_recorded(s, &pl->rec_step, step_ops));
   s->adam_step++;
   st_tensor *values[STUDENT_MAX_TENSORS], *ms[STUDENT_MAX_TENSORS],
       *vs[STUDENT_MAX_TENSORS];
@@ -968,7 +1054,7 @@ int st_student_set_trainable(st_student *s, const st_student_module *mods,
   s->has_best = 0;
   st_student_reset_optimizer(s);
   /* What is kept for backward depends on the set: plan again lazily. */
-  plan_free(&s->plan);
+  plan_free(s);
   forget_activations(s);
   s->example_set = 0;
   return ST_OK;
@@ -1034,7 +1120,7 @@ int st_student_new_from_config(st_backend *be, const st_student_config *c,
 void st_student_free(st_student *s) {
   if (!s)
     return;
-  plan_free(&s->plan);
+  plan_free(s);
   for (int i = 0; i < s->param_count; i++) {
     student_param *p = &s->params[i];
     st_tensor_free(&p->value);
@@ -1064,6 +1150,18 @@ st_tensor *st_student_tensor(st_student *s, size_t i) {
 
 void st_student_recompute_frozen(st_student *s, int on) {
   s->recompute_frozen = on;
+}
+
+void st_student_use_graphs(st_student *s, int on) {
+  s->graphs_off = !on;
+  if (on)
+    return;
+  recording *recs[] = {&s->plan.rec_full, &s->plan.rec_trainable,
+                       &s->plan.rec_miou, &s->plan.rec_step};
+  for (size_t i = 0; i < sizeof recs / sizeof recs[0]; i++) {
+    st_graph_free(s->be, recs[i]->graph);
+    recs[i]->graph = NULL;
+  }
 }
 
 long st_student_tensor_index(const st_student *s, const char *name) {

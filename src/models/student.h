@@ -129,6 +129,11 @@ void st_student_reset_optimizer(st_student *s);
  * does (a baseline for benchmarks and tests); 0, the default: their
  * outputs are reused within one example. */
 void st_student_recompute_frozen(st_student *s, int on);
+/* on = 1 (the default): where the backend records op sequences (CUDA
+ * graphs), the forward, the mIoU counts and the step's backward pass each
+ * run as one recorded launch from their second run in a plan on; 0: every
+ * op is launched on its own (a baseline for benchmarks). */
+void st_student_use_graphs(st_student *s, int on);
 /* Algorithm 1's view of the student (models/distill.h): score, step and
  * snapshots on the example last given to st_student_set_example. */
 st_distill_learner st_student_learner(st_student *s);

@@ -7,7 +7,8 @@
  *   bench   --config C [--height H --width W] [--iters N]
  *   teacher --config TEACHER.json | --model FILE.onnx --input IN --out OUT
  * Common: [--backend cpu|cuda|auto] [--threads N]
- *         [--conv-search heuristic|exhaustive] (CUDA algorithm choice).
+ *         [--conv-search heuristic|exhaustive] (CUDA algorithm choice)
+ *         [--no-graphs] (CUDA: launch every op on its own, no recordings).
  *
  * A bad file, flag or shape prints one line on stderr and exits with 2. */
 #include <errno.h>
@@ -35,7 +36,7 @@ typedef struct options {
   const char *config, *weights, *input, *out, *backend, *conv_search;
   const char *labels; /* distill: label and weight from this file */
   const char *model; /* teacher: a bare ONNX model instead of --config */
-  int steps, iters, height, width, threads, full;
+  int steps, iters, height, width, threads, full, no_graphs;
   double lr; /* < 0: from the config */
 } options;
 
@@ -51,7 +52,7 @@ static void usage(FILE *f) {
         "  shadowtutor-model teacher (--config TEACHER.json | --model "
         "FILE.onnx) --input IN.safetensors --out OUT.safetensors\n"
         "options for every command: [--backend cpu|cuda|auto] [--threads N] "
-        "[--conv-search heuristic|exhaustive]\n",
+        "[--conv-search heuristic|exhaustive] [--no-graphs]\n",
         f);
 }
 
@@ -109,6 +110,10 @@ static int parse_args(int argc, char **argv, options *o) {
     const char *flag = argv[i];
     if (!strcmp(flag, "--full")) {
       o->full = 1;
+      continue;
+    }
+    if (!strcmp(flag, "--no-graphs")) {
+      o->no_graphs = 1;
       continue;
     }
     if (i + 1 >= argc)
@@ -217,6 +222,7 @@ static int session_open(const options *o, session *s, int need_weights) {
     return rc;
   if ((rc = st_student_new_from_config(s->be, &s->cfg, &s->student)))
     return fail_status(rc, "student");
+  st_student_use_graphs(s->student, !o->no_graphs);
   if (o->weights) {
     st_safetensors *w = NULL;
     if ((rc = st_safetensors_open(o->weights, &w)))
@@ -476,10 +482,11 @@ static int cmd_bench(const options *o) {
     recompute_ms = step_ms;
   double step_rss = peak_rss_mb();
   printf("backend %s, %lldx%lld, %d iterations, %lld trainable of %lld "
-         "parameters\n",
+         "parameters, op recordings %s\n",
          st_backend_name(s.be), (long long)h, (long long)w, o->iters,
          (long long)st_student_param_count(s.student, 1),
-         (long long)st_student_param_count(s.student, 0));
+         (long long)st_student_param_count(s.student, 0),
+         o->no_graphs ? "off" : "where the backend records (CUDA)");
   printf("inference          median %8.1f ms   peak RSS %7.1f MB\n", infer_ms,
          infer_rss);
   printf("distillation step  median %8.1f ms   peak RSS %7.1f MB\n", step_ms,
@@ -489,10 +496,11 @@ static int cmd_bench(const options *o) {
   printf("{\"backend\":\"%s\",\"height\":%lld,\"width\":%lld,\"iters\":%d,"
          "\"infer_ms_median\":%.3f,\"infer_peak_rss_mb\":%.1f,"
          "\"distill_step_ms_median\":%.3f,\"distill_peak_rss_mb\":%.1f,"
-         "\"distill_step_recompute_ms_median\":%.3f,"
+         "\"distill_step_recompute_ms_median\":%.3f,\"graphs\":%s,"
          "\"full\":%s}\n",
          st_backend_name(s.be), (long long)h, (long long)w, o->iters,
          infer_ms, infer_rss, step_ms, step_rss, recompute_ms,
+         o->no_graphs ? "false" : "true",
          s.cfg.trainable_full ? "true" : "false");
 done:
   free(times);

@@ -48,8 +48,19 @@ static void pool_trim(st_cuda_pool *p) {
   p->count = kept;
 }
 
+int st__cuda_refuse_while_recording(st_cuda_backend *cu, const char *what) {
+  if (!cu->recording)
+    return ST_OK;
+  cu->recording_refused = 1;
+  return st_error_set(ST_EINVAL, "cuda: %s while recording a graph", what);
+}
+
 int st__cuda_pool_alloc(st_cuda_backend *cu, size_t bytes, void **out) {
   st_cuda_pool *p = cu->pool;
+  // A recorded op must find all its memory in place already.
+  int refused = st__cuda_refuse_while_recording(cu, "device memory taken");
+  if (refused)
+    return refused;
   size_t want = pool_round(bytes);
   // Best fit among free blocks that are not much larger than the request.
   // Blocks freed by ops still queued on the stream are safe to hand out:
@@ -134,6 +145,7 @@ int st__cuda_scratch(st_cuda_backend *cu, size_t bytes, void **out) {
       st__cuda_pool_release(cu, cu->scratch);
     cu->scratch = fresh;
     cu->scratch_bytes = size;
+    cu->buffers_epoch++;
   }
   *out = cu->scratch;
   return ST_OK;
@@ -162,7 +174,9 @@ int st__cuda_read_back(st_cuda_backend *cu, void *host, const void *dev,
                        size_t bytes) {
   if (bytes == 0)
     return ST_OK;
-  int rc = pinned_reserve(cu, bytes);
+  int rc = st__cuda_refuse_while_recording(cu, "read back");
+  if (!rc)
+    rc = pinned_reserve(cu, bytes);
   if (rc)
     return rc;
   ST_CUDA_TRY(cudaMemcpyAsync(cu->pinned, dev, bytes, cudaMemcpyDeviceToHost,
@@ -212,7 +226,9 @@ static int cuda_upload(st_backend *be, void *dst, const void *host,
   st_cuda_backend *cu = st__cuda(be);
   if (bytes == 0)
     return ST_OK;
-  int rc = pinned_reserve(cu, bytes);
+  int rc = st__cuda_refuse_while_recording(cu, "upload");
+  if (!rc)
+    rc = pinned_reserve(cu, bytes);
   if (rc)
     return rc;
   memcpy(cu->pinned, host, bytes);
@@ -228,8 +244,93 @@ static int cuda_download(st_backend *be, void *host, const void *src,
 }
 
 static int cuda_sync(st_backend *be) {
+  int rc = st__cuda_refuse_while_recording(st__cuda(be), "wait");
+  if (rc)
+    return rc;
   ST_CUDA_TRY(cudaStreamSynchronize(st__cuda(be)->stream));
   return ST_OK;
+}
+
+// ---- graphs ---------------------------------------------------------------
+
+typedef struct cuda_graph {
+  struct st_graph base;  // owner, must be first
+  cudaGraphExec_t exec;  // the instantiated recording
+  int64_t buffers_epoch; // the owner's epoch when recorded
+} cuda_graph;
+
+static int cuda_graph_begin(st_backend *be) {
+  st_cuda_backend *cu = st__cuda(be);
+  if (cu->recording)
+    return st_error_set(ST_EINVAL, "cuda: a graph is being recorded already");
+  // Thread-local capture: only calls of this thread that cannot be
+  // recorded are refused; other workers' contexts go on as before.
+  ST_CUDA_TRY(
+      cudaStreamBeginCapture(cu->stream, cudaStreamCaptureModeThreadLocal));
+  cu->recording = 1;
+  cu->recording_refused = 0;
+  return ST_OK;
+}
+
+static int cuda_graph_end(st_backend *be, st_graph **out) {
+  st_cuda_backend *cu = st__cuda(be);
+  *out = NULL;
+  if (!cu->recording)
+    return st_error_set(ST_EINVAL, "cuda: no graph is being recorded");
+  cu->recording = 0;
+  cudaGraph_t graph = NULL;
+  cudaError_t err = cudaStreamEndCapture(cu->stream, &graph);
+  if (err != cudaSuccess || !graph || cu->recording_refused) {
+    cudaGetLastError(); // an invalidated capture leaves a sticky-free error
+    if (graph)
+      cudaGraphDestroy(graph);
+    return st_error_set(ST_EBACKEND, "cuda: recording failed: %s",
+                        err != cudaSuccess ? cudaGetErrorString(err)
+                                           : "a call was refused");
+  }
+  cudaGraphExec_t exec = NULL;
+  err = cudaGraphInstantiateWithFlags(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return st_error_set(ST_EBACKEND, "cudaGraphInstantiateWithFlags failed: %s",
+                        cudaGetErrorString(err));
+  }
+  cuda_graph *g = (cuda_graph *)calloc(1, sizeof *g);
+  if (!g) {
+    cudaGraphExecDestroy(exec);
+    return st_error_set(ST_ENOMEM, "cuda graph: out of memory");
+  }
+  g->base.owner = be;
+  g->exec = exec;
+  g->buffers_epoch = cu->buffers_epoch;
+  *out = &g->base;
+  return ST_OK;
+}
+
+static int cuda_graph_valid(st_backend *be, const st_graph *g) {
+  return g->owner == be &&
+         ((const cuda_graph *)g)->buffers_epoch == st__cuda(be)->buffers_epoch;
+}
+
+static int cuda_graph_launch(st_backend *be, st_graph *g) {
+  if (!cuda_graph_valid(be, g))
+    return st_error_set(ST_EINVAL,
+                        "cuda: graph recorded on another context or before "
+                        "its buffers moved");
+  int rc = st__cuda_refuse_while_recording(st__cuda(be), "graph launch");
+  if (rc)
+    return rc;
+  ST_CUDA_TRY(cudaGraphLaunch(((cuda_graph *)g)->exec, st__cuda(be)->stream));
+  return ST_OK;
+}
+
+static void cuda_graph_free(st_backend *be, st_graph *g) {
+  (void)be;
+  cuda_graph *cg = (cuda_graph *)g;
+  // Safe while a launch is still queued: CUDA defers the release.
+  cudaGraphExecDestroy(cg->exec);
+  free(cg);
 }
 
 // Makes the calling thread address the context's device; a no-op (one
@@ -312,6 +413,11 @@ static st_backend_ops make_ops(void) {
   o.event_record = cuda_event_record;
   o.event_wait = cuda_event_wait;
   o.event_free = cuda_event_free;
+  o.graph_begin = cuda_graph_begin;
+  o.graph_end = cuda_graph_end;
+  o.graph_valid = cuda_graph_valid;
+  o.graph_launch = cuda_graph_launch;
+  o.graph_free = cuda_graph_free;
   o.conv2d_fwd = st__cuda_conv2d_fwd;
   o.conv2d_bwd_data = st__cuda_conv2d_bwd_data;
   o.conv2d_bwd_weights = st__cuda_conv2d_bwd_weights;

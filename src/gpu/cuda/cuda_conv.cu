@@ -220,6 +220,7 @@ static int workspace_reserve(st_cuda_backend *cu, struct st_cuda_conv_cache *c,
     st__cuda_pool_release(cu, c->workspace);
   c->workspace = fresh;
   c->workspace_bytes = bytes;
+  cu->buffers_epoch++;
   return ST_OK;
 }
 
@@ -381,7 +382,10 @@ static int rank_exhaustive(st_cuda_backend *cu, const conv_entry *e,
       ws_bytes = need;
   }
   // The search runs host-blocking; make sure the inputs that queued work is
-  // still producing are complete whichever stream cuDNN times on.
+  // still producing are complete whichever stream cuDNN times on. (Not
+  // while recording a graph: the sequence then runs again unrecorded.)
+  if ((rc = st__cuda_refuse_while_recording(cu, "cuDNN algorithm search")))
+    return rc;
   ST_CUDA_TRY(cudaStreamSynchronize(cu->stream));
   void *out_tmp = NULL, *ws = NULL;
   rc = st__cuda_pool_alloc(cu, (size_t)output_numel(&e->key) * sizeof(float),

@@ -13,7 +13,12 @@
  * stream. The build uses the per-thread default stream and no op touches
  * the legacy default stream or synchronises the device.
  *
- * File map: cuda_backend.cu (context, pool, copies, events, op table),
+ * Graphs: between graph_begin and graph_end the stream is captured
+ * (cudaStreamCaptureModeThreadLocal, so other threads' contexts are not
+ * disturbed); the context then refuses what cannot be replayed: pool
+ * allocations, uploads, downloads and waits.
+ *
+ * File map: cuda_backend.cu (context, pool, copies, events, graphs, op table),
  * cuda_conv.cu (cuDNN convolutions), cuda_norm.cu (batch norm),
  * cuda_resize.cu (bilinear resize), cuda_eltwise.cu (relu, add, concat,
  * split, subsample, fill, copy, cast, image_to_tensor), cuda_loss.cu
@@ -78,11 +83,20 @@ typedef struct st_cuda_backend {
   void *scratch;                   /* small device scratch (reductions) */
   size_t scratch_bytes;            /* its size */
   struct st_cuda_conv_cache *conv; /* cuDNN descriptors and algorithms */
+  int recording;                   /* 1 between graph_begin and graph_end */
+  int recording_refused;           /* a call was refused while recording */
+  /* Bumped whenever scratch or the convolution workspace moves: a graph
+   * recorded before uses the old block and must not be launched. */
+  int64_t buffers_epoch;
 } st_cuda_backend;
 
 static inline st_cuda_backend *st__cuda(st_backend *be) {
   return (st_cuda_backend *)be;
 }
+
+/* Fails (and marks the recording refused) while a graph is recorded:
+ * `what` names the call that may not be recorded. */
+int st__cuda_refuse_while_recording(st_cuda_backend *cu, const char *what);
 
 /* Device memory from the context's pool (cuda_backend.cu). */
 int st__cuda_pool_alloc(st_cuda_backend *cu, size_t bytes, void **out);
