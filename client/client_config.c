@@ -52,6 +52,9 @@ static const setting settings[] = {ST_CLIENT_SETTINGS(ROW)};
 int st_client_setting_count(void) { return SETTING_COUNT; }
 const char *st_client_setting_key(int i) { return settings[i].key; }
 const char *st_client_setting_help(int i) { return settings[i].help; }
+int st_client_setting_is_bool(int i) {
+  return settings[i].type == ST_SET_BOOL;
+}
 
 static char *str_field(st_client_config *c, const setting *s) {
   return (char *)c + s->offset;
@@ -253,31 +256,47 @@ int st_client_config_load(const char *path, st_client_config *c) {
   return rc;
 }
 
-/* The setting a flag names: "--jpeg-quality" -> jpeg_quality. */
-static const setting *setting_of_flag(const char *flag) {
-  if (strncmp(flag, "--", 2) != 0)
-    return NULL;
-  flag += 2;
+/* The setting the words of a flag name ("jpeg-quality" -> jpeg_quality). */
+static const setting *setting_of_words(const char *words) {
   for (int i = 0; i < SETTING_COUNT; i++) {
     const char *k = settings[i].key;
     size_t j = 0;
     /* Flags spell the key's '_' as '-', and only so. */
-    while (k[j] && flag[j] && (k[j] == '_' ? flag[j] == '-' : flag[j] == k[j]))
+    while (k[j] && words[j] &&
+           (k[j] == '_' ? words[j] == '-' : words[j] == k[j]))
       j++;
-    if (!k[j] && !flag[j])
+    if (!k[j] && !words[j])
       return &settings[i];
   }
   return NULL;
 }
 
+/* The setting a flag names: "--jpeg-quality" -> jpeg_quality. A boolean
+ * setting has two flags: "--realtime" sets it, "--no-realtime" clears it
+ * (*negated = 1). */
+static const setting *setting_of_flag(const char *flag, int *negated) {
+  *negated = 0;
+  if (strncmp(flag, "--", 2) != 0)
+    return NULL;
+  const setting *s = setting_of_words(flag + 2);
+  if (s || strncmp(flag + 2, "no-", 3) != 0)
+    return s;
+  s = setting_of_words(flag + 5);
+  if (!s || s->type != ST_SET_BOOL)
+    return NULL;
+  *negated = 1;
+  return s;
+}
+
 int st_client_config_flag(st_client_config *c, const char *flag,
                           const char *value, int *used) {
   *used = 0;
-  const setting *s = setting_of_flag(flag);
+  int negated;
+  const setting *s = setting_of_flag(flag, &negated);
   if (!s)
     return st_error_set(ST_ENOENT, "unknown option '%s'", flag);
   if (s->type == ST_SET_BOOL) {
-    *bool_field(c, s) = 1;
+    *bool_field(c, s) = !negated;
     return ST_OK;
   }
   if (!value)

@@ -76,6 +76,8 @@ typedef enum st_setting_type {
   XX(conv_search, ENUM, "exhaustive", 0, 0, "exhaustive|heuristic",            \
      "CUDA: time every cuDNN algorithm once per shape (at the warm-up) or "    \
      "take cuDNN's ranking")                                                   \
+  XX(cuda_graphs, BOOL, 1, 0, 0, NULL,                                         \
+     "CUDA: replay the student's inference as one recorded graph launch")      \
   XX(threads, INT, 0, 0, 1024, NULL, "CPU inference threads; 0: all cores")    \
   XX(client_id, STR, NULL, 0, 0, NULL, "name sent in hello; null: host name")  \
   XX(token, STR, NULL, 0, 0, NULL, "the server's shared secret, if any")       \
@@ -142,8 +144,9 @@ int st_client_config_load(const char *path, st_client_config *c);
  * folder PATH settings are relative to ("" for none). */
 int st_client_config_parse(const char *text, const char *label,
                            const char *base_dir, st_client_config *c);
-/* Applies one command-line flag: `flag` is "--key-name"; for a non-boolean
- * setting `value` is the next argument (NULL when there is none). *used is
+/* Applies one command-line flag: `flag` is "--key-name" ("--no-key-name"
+ * clears a boolean setting); for a non-boolean setting `value` is the next
+ * argument (NULL when there is none). *used is
  * 1 when the value was consumed. ST_ENOENT for a flag that names no
  * setting. A value "null" sets a string setting to null. */
 int st_client_config_flag(st_client_config *c, const char *flag,
@@ -156,6 +159,8 @@ int st_client_config_check(const st_client_config *c);
 int st_client_setting_count(void);
 const char *st_client_setting_key(int i);
 const char *st_client_setting_help(int i);
+/* 1 for a boolean setting (flags --KEY and --no-KEY, no value). */
+int st_client_setting_is_bool(int i);
 /* The default as JSON text ("90", "\"jpeg\"", "null"). */
 void st_client_setting_default_json(int i, char *buf, size_t len);
 

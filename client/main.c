@@ -34,7 +34,9 @@ static void usage(FILE *f) {
     char def[HELP_DEFAULT_BYTES];
     st_client_setting_default_json(i, def, sizeof def);
     char flag[64];
-    snprintf(flag, sizeof flag, "--%s", st_client_setting_key(i));
+    snprintf(flag, sizeof flag, "--%s%s",
+             st_client_setting_is_bool(i) ? "[no-]" : "",
+             st_client_setting_key(i));
     for (char *p = flag; *p; p++)
       if (*p == '_')
         *p = '-';

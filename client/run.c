@@ -148,7 +148,8 @@ static int open_model(client *cl) {
   st_backend_options bo = {.threads = (int)c->threads,
                            .device = (int)c->device,
                            .conv_exhaustive =
-                               !strcmp(c->conv_search, "exhaustive")};
+                               !strcmp(c->conv_search, "exhaustive"),
+                           .graphs_off = !c->cuda_graphs};
   if ((rc = st_backend_kind_from_name(c->backend, &bo.kind)) ||
       (rc = st_backend_new(&bo, &cl->be)) ||
       (rc = st_student_new_from_config(cl->be, &cl->scfg, &cl->student)))

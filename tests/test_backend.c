@@ -245,6 +245,14 @@ static void test_graph_records_and_replays(void **state) {
   st_backend_free(other);
   st_graph_free(be, g);
 
+  /* A context created with recordings off says so, and runs ops directly. */
+  opts.graphs_off = 1;
+  ST_ASSERT_OK(st_backend_new(&opts, &other));
+  assert_int_equal(st_graph_begin(other), ST_ENOTSUP);
+  assert_int_equal(st_graph_end(other, &g), ST_ENOTSUP);
+  assert_null(g);
+  st_backend_free(other);
+
   /* A download, a wait and an allocation cannot be recorded. */
   float host[GRAPH_ELEMS];
   for (int what = 0; what < 3; what++) {

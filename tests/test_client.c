@@ -127,6 +127,16 @@ static void test_config_flags(void **state) {
   ST_ASSERT_OK(st_client_config_flag(&c, "--realtime", "ignored", &used));
   assert_int_equal(used, 0);
   assert_int_equal(c.realtime, 1);
+  /* A boolean's --no- flag clears it, and takes no value either. */
+  assert_int_equal(c.cuda_graphs, 1);
+  ST_ASSERT_OK(st_client_config_flag(&c, "--no-cuda-graphs", "x", &used));
+  assert_int_equal(used, 0);
+  assert_int_equal(c.cuda_graphs, 0);
+  ST_ASSERT_OK(st_client_config_flag(&c, "--cuda-graphs", NULL, &used));
+  assert_int_equal(c.cuda_graphs, 1);
+  ST_ASSERT_OK(st_client_config_flag(&c, "--no-realtime", NULL, &used));
+  assert_int_equal(c.realtime, 0);
+  ST_ASSERT_OK(st_client_config_flag(&c, "--realtime", NULL, &used));
   ST_ASSERT_OK(st_client_config_flag(&c, "--server", "null", &used));
   assert_string_equal(c.server, "");
   ST_ASSERT_OK(st_client_config_flag(&c, "--weights", "a/w.st", &used));
@@ -141,6 +151,12 @@ static void test_config_flags(void **state) {
   assert_int_equal(st_client_config_flag(&c, "--jpeg_quality", "5", &used),
                    ST_ENOENT);
   assert_int_equal(st_client_config_flag(&c, "jpeg-quality", "5", &used),
+                   ST_ENOENT);
+  /* --no- exists for booleans only. */
+  assert_int_equal(st_client_config_flag(&c, "--no-jpeg-quality", "5", &used),
+                   ST_ENOENT);
+  assert_int_equal(st_client_config_flag(&c, "--no-", NULL, &used), ST_ENOENT);
+  assert_int_equal(st_client_config_flag(&c, "--no-no-realtime", NULL, &used),
                    ST_ENOENT);
   assert_int_equal(st_client_config_flag(&c, "--loop", NULL, &used), ST_EINVAL);
   assert_int_equal(st_client_config_flag(&c, "--loop", "-1", &used), ST_EINVAL);

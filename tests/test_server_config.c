@@ -72,6 +72,7 @@ static void assert_server_config_equal(const st_server_config *a,
   assert_int_equal(a->threads_per_worker, b->threads_per_worker);
   assert_int_equal(a->deterministic, b->deterministic);
   assert_int_equal(a->conv_exhaustive, b->conv_exhaustive);
+  assert_int_equal(a->cuda_graphs, b->cuda_graphs);
   assert_int_equal(a->null_compute, b->null_compute);
   assert_string_equal(a->teacher_path, b->teacher_path);
   assert_string_equal(a->student_config_path, b->student_config_path);
@@ -103,6 +104,7 @@ static void test_defaults(void **state) {
   assert_int_equal(c.threads_per_worker, expected_threads(1));
   assert_int_equal(c.deterministic, 0);
   assert_int_equal(c.conv_exhaustive, 1);
+  assert_int_equal(c.cuda_graphs, 1);
   assert_int_equal(c.null_compute, 0);
   assert_string_equal(c.teacher_path, "");
   assert_string_equal(c.student_config_path, "");
@@ -149,6 +151,7 @@ static void test_shipped_config(void **state) {
       {"threads_per_worker", NULL},
       {"deterministic", NULL},
       {"conv_search", NULL},
+      {"cuda_graphs", NULL},
       {"null_compute", NULL},
       {"teacher", NULL},
       {"student", "config"},
@@ -196,6 +199,7 @@ static void test_shipped_config(void **state) {
   assert_int_equal(c.threads_per_worker, expected_threads(1));
   assert_int_equal(c.deterministic, 0);
   assert_int_equal(c.conv_exhaustive, 1);
+  assert_int_equal(c.cuda_graphs, 1);
   assert_int_equal(c.null_compute, 0);
   snprintf(want, sizeof want, "%s/teacher-small.json", dir);
   assert_string_equal(c.teacher_path, want);
@@ -224,7 +228,7 @@ static void test_every_field_is_read(void **state) {
         " 'metrics': {'host': '::1', 'port': 65535},"
         " 'backend': 'auto', 'device': 3, 'workers': 4,"
         " 'threads_per_worker': 7, 'deterministic': true,"
-        " 'conv_search': 'heuristic',"
+        " 'conv_search': 'heuristic', 'cuda_graphs': false,"
         " 'null_compute': false, 'teacher': 'models/t.json',"
         " 'student': {'config': null, 'weights': '/w/base.safetensors'},"
         " 'distill': {'threshold': 0.5, 'min_stride': 2, 'max_stride': 2,"
@@ -251,6 +255,7 @@ static void test_every_field_is_read(void **state) {
   assert_int_equal(c.threads_per_worker, 7);
   assert_int_equal(c.deterministic, 1);
   assert_int_equal(c.conv_exhaustive, 0);
+  assert_int_equal(c.cuda_graphs, 0);
   assert_int_equal(c.null_compute, 0);
   assert_string_equal(c.teacher_path, "/srv/st/models/t.json");
   assert_string_equal(c.student_config_path, "");
@@ -415,6 +420,8 @@ static const bad_case bad_cases[] = {
       "s.json: conv_search must be \"exhaustive\" or \"heuristic\""),
     M("'conv_search': null", ST_EFORMAT,
       "s.json: conv_search must be a string"),
+    M("'cuda_graphs': 1", ST_EFORMAT,
+      "s.json: cuda_graphs must be true or false"),
     M("'null_compute': 'yes'", ST_EFORMAT,
       "s.json: null_compute must be true or false"),
     /* teacher */

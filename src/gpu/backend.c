@@ -146,19 +146,26 @@ void st_event_free(st_event *ev) {
     free(ev);
 }
 
-int st_graph_begin(st_backend *be) {
+/* ST_ENOTSUP where this context records nothing. */
+static int graphs_supported(const st_backend *be) {
   if (!be->ops->graph_begin)
     return st_error_set(ST_ENOTSUP, "%s backend records no op sequences",
                         be->ops->name);
+  if (be->opts.graphs_off)
+    return st_error_set(ST_ENOTSUP, "%s context: op recordings are off",
+                        be->ops->name);
+  return ST_OK;
+}
+
+int st_graph_begin(st_backend *be) {
+  ST_TRY(graphs_supported(be));
   int rc = backend_bind(be);
   return rc ? rc : be->ops->graph_begin(be);
 }
 
 int st_graph_end(st_backend *be, st_graph **out) {
   *out = NULL;
-  if (!be->ops->graph_end)
-    return st_error_set(ST_ENOTSUP, "%s backend records no op sequences",
-                        be->ops->name);
+  ST_TRY(graphs_supported(be));
   int rc = backend_bind(be);
   return rc ? rc : be->ops->graph_end(be, out);
 }

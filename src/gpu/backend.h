@@ -35,6 +35,8 @@ typedef struct st_backend_options {
   int deterministic; /* 1: deterministic algorithms only */
   int conv_exhaustive; /* CUDA: time every cuDNN algorithm once per shape
                           instead of trusting the heuristic */
+  int graphs_off;      /* 1: record no op sequences (st_graph_begin says
+                          ST_ENOTSUP), every op is launched on its own */
 } st_backend_options;
 
 /* Parses "cpu", "cuda" or "auto". */
@@ -103,8 +105,8 @@ void st_event_free(st_event *ev);
  * While recording, nothing may wait for the device, hand a value to the
  * host (downloads, *_result, sync) or take new memory from the context; a
  * call that tries fails, and so does st_graph_end. Backends without
- * recording (the CPU) answer st_graph_begin with ST_ENOTSUP; callers then
- * run their ops directly. */
+ * recording (the CPU) and contexts created with opts.graphs_off answer
+ * st_graph_begin with ST_ENOTSUP; callers then run their ops directly. */
 typedef struct st_graph st_graph;
 int st_graph_begin(st_backend *be);
 /* Ends the recording. *out is the graph, or NULL with an error when a call

@@ -44,9 +44,10 @@ enum {
 static const char *const top_keys[] = {
     "listen",        "metrics",      "backend",
     "device",        "workers",      "threads_per_worker",
-    "deterministic", "conv_search",  "null_compute",
-    "teacher",       "student",      "distill",
-    "limits",        "token",        "log_level"};
+    "deterministic", "conv_search",  "cuda_graphs",
+    "null_compute",  "teacher",      "student",
+    "distill",       "limits",       "token",
+    "log_level"};
 static const char *const endpoint_keys[] = {"host", "port"};
 static const char *const student_keys[] = {"config", "weights"};
 static const char *const distill_keys[] = {
@@ -111,6 +112,7 @@ void st_server_config_defaults(st_server_config *c) {
    * trusting its heuristic, which ranked 1.5-3x slower algorithms first on
    * the student's shapes (docs/performance.md). */
   c->conv_exhaustive = 1;
+  c->cuda_graphs = 1;
   c->null_compute = 0;
   st_student_config_defaults(&c->student);
   c->update_encoding = ST_SERVER_DEFAULT_UPDATE_ENCODING;
@@ -447,6 +449,7 @@ static int parse_root(const char *label, const char *base_dir, json_t *root,
       (rc = read_int(label, root, "threads_per_worker", "threads_per_worker", 0,
                      THREADS_PER_WORKER_MAX, &threads, NULL)) ||
       (rc = read_bool(label, root, "deterministic", &c.deterministic)) ||
+      (rc = read_bool(label, root, "cuda_graphs", &c.cuda_graphs)) ||
       (rc = read_bool(label, root, "null_compute", &c.null_compute)))
     return rc;
   c.threads_per_worker = threads > 0 ? threads : threads_for(c.workers);

@@ -17,6 +17,8 @@
  *     "conv_search": "exhaustive",  "exhaustive" | "heuristic": how CUDA
  *                                   picks each convolution's cuDNN algorithm
  *                                   (once per shape and worker context)
+ *     "cuda_graphs": true,          CUDA: replay the student's recorded op
+ *                                   sequences (false: launch each op)
  *     "null_compute": false,        true: no teacher, no student: updates carry
  *                                   no tensors (measures the loop alone)
  *     "teacher": "teacher-small.json",   path of the teacher config (required
@@ -108,6 +110,7 @@ typedef struct st_server_config {
   int threads_per_worker;                  /* resolved: >= 1 */
   int deterministic;
   int conv_exhaustive;                     /* conv_search == "exhaustive" */
+  int cuda_graphs;                         /* 0: st_backend_options.graphs_off */
   int null_compute;
   char teacher_path[ST_SERVER_PATH_BYTES]; /* resolved; "" with null_compute */
   char student_config_path[ST_SERVER_PATH_BYTES]; /* resolved; "" = defaults */

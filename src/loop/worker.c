@@ -272,7 +272,8 @@ static int worker_open(worker *w) {
                            .threads = cfg->threads_per_worker,
                            .device = cfg->device,
                            .deterministic = cfg->deterministic,
-                           .conv_exhaustive = cfg->conv_exhaustive};
+                           .conv_exhaustive = cfg->conv_exhaustive,
+                           .graphs_off = !cfg->cuda_graphs};
   ST_TRY(st_backend_new(&bo, &w->teacher_be));
   /* AUTO resolved to one kind for the teacher; the pair must agree. */
   bo.kind = st_backend_get_kind(w->teacher_be);

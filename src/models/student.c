@@ -111,7 +111,7 @@ struct st_student {
    * steps of one key frame. */
   int prefix_valid;
   int recompute_frozen;         /* 1: never reuse them (the reference's way) */
-  int graphs_off;               /* 1: no recordings (asked, or unsupported) */
+  int graphs_off;               /* 1: the context records nothing */
   double forward_miou;          /* mIoU of that forward, < 0 when unknown */
 };
 
@@ -1150,18 +1150,6 @@ st_tensor *st_student_tensor(st_student *s, size_t i) {
 
 void st_student_recompute_frozen(st_student *s, int on) {
   s->recompute_frozen = on;
-}
-
-void st_student_use_graphs(st_student *s, int on) {
-  s->graphs_off = !on;
-  if (on)
-    return;
-  recording *recs[] = {&s->plan.rec_full, &s->plan.rec_trainable,
-                       &s->plan.rec_miou, &s->plan.rec_step};
-  for (size_t i = 0; i < sizeof recs / sizeof recs[0]; i++) {
-    st_graph_free(s->be, recs[i]->graph);
-    recs[i]->graph = NULL;
-  }
 }
 
 long st_student_tensor_index(const st_student *s, const char *name) {

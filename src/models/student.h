@@ -12,7 +12,11 @@
  * Buffers are planned per frame size: the first call at a size allocates,
  * later calls at that size allocate nothing. Inference shares one scratch
  * set across blocks; training keeps only what the backward pass of the
- * trainable part reads.
+ * trainable part reads. Where the context records op sequences (CUDA
+ * graphs; off with st_backend_options.graphs_off), the forward, the mIoU
+ * counts and the step's loss and backward pass each run as one recorded
+ * launch from their second run in a plan on (the first runs directly;
+ * the second records, then launches the recording).
  */
 #ifndef ST_MODELS_STUDENT_H
 #define ST_MODELS_STUDENT_H
@@ -129,11 +133,6 @@ void st_student_reset_optimizer(st_student *s);
  * does (a baseline for benchmarks and tests); 0, the default: their
  * outputs are reused within one example. */
 void st_student_recompute_frozen(st_student *s, int on);
-/* on = 1 (the default): where the backend records op sequences (CUDA
- * graphs), the forward, the mIoU counts and the step's backward pass each
- * run as one recorded launch from their second run in a plan on; 0: every
- * op is launched on its own (a baseline for benchmarks). */
-void st_student_use_graphs(st_student *s, int on);
 /* Algorithm 1's view of the student (models/distill.h): score, step and
  * snapshots on the example last given to st_student_set_example. */
 st_distill_learner st_student_learner(st_student *s);

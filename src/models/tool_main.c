@@ -194,7 +194,8 @@ static void session_close(session *s) {
 static int backend_open(const options *o, st_backend **be) {
   st_backend_options bo = {
       .threads = o->threads,
-      .conv_exhaustive = !strcmp(o->conv_search, "exhaustive")};
+      .conv_exhaustive = !strcmp(o->conv_search, "exhaustive"),
+      .graphs_off = o->no_graphs};
   int rc;
   if ((rc = st_backend_kind_from_name(o->backend, &bo.kind)))
     return fail_status(rc, "--backend");
@@ -222,7 +223,6 @@ static int session_open(const options *o, session *s, int need_weights) {
     return rc;
   if ((rc = st_student_new_from_config(s->be, &s->cfg, &s->student)))
     return fail_status(rc, "student");
-  st_student_use_graphs(s->student, !o->no_graphs);
   if (o->weights) {
     st_safetensors *w = NULL;
     if ((rc = st_safetensors_open(o->weights, &w)))
