@@ -9,8 +9,14 @@
  * temporary buffers went back to the pool, the workspace was sized when
  * the entries were built).
  *
+ * Exhaustive rankings are kept for the process: the first exhaustive
+ * context of each determinism here times its shapes (algo_searches > 0),
+ * a second context with the same options runs no search and must give the
+ * same values from the stored ranking.
+ *
  * The options are CUDA's; on the CPU backend the same test runs and checks
- * the values and the steady state of oneDNN's cache. */
+ * the values, the steady state of oneDNN's cache and that no search is
+ * counted. */
 #include "conv_cases.h"
 #include "testutil.h"
 
@@ -63,9 +69,10 @@ static void case_run(st_backend *be, conv_case *c, const char *mode) {
                         mode);
 }
 
-/* Every case, PASSES times, on a fresh context with the given options. */
-static void run_mode(st_backend_kind kind, int exhaustive, int deterministic,
-                     const char *mode) {
+/* Every case, PASSES times, on a fresh context with the given options.
+ * Returns the algorithm searches the context ran. */
+static int64_t run_mode(st_backend_kind kind, int exhaustive, int deterministic,
+                        const char *mode) {
   st_backend_options opts = {.kind = kind,
                              .deterministic = deterministic,
                              .conv_exhaustive = exhaustive};
@@ -89,21 +96,45 @@ static void run_mode(st_backend_kind kind, int exhaustive, int deterministic,
     if (after.alloc_calls != warm.alloc_calls)
       fail_msg("%s: pass %d took %lld new allocations", mode, pass + 1,
                (long long)(after.alloc_calls - warm.alloc_calls));
+    if (after.algo_searches != warm.algo_searches)
+      fail_msg("%s: pass %d ran %lld new algorithm searches", mode, pass + 1,
+               (long long)(after.algo_searches - warm.algo_searches));
   }
+  /* One search at most per op of a case (cases may share shapes). */
+  assert_true(warm.algo_searches <= 3 * (int64_t)conv_case_count);
+  if (!exhaustive || kind != ST_BACKEND_CUDA)
+    assert_int_equal(warm.algo_searches, 0);
   for (size_t i = 0; i < conv_case_count; i++)
     conv_case_free(&cases[i]);
   st_safetensors_free(fx);
   st_backend_free(be);
+  return warm.algo_searches;
+}
+
+/* Two contexts in turn, exhaustive: on CUDA the first times the shapes (it
+ * is the first of its determinism in this process), the second takes the
+ * stored rankings. */
+static void run_exhaustive_twice(st_backend_kind kind, int deterministic,
+                                 const char *mode) {
+  char again[96];
+  snprintf(again, sizeof again, "%s, second context", mode);
+  const int64_t first = run_mode(kind, 1, deterministic, mode);
+  const int64_t second = run_mode(kind, 1, deterministic, again);
+  if (kind == ST_BACKEND_CUDA && first == 0)
+    fail_msg("%s: the first exhaustive context ran no search", mode);
+  if (second != 0)
+    fail_msg("%s: searched %lld shapes the process had ranked", again,
+             (long long)second);
 }
 
 static void test_exhaustive_deterministic(void **state) {
   st_backend *be = st_test_backend(state);
-  run_mode(st_backend_get_kind(be), 1, 1, "exhaustive, deterministic");
+  run_exhaustive_twice(st_backend_get_kind(be), 1, "exhaustive, deterministic");
 }
 
 static void test_exhaustive_any_algorithm(void **state) {
   st_backend *be = st_test_backend(state);
-  run_mode(st_backend_get_kind(be), 1, 0, "exhaustive");
+  run_exhaustive_twice(st_backend_get_kind(be), 0, "exhaustive");
 }
 
 static void test_heuristic_any_algorithm(void **state) {

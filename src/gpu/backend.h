@@ -78,11 +78,15 @@ void st_backend_flush_subnormals(st_backend *be);
 /* Memory accounting of a context. alloc_calls counts the allocations the
  * backend took from the system (cudaMalloc by the CUDA pool, which serves
  * every tensor, workspace and scratch buffer; the heap for CPU tensors): it
- * stays constant once a workload has warmed up. */
+ * stays constant once a workload has warmed up. algo_searches counts the
+ * convolution algorithm searches the context timed (CUDA with
+ * opts.conv_exhaustive: one per shape per process and device, since later
+ * contexts take the stored ranking; 0 elsewhere). */
 typedef struct st_backend_stats {
   int64_t alloc_calls;        /* system allocations made so far */
   int64_t bytes_reserved;     /* bytes the pool holds from the device */
   int64_t bytes_in_use;       /* bytes handed out and not yet released */
+  int64_t algo_searches;      /* algorithm searches this context ran */
 } st_backend_stats;
 void st_backend_get_stats(const st_backend *be, st_backend_stats *out);
 

@@ -348,6 +348,7 @@ static void cuda_stats(const st_backend *be, st_backend_stats *out) {
   out->alloc_calls = p->device_alloc_calls;
   out->bytes_reserved = (int64_t)p->reserved;
   out->bytes_in_use = (int64_t)p->in_use;
+  out->algo_searches = ((const st_cuda_backend *)be)->algo_searches;
 }
 
 typedef struct cuda_event {

@@ -15,11 +15,19 @@
 // ours too, a fixed-order reduction and so deterministic by construction.
 //
 // Algorithm choice: by default cuDNN's heuristic ranking (the *_v7 queries);
-// with opts.conv_exhaustive cuDNN times every algorithm once per entry
-// (cudnnFind*AlgorithmEx) on buffers taken from the pool. Either way the
-// first ranked algorithm is taken that succeeded, is deterministic when
+// with opts.conv_exhaustive cuDNN times every algorithm (cudnnFind*
+// AlgorithmEx) on buffers taken from the pool. Either way the first ranked
+// algorithm is taken that succeeded, is deterministic when
 // opts.deterministic asks for it, and whose workspace fits
 // ST_CUDA_CONV_MAX_WORKSPACE_BYTES.
+//
+// Exhaustive rankings are kept for the whole process, by device, shape and
+// determinism: a server makes a context per client, and without this every
+// new client would time every algorithm again (host-blocking, tens of
+// milliseconds per shape at video sizes) and, from several worker threads at
+// once, time them against each other. One lock serialises the searches; a
+// context that finds the shape already ranked takes that ranking and runs no
+// search (st_backend_stats.algo_searches counts the searches a context ran).
 //
 // Workspace: one pool block per context shared by every entry, grown to the
 // largest need when an entry is built. Sharing is safe because everything a
@@ -27,8 +35,10 @@
 //
 // The cache belongs to one st_cuda_backend: its first convolution creates
 // it, st__cuda_conv_cache_free releases it with the context. Like the
-// context it is not thread-safe; two contexts share nothing.
+// context it is not thread-safe; two contexts share nothing but the
+// (locked, read-only once stored) exhaustive rankings.
 #include <limits.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +60,9 @@
 // Grid cap of the bias-gradient reduction (one block per output channel;
 // the student has at most 128 channels, so this is never reached there).
 #define ST_CUDA_CONV_BIAS_GRAD_MAX_BLOCKS 65535
+// Exhaustive rankings kept for the process: the student needs about 50 per
+// resolution, a teacher a few hundred; past this the oldest is replaced.
+#define ST_CUDA_CONV_SHARED_RANKINGS 1024
 // Room for the ranking in the detail line of a failed algorithm choice.
 #define ST_CUDA_CONV_RANKING_TEXT_BYTES 1024
 
@@ -361,14 +374,71 @@ static int64_t output_numel(const conv_key *k) {
   return 0;
 }
 
+// ---- exhaustive rankings shared by the process ---------------------------
+
+// One search's result. What was timed depends on the device, the shape and
+// (through the workspace offered) on whether only deterministic algorithms
+// were allowed.
+typedef struct shared_ranking {
+  int device;        // CUDA device ordinal
+  int deterministic; // opts.deterministic of the searching context
+  conv_key key;      // the convolution timed
+  int count;         // entries of ranked
+  algo_candidate ranked[ST_CUDA_CONV_MAX_ALGOS]; // fastest first
+} shared_ranking;
+
+// Rankings in store order; `next` is the slot the next one takes (the oldest
+// once all are in use). Entries are malloc'd once and overwritten in place,
+// held until the process ends.
+static struct {
+  pthread_mutex_t lock; // held for lookups, stores and whole searches
+  shared_ranking *slot[ST_CUDA_CONV_SHARED_RANKINGS];
+  int count; // slots in use
+  int next;  // slot written next
+} shared_rankings = {PTHREAD_MUTEX_INITIALIZER, {NULL}, 0, 0};
+
+// The stored ranking for a search of e by cu, or NULL. Lock held.
+static const shared_ranking *shared_lookup(const st_cuda_backend *cu,
+                                           const conv_entry *e) {
+  for (int i = 0; i < shared_rankings.count; i++) {
+    const shared_ranking *r = shared_rankings.slot[i];
+    if (r->device == cu->device &&
+        r->deterministic == cu->base.opts.deterministic &&
+        memcmp(&r->key, &e->key, sizeof e->key) == 0)
+      return r;
+  }
+  return NULL;
+}
+
+// Keeps a search's ranking. Lock held. Out of memory it is not kept: the
+// next context with this shape searches again, nothing else changes.
+static void shared_store(const st_cuda_backend *cu, const conv_entry *e,
+                         const algo_candidate *ranked, int count) {
+  shared_ranking *r = shared_rankings.slot[shared_rankings.next];
+  if (!r) {
+    r = (shared_ranking *)calloc(1, sizeof *r);
+    if (!r)
+      return;
+    shared_rankings.slot[shared_rankings.next] = r;
+    shared_rankings.count++;
+  }
+  r->device = cu->device;
+  r->deterministic = cu->base.opts.deterministic;
+  r->key = e->key;
+  r->count = count;
+  memcpy(r->ranked, ranked, (size_t)count * sizeof *ranked);
+  shared_rankings.next =
+      (shared_rankings.next + 1) % ST_CUDA_CONV_SHARED_RANKINGS;
+}
+
 // Times the algorithms with cuDNN. The output goes to a pool buffer, not to
 // the caller's tensor: with beta = 1 the forward's y holds the residual that
 // the real call adds. The workspace offered is the largest that any allowed
 // algorithm of the heuristic ranking asks for within the limit, so the
 // search neither skips a usable algorithm nor reserves memory none needs.
-static int rank_exhaustive(st_cuda_backend *cu, const conv_entry *e,
-                           const conv_ptrs *ptrs, algo_candidate *out,
-                           int *count) {
+static int search_algorithms(st_cuda_backend *cu, const conv_entry *e,
+                             const conv_ptrs *ptrs, algo_candidate *out,
+                             int *count) {
   algo_candidate ranked[ST_CUDA_CONV_MAX_ALGOS];
   int nranked = 0;
   int rc = rank_heuristic(cu, e, ranked, &nranked);
@@ -398,6 +468,31 @@ static int rank_exhaustive(st_cuda_backend *cu, const conv_entry *e,
     st__cuda_pool_release(cu, ws);
   if (out_tmp)
     st__cuda_pool_release(cu, out_tmp);
+  if (!rc)
+    cu->algo_searches++;
+  return rc;
+}
+
+// The exhaustive ranking of an entry: the process's stored one when this
+// device has timed the shape before under the same determinism, else a
+// search, stored for the contexts after it. The lock is held through the
+// search so that two contexts never time at once, and a context waiting for
+// it finds the ranking stored when it gets it.
+static int rank_exhaustive(st_cuda_backend *cu, const conv_entry *e,
+                           const conv_ptrs *ptrs, algo_candidate *out,
+                           int *count) {
+  pthread_mutex_lock(&shared_rankings.lock);
+  const shared_ranking *r = shared_lookup(cu, e);
+  int rc = ST_OK;
+  if (r) {
+    memcpy(out, r->ranked, (size_t)r->count * sizeof *out);
+    *count = r->count;
+  } else {
+    rc = search_algorithms(cu, e, ptrs, out, count);
+    if (!rc)
+      shared_store(cu, e, out, *count);
+  }
+  pthread_mutex_unlock(&shared_rankings.lock);
   return rc;
 }
 
@@ -441,8 +536,7 @@ static void log_choice(const st_cuda_backend *cu, const conv_entry *e,
           (long long)k->h, (long long)k->w, (long long)k->cout,
           (long long)(k->cin / k->groups), (long long)k->kh, (long long)k->kw,
           (long long)k->stride[0], (long long)k->pad[0], (long long)k->pad[1],
-          ranked[chosen].algo, chosen, (double)ranked[chosen].time_ms,
-          ranking);
+          ranked[chosen].algo, chosen, (double)ranked[chosen].time_ms, ranking);
 }
 
 // Picks the algorithm of a freshly described entry and makes the shared

@@ -88,6 +88,9 @@ typedef struct st_cuda_backend {
   /* Bumped whenever scratch or the convolution workspace moves: a graph
    * recorded before uses the old block and must not be launched. */
   int64_t buffers_epoch;
+  /* cuDNN algorithm searches this context ran (exhaustive mode, shapes the
+   * process had not ranked yet). */
+  int64_t algo_searches;
 } st_cuda_backend;
 
 static inline st_cuda_backend *st__cuda(st_backend *be) {
