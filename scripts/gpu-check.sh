@@ -127,7 +127,7 @@ JSON
   timeout 200 "$loadgen" --server "127.0.0.1:$port" --input "$out/clip720.mkv" --fps 30 \
     --stride-policy fixed:8 --concurrency-sweep 1,4,16,32,64,128 --duration 8 --drain 5 \
     --json "$out/sweep.json" >"$out/sweep.txt" 2>&1 || say "loadgen sweep: FAILED (see sweep.txt)"
-  kill -TERM "$sweep_pid" 2>/dev/null; wait "$sweep_pid" 2>/dev/null || true
+  kill -TERM "$sweep_pid" 2>/dev/null || true; wait "$sweep_pid" 2>/dev/null || true
   rm -f "$out/clip720.mkv"
   [ -f "$out/sweep.json" ] && python3 - "$out/sweep.json" <<'PY' | tee -a "$summary"
 import json, sys
@@ -151,14 +151,18 @@ say "== benchmark ${height}x${width}, $iters iterations"
 bench_args=(--config config/student.json --height "$height" --width "$width" --iters "$iters")
 # cuDNN's heuristic (the default) and the exhaustive search (what PyTorch
 # does with cudnn.benchmark, its setting in the comparison below).
-"$tool" bench --backend cuda "${bench_args[@]}" | tee "$out/bench_cuda.txt" | tee -a "$summary"
-"$tool" bench --backend cuda --conv-search exhaustive "${bench_args[@]}" \
-  | tee "$out/bench_cuda_exhaustive.txt" | tee -a "$summary"
-"$tool" bench --backend cuda --conv-search exhaustive --full "${bench_args[@]}" \
-  | tee "$out/bench_cuda_full.txt" | tee -a "$summary"
+# A failed run is reported and the others still run (set -e would stop
+# the whole check at the first one).
+bench() {
+  local file=$1; shift
+  "$tool" bench --backend cuda "$@" "${bench_args[@]}" | tee "$out/$file" | tee -a "$summary" ||
+    { say "bench ${*:-(heuristic)}: FAILED (see $file)"; failed=1; }
+}
+bench bench_cuda.txt
+bench bench_cuda_exhaustive.txt --conv-search exhaustive
+bench bench_cuda_full.txt --conv-search exhaustive --full
 # The same without CUDA graphs: what the recordings save.
-"$tool" bench --backend cuda --conv-search exhaustive --no-graphs "${bench_args[@]}" \
-  | tee "$out/bench_cuda_exhaustive_nographs.txt" | tee -a "$summary"
+bench bench_cuda_exhaustive_nographs.txt --conv-search exhaustive --no-graphs
 
 torch_ok=$(python3 -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
 if [ "$torch_ok" = 1 ]; then
@@ -167,11 +171,11 @@ if [ "$torch_ok" = 1 ]; then
   # PyTorch's default (cuDNN heuristic) and cudnn.benchmark (search).
   for mode in infer distill; do
     python3 bench/torch_student_bench.py "$mode" --device cuda --height "$height" --width "$width" --iters "$iters" \
-      | tee "$out/torch_$mode.txt" | tee -a "$summary"
+      | tee "$out/torch_$mode.txt" | tee -a "$summary" || say "PyTorch $mode: FAILED"
     python3 bench/torch_student_bench.py "$mode" --device cuda --cudnn-benchmark --height "$height" --width "$width" --iters "$iters" \
-      | tee "$out/torch_${mode}_benchmark.txt" | tee -a "$summary"
+      | tee "$out/torch_${mode}_benchmark.txt" | tee -a "$summary" || say "PyTorch $mode (cudnn.benchmark): FAILED"
   done
-  python3 - "$out" <<'PY' | tee -a "$summary"
+  python3 - "$out" <<'PY' | tee -a "$summary" || say "ratios: not computed (a run above failed)"
 import json, sys
 out = sys.argv[1]
 def last_json(path):
@@ -206,5 +210,5 @@ PY
 else
   say "PyTorch with CUDA not present: no PyTorch comparison"
 fi
-if [ "$failed" = 1 ]; then say "== some tests FAILED (see tests.log)"; exit 1; fi
-say "== all tests passed"
+if [ "$failed" = 1 ]; then say "== some checks FAILED (logs in $out)"; exit 1; fi
+say "== all checks passed"

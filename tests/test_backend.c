@@ -1,6 +1,8 @@
 /* Backend contexts as the server uses them: steady state without
  * allocations, two contexts driven from two threads at once giving the
- * results of serial runs, and events ordering work across contexts. Every
+ * results of serial runs (with cuDNN's heuristic, and with exhaustive
+ * searches shared by the process), and events ordering work across
+ * contexts. Every
  * test runs on every backend. */
 #include <pthread.h>
 #include <stdio.h>
@@ -14,12 +16,12 @@ static const char *const inputs[2] = {"student_37x59.safetensors",
                                       "student_45x83.safetensors"};
 
 typedef struct job {
-  st_backend *be;      /* context the job runs on (borrowed) */
-  const char *input;   /* fixture with image, label, weight */
-  st_tensor logits;    /* host copy of the logits after two steps */
-  float losses[2];     /* losses of the two steps */
-  int rc;              /* first failure, ST_OK otherwise */
-  char detail[256];    /* its detail line */
+  st_backend *be;    /* context the job runs on (borrowed) */
+  const char *input; /* fixture with image, label, weight */
+  st_tensor logits;  /* host copy of the logits after two steps */
+  float losses[2];   /* losses of the two steps */
+  int rc;            /* first failure, ST_OK otherwise */
+  char detail[256];  /* its detail line */
 } job;
 
 /* Forward, two Adam steps, forward again: everything a key frame does. */
@@ -32,8 +34,8 @@ static void *job_run(void *arg) {
   st_student_options_default(&o);
   int rc = st_student_new(j->be, &o, &s);
   if (!rc)
-    rc = st_safetensors_open(st_test_fixture_path("student_weights.safetensors"),
-                             &w);
+    rc = st_safetensors_open(
+        st_test_fixture_path("student_weights.safetensors"), &w);
   if (!rc)
     rc = st_student_load(s, w, "student_weights.safetensors");
   if (!rc)
@@ -52,8 +54,7 @@ static void *job_run(void *arg) {
   if (!rc)
     rc = st_student_forward(s, &image, &logits);
   if (!rc)
-    rc = st_tensor_alloc(NULL, &j->logits, ST_F32, logits->ndim,
-                         logits->shape);
+    rc = st_tensor_alloc(NULL, &j->logits, ST_F32, logits->ndim, logits->shape);
   if (!rc)
     rc = st_backend_sync(j->be);
   if (!rc)
@@ -76,26 +77,14 @@ static void assert_job_ok(const job *j) {
     fail_msg("%s: %s: %s", j->input, st_strerror(j->rc), j->detail);
 }
 
-static void test_two_contexts_two_threads(void **state) {
-  st_backend *be = st_test_backend(state);
-  st_backend_options opts = {.kind = st_backend_get_kind(be),
-                             .deterministic = 1};
-  /* Serial runs on the test's context. */
-  job serial[2];
-  memset(serial, 0, sizeof serial);
-  for (int i = 0; i < 2; i++) {
-    serial[i].be = be;
-    serial[i].input = inputs[i];
-    job_run(&serial[i]);
-    assert_job_ok(&serial[i]);
-  }
-  /* The same jobs at once, each on its own context and thread. */
+/* The two jobs on two fresh contexts with `opts`, each on its own thread,
+ * at once. Returns the algorithm searches the two contexts ran. */
+static int64_t run_parallel(const st_backend_options *opts, job par[2]) {
   st_backend *ctx[2] = {NULL, NULL};
-  job par[2];
-  memset(par, 0, sizeof par);
+  memset(par, 0, 2 * sizeof *par);
   pthread_t th[2];
   for (int i = 0; i < 2; i++) {
-    ST_ASSERT_OK(st_backend_new(&opts, &ctx[i]));
+    ST_ASSERT_OK(st_backend_new(opts, &ctx[i]));
     par[i].be = ctx[i];
     par[i].input = inputs[i];
   }
@@ -103,8 +92,32 @@ static void test_two_contexts_two_threads(void **state) {
     assert_int_equal(pthread_create(&th[i], NULL, job_run, &par[i]), 0);
   for (int i = 0; i < 2; i++)
     assert_int_equal(pthread_join(th[i], NULL), 0);
+  int64_t searches = 0;
   for (int i = 0; i < 2; i++) {
     assert_job_ok(&par[i]);
+    st_backend_stats st;
+    st_backend_get_stats(ctx[i], &st);
+    searches += st.algo_searches;
+    st_backend_free(ctx[i]);
+    par[i].be = NULL;
+  }
+  return searches;
+}
+
+/* The two jobs one after the other on `be`. */
+static void run_serial(st_backend *be, job serial[2]) {
+  memset(serial, 0, 2 * sizeof *serial);
+  for (int i = 0; i < 2; i++) {
+    serial[i].be = be;
+    serial[i].input = inputs[i];
+    job_run(&serial[i]);
+    assert_job_ok(&serial[i]);
+  }
+}
+
+/* Parallel results equal serial ones bit for bit; frees both. */
+static void assert_jobs_equal(job par[2], job serial[2]) {
+  for (int i = 0; i < 2; i++) {
     assert_memory_equal(par[i].losses, serial[i].losses,
                         sizeof serial[i].losses);
     assert_int_equal(st_tensor_nbytes(&par[i].logits),
@@ -113,8 +126,43 @@ static void test_two_contexts_two_threads(void **state) {
                         st_tensor_nbytes(&serial[i].logits));
     st_tensor_free(&par[i].logits);
     st_tensor_free(&serial[i].logits);
-    st_backend_free(ctx[i]);
   }
+}
+
+static void test_two_contexts_two_threads(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_backend_options opts = {.kind = st_backend_get_kind(be),
+                             .deterministic = 1};
+  job serial[2], par[2];
+  run_serial(be, serial);
+  run_parallel(&opts, par);
+  assert_jobs_equal(par, serial);
+}
+
+/* Exhaustive algorithm search from two threads at once: the CUDA contexts
+ * share the process's rankings (one search per shape, the other context
+ * waits for it and takes the result), so a context made afterwards runs no
+ * search and, taking the same deterministic algorithms, computes the same
+ * bits. */
+static void test_two_exhaustive_contexts_two_threads(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_backend_options opts = {.kind = st_backend_get_kind(be),
+                             .deterministic = 1,
+                             .conv_exhaustive = 1};
+  job serial[2], par[2];
+  const int64_t searched = run_parallel(&opts, par);
+  st_backend *after = NULL;
+  ST_ASSERT_OK(st_backend_new(&opts, &after));
+  run_serial(after, serial);
+  st_backend_stats st;
+  st_backend_get_stats(after, &st);
+  st_backend_free(after);
+  if (opts.kind == ST_BACKEND_CUDA && searched == 0)
+    fail_msg("the first exhaustive contexts of this process ran no search");
+  if (st.algo_searches != 0)
+    fail_msg("a later context searched %lld shapes again",
+             (long long)st.algo_searches);
+  assert_jobs_equal(par, serial);
 }
 
 static void test_steady_state_allocates_nothing(void **state) {
@@ -281,6 +329,7 @@ static void test_graph_records_and_replays(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_two_contexts_two_threads),
+      cmocka_unit_test(test_two_exhaustive_contexts_two_threads),
       cmocka_unit_test(test_steady_state_allocates_nothing),
       cmocka_unit_test(test_event_orders_contexts),
       cmocka_unit_test(test_graph_records_and_replays),
