@@ -5,12 +5,17 @@
  * contexts. Every
  * test runs on every backend. */
 #include <pthread.h>
+#include <spawn.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "models/student.h"
 #include "testutil.h"
+
+extern char **environ;
 
 static const char *const inputs[2] = {"student_37x59.safetensors",
                                       "student_45x83.safetensors"};
@@ -326,13 +331,84 @@ static void test_graph_records_and_replays(void **state) {
   st_tensor_free(&y);
 }
 
-int main(void) {
+/* Run as `test_backend --lose-cuda-device` (a process of its own: the
+ * fault below poisons every CUDA context of the process): a kernel writing
+ * to an unmapped device address must surface as a failed call, and
+ * st_backend_check must then report the device lost. Exits 0 when it does;
+ * other codes name the step that went otherwise. */
+#define LOSE_DEVICE_FLAG "--lose-cuda-device"
+static int lose_device_child(void) {
+  st_backend_options opts = {.kind = ST_BACKEND_CUDA};
+  st_backend *be = NULL;
+  if (st_backend_new(&opts, &be))
+    return 3;
+  if (st_backend_check(be) != ST_OK)
+    return 4;
+  st_tensor bogus = {.data = (void *)(uintptr_t)16,
+                     .shape = {1 << 20},
+                     .ndim = 1,
+                     .dtype = ST_F32,
+                     .backend = be,
+                     .owns = 0};
+  for (int i = 1; i < ST_MAX_DIMS; i++)
+    bogus.shape[i] = 1;
+  int rc = st_fill(be, &bogus, 1.0f);
+  if (!rc)
+    rc = st_backend_sync(be);
+  if (rc == ST_OK)
+    return 5;
+  if (st_backend_check(be) != ST_ENODEV)
+    return 6;
+  if (!strstr(st_error_detail(), "lost"))
+    return 7;
+  fprintf(stderr, "child: %s\n", st_error_detail());
+  /* The context is not freed: nothing can be released on a lost device. */
+  return 0;
+}
+
+static void test_check_tells_a_lost_device(void **state) {
+  st_backend *be = st_test_backend(state);
+  ST_ASSERT_OK(st_backend_check(be));
+  /* A refused call leaves the context usable. */
+  const int64_t s3[1] = {3}, s4[1] = {4};
+  st_tensor a, b, y;
+  ST_ASSERT_OK(st_tensor_alloc(be, &a, ST_F32, 1, s3));
+  ST_ASSERT_OK(st_tensor_alloc(be, &b, ST_F32, 1, s4));
+  ST_ASSERT_OK(st_tensor_alloc(be, &y, ST_F32, 1, s3));
+  assert_int_equal(st_add(be, &a, &b, &y), ST_ESHAPE);
+  ST_ASSERT_OK(st_backend_check(be));
+  ST_ASSERT_OK(st_fill(be, &a, 1.0f));
+  ST_ASSERT_OK(st_backend_sync(be));
+  ST_ASSERT_OK(st_backend_check(be));
+  st_tensor_free(&a);
+  st_tensor_free(&b);
+  st_tensor_free(&y);
+  if (st_backend_get_kind(be) != ST_BACKEND_CUDA)
+    return; /* the CPU has no device to lose */
+  char *argv[] = {"/proc/self/exe", LOSE_DEVICE_FLAG, NULL};
+  pid_t pid;
+  assert_int_equal(
+      posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ), 0);
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    fail_msg("the faulting child ended with %s %d (3: no context, 4: check "
+             "failed at once, 5: the fault went unseen, 6: check did not "
+             "say ST_ENODEV, 7: no reason given)",
+             WIFEXITED(status) ? "status" : "signal",
+             WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+}
+
+int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], LOSE_DEVICE_FLAG) == 0)
+    return lose_device_child();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_two_contexts_two_threads),
       cmocka_unit_test(test_two_exhaustive_contexts_two_threads),
       cmocka_unit_test(test_steady_state_allocates_nothing),
       cmocka_unit_test(test_event_orders_contexts),
       cmocka_unit_test(test_graph_records_and_replays),
+      cmocka_unit_test(test_check_tells_a_lost_device),
   };
   return st_test_run_on_backends("backend", tests,
                                  sizeof tests / sizeof tests[0]);

@@ -104,6 +104,16 @@ int st_backend_sync(st_backend *be) {
   return rc || !be->ops->sync ? rc : be->ops->sync(be);
 }
 
+int st_backend_check(st_backend *be) {
+  if (backend_bind(be)) {
+    /* The detail line is the buffer st_error_set writes: copy it first. */
+    char why[256];
+    snprintf(why, sizeof why, "%s", st_error_detail());
+    return st_error_set(ST_ENODEV, "%s: device lost: %s", be->ops->name, why);
+  }
+  return be->ops->check ? be->ops->check(be) : ST_OK;
+}
+
 void st_backend_flush_subnormals(st_backend *be) {
   if (be->ops->flush_subnormals)
     be->ops->flush_subnormals(be);

@@ -65,6 +65,13 @@ int st_tensor_download(st_backend *be, const st_tensor *src, void *host,
                        size_t bytes);
 /* Waits for all work queued on the context. */
 int st_backend_sync(st_backend *be);
+/* Whether the context can still run work, without waiting for it: ST_OK,
+ * or ST_ENODEV with the reason when its device is lost to this process
+ * (CUDA: a kernel fault or another sticky error, after which every call
+ * fails until the process restarts). Called after a failed job, it tells a
+ * bad input or a full device, after which the next job may succeed, from a
+ * dead device, after which none will. */
+int st_backend_check(st_backend *be);
 /* Makes the threads that run this context's ops on the calling thread's
  * behalf flush subnormal floats to zero (results and inputs), for work
  * whose numbers have no use for values below FLT_MIN (a teacher's

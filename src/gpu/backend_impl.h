@@ -23,6 +23,9 @@ typedef struct st_backend_ops {
    * wrappers call it before every other slot, so a context can be driven
    * from any thread on a machine with several GPUs */
   int (*bind)(st_backend *be);
+  /* optional: ST_OK while the context can still run work, else ST_ENODEV
+   * with the reason (st_backend_check; absent: always ST_OK) */
+  int (*check)(st_backend *be);
   /* optional: flush subnormal floats to zero on the threads that run this
    * context's ops (st_backend_flush_subnormals; absent: nothing to do) */
   void (*flush_subnormals)(st_backend *be);

@@ -1015,8 +1015,11 @@ static int http_handler(void *data, const char *path, st_http_response *r) {
     r->content_type = "text/plain; version=0.0.4; charset=utf-8";
     return st_metrics_render(srv->metrics, &r->body, &r->body_len);
   }
-  if (strcmp(path, "/healthz") == 0)
-    return text_body(r, 200, "ok\n");
+  if (strcmp(path, "/healthz") == 0) {
+    const int healthy = st_workers_healthy(srv->workers);
+    return text_body(r, healthy ? 200 : 503,
+                     healthy ? "ok\n" : "device lost\n");
+  }
   if (strcmp(path, "/readyz") == 0) {
     int ready = !srv->draining && st_workers_ready(srv->workers);
     return text_body(r, ready ? 200 : 503, ready ? "ready\n" : "not ready\n");

@@ -248,6 +248,8 @@ struct st_workers {
   int loaded;                    /* workers that finished loading */
   int load_failed;               /* first load failure code */
   char load_detail[ST_JOB_DETAIL_BYTES];
+  int device_lost;               /* ST_ENODEV once a context is lost */
+  char lost_detail[ST_JOB_DETAIL_BYTES];
   int count;
   worker *workers;
 };
@@ -576,15 +578,54 @@ static int run_offload(worker *w, st_job *job) {
   return rc;
 }
 
+/* After a failed job: when one of the worker's contexts can no longer run
+ * anything (a CUDA kernel fault is sticky for the whole process), the pool
+ * is marked lost, once, with one error line: from then on every job fails
+ * at once with ST_ENODEV and /healthz and /readyz answer 503, so that a
+ * supervisor restarts the server instead of clients being served errors. */
+static void worker_check_device(worker *w) {
+  st_workers *p = w->pool;
+  st_backend *ctx[2] = {w->teacher_be, w->student_be};
+  for (int i = 0; i < 2; i++) {
+    if (!ctx[i] || st_backend_check(ctx[i]) == ST_OK)
+      continue;
+    pthread_mutex_lock(&p->mu);
+    const int first = !p->device_lost;
+    if (first) {
+      p->device_lost = ST_ENODEV;
+      snprintf(p->lost_detail, sizeof p->lost_detail, "worker %d: %s",
+               w->index, st_error_detail());
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (first)
+      st_log(ST_LOG_ERROR, "event=device_lost %s", p->lost_detail);
+    return;
+  }
+}
+
+/* The pool's loss, as a job's status (ST_OK while the device is fine). */
+static int device_lost(st_workers *p) {
+  pthread_mutex_lock(&p->mu);
+  int rc = p->device_lost;
+  if (rc)
+    st_error_set(rc, "%s", p->lost_detail);
+  pthread_mutex_unlock(&p->mu);
+  return rc;
+}
+
 static void worker_run_job(worker *w, st_job *job) {
   job->timing.queue_ms = ms_since(job->enqueued_ns);
   st_metrics_observe_ms(w->pool->metrics, ST_STAGE_QUEUE, job->timing.queue_ms);
   st_error_clear();
-  int rc = job->kind == ST_JOB_KEYFRAME ? run_keyframe(w, job)
-                                        : run_offload(w, job);
+  int rc = device_lost(w->pool);
+  if (!rc)
+    rc = job->kind == ST_JOB_KEYFRAME ? run_keyframe(w, job)
+                                      : run_offload(w, job);
   job->status = rc;
   if (rc) {
     snprintf(job->detail, sizeof job->detail, "%s", st_error_detail());
+    if (rc != ST_ENODEV)
+      worker_check_device(w);
     free(job->reply);
     job->reply = NULL;
     job->reply_len = 0;
@@ -732,9 +773,17 @@ int st_workers_wait_ready(st_workers *p) {
 int st_workers_ready(const st_workers *p) {
   st_workers *mp = (st_workers *)p;
   pthread_mutex_lock(&mp->mu);
-  int ready = p->loaded == p->count && !p->load_failed;
+  int ready = p->loaded == p->count && !p->load_failed && !p->device_lost;
   pthread_mutex_unlock(&mp->mu);
   return ready;
+}
+
+int st_workers_healthy(const st_workers *p) {
+  st_workers *mp = (st_workers *)p;
+  pthread_mutex_lock(&mp->mu);
+  int healthy = !p->device_lost;
+  pthread_mutex_unlock(&mp->mu);
+  return healthy;
 }
 
 void st_workers_submit(st_workers *p, st_job *job) {

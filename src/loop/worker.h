@@ -126,6 +126,10 @@ int st_workers_start(uv_loop_t *loop, const st_server_config *cfg,
  * the first failure (detail line included). Called before serving. */
 int st_workers_wait_ready(st_workers *w);
 int st_workers_ready(const st_workers *w);
+/* 0 once a worker found its compute device lost (st_backend_check after a
+ * failed job): the process can no longer compute and should be restarted;
+ * every job fails at once with ST_ENODEV from then on. */
+int st_workers_healthy(const st_workers *w);
 /* Queues a job (loop thread). */
 void st_workers_submit(st_workers *w, st_job *job);
 /* Jobs queued or running. */

@@ -343,6 +343,21 @@ static int cuda_bind(st_backend *be) {
   return ST_OK;
 }
 
+// A kernel fault (illegal address, assertion, ...) is sticky: it poisons
+// the process's CUDA context and every later call returns it, which
+// cudaStreamQuery reports without waiting. A healthy stream answers
+// cudaSuccess (idle) or cudaErrorNotReady (busy).
+static int cuda_check(st_backend *be) {
+  const cudaError_t e = cudaStreamQuery(st__cuda(be)->stream);
+  if (e == cudaSuccess || e == cudaErrorNotReady)
+    return ST_OK;
+  return st_error_set(ST_ENODEV,
+                      "cuda device %d lost: %s (%s); every later CUDA call "
+                      "in this process fails, restart it",
+                      st__cuda(be)->device, cudaGetErrorName(e),
+                      cudaGetErrorString(e));
+}
+
 static void cuda_stats(const st_backend *be, st_backend_stats *out) {
   const st_cuda_pool *p = ((const st_cuda_backend *)be)->pool;
   out->alloc_calls = p->device_alloc_calls;
@@ -409,6 +424,7 @@ static st_backend_ops make_ops(void) {
   o.download = cuda_download;
   o.sync = cuda_sync;
   o.bind = cuda_bind;
+  o.check = cuda_check;
   o.stats = cuda_stats;
   o.event_new = cuda_event_new;
   o.event_record = cuda_event_record;
