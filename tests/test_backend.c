@@ -1,9 +1,9 @@
 /* Backend contexts as the server uses them: steady state without
  * allocations, two contexts driven from two threads at once giving the
  * results of serial runs (with cuDNN's heuristic, and with exhaustive
- * searches shared by the process), and events ordering work across
- * contexts. Every
- * test runs on every backend. */
+ * searches shared by the process), events ordering work across contexts,
+ * and a lost device told from a refused call. Every test runs on every
+ * backend. */
 #include <pthread.h>
 #include <spawn.h>
 #include <stdint.h>

@@ -248,7 +248,7 @@ struct st_workers {
   int loaded;                    /* workers that finished loading */
   int load_failed;               /* first load failure code */
   char load_detail[ST_JOB_DETAIL_BYTES];
-  int device_lost;               /* ST_ENODEV once a context is lost */
+  int device_lost;               /* 1 once a worker's context is lost */
   char lost_detail[ST_JOB_DETAIL_BYTES];
   int count;
   worker *workers;
@@ -592,7 +592,7 @@ static void worker_check_device(worker *w) {
     pthread_mutex_lock(&p->mu);
     const int first = !p->device_lost;
     if (first) {
-      p->device_lost = ST_ENODEV;
+      p->device_lost = 1;
       snprintf(p->lost_detail, sizeof p->lost_detail, "worker %d: %s",
                w->index, st_error_detail());
     }
@@ -603,12 +603,12 @@ static void worker_check_device(worker *w) {
   }
 }
 
-/* The pool's loss, as a job's status (ST_OK while the device is fine). */
+/* The pool's loss, as a job's status: ST_ENODEV with the cause, or ST_OK
+ * while the device is fine. */
 static int device_lost(st_workers *p) {
   pthread_mutex_lock(&p->mu);
-  int rc = p->device_lost;
-  if (rc)
-    st_error_set(rc, "%s", p->lost_detail);
+  int rc = p->device_lost ? st_error_set(ST_ENODEV, "%s", p->lost_detail)
+                          : ST_OK;
   pthread_mutex_unlock(&p->mu);
   return rc;
 }

@@ -22,10 +22,10 @@
 // ST_CUDA_CONV_MAX_WORKSPACE_BYTES.
 //
 // Exhaustive rankings are kept for the whole process, by device, shape and
-// determinism: a server makes a context per client, and without this every
-// new client would time every algorithm again (host-blocking, tens of
-// milliseconds per shape at video sizes) and, from several worker threads at
-// once, time them against each other. One lock serialises the searches; a
+// determinism: a server makes a context pair per worker, and without this
+// every new context would time every algorithm again (host-blocking, a few
+// hundred milliseconds per shape at video sizes) and, from several worker
+// threads at once, time them against each other. One lock serialises the searches; a
 // context that finds the shape already ranked takes that ranking and runs no
 // search (st_backend_stats.algo_searches counts the searches a context ran).
 //
