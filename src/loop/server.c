@@ -596,6 +596,12 @@ static void on_hello(session *s, const st_msg_hello *h) {
     session_error(s, ST_ESHUTDOWN, 1, "server is shutting down");
     return;
   }
+  if (!st_workers_healthy(srv->workers)) {
+    session_error(s, ST_ENODEV, 1,
+                  "this server's compute device is lost (it awaits a "
+                  "restart)");
+    return;
+  }
   s->width = h->width;
   s->height = h->height;
   s->encodings = h->encodings;

@@ -618,13 +618,14 @@ static void worker_run_job(worker *w, st_job *job) {
   st_metrics_observe_ms(w->pool->metrics, ST_STAGE_QUEUE, job->timing.queue_ms);
   st_error_clear();
   int rc = device_lost(w->pool);
-  if (!rc)
+  const int refused = rc != ST_OK; /* the pool's loss, already known */
+  if (!refused)
     rc = job->kind == ST_JOB_KEYFRAME ? run_keyframe(w, job)
                                       : run_offload(w, job);
   job->status = rc;
   if (rc) {
     snprintf(job->detail, sizeof job->detail, "%s", st_error_detail());
-    if (rc != ST_ENODEV)
+    if (!refused)
       worker_check_device(w);
     free(job->reply);
     job->reply = NULL;

@@ -85,8 +85,21 @@ def apply_update(weights, upd):
     return weights
 
 
+def expect_error(test, sock, code, fatal=True):
+    """The next message is an error with this code; a fatal one is followed
+    by the server closing the connection."""
+    m = recv_msg(sock)
+    test.assertEqual(m["type"], "error", m)
+    test.assertEqual(m["code"], code, m)
+    test.assertEqual(m["fatal"], fatal, m)
+    if fatal:  # the server closes after flushing the error
+        sock.settimeout(5)
+        test.assertEqual(sock.recv(1), b"")
+    return m
+
+
 class Server:
-    def __init__(self, **overrides):
+    def __init__(self, env=None, **overrides):
         self.dir = tempfile.TemporaryDirectory()
         self.port = free_port()
         self.metrics_port = free_port()
@@ -117,7 +130,8 @@ class Server:
         with open(self.config_path, "w") as f:
             json.dump(cfg, f)
         self.log = open(os.path.join(self.dir.name, "server.log"), "w+")
-        env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+        env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive",
+                   **(env or {}))
         self.proc = subprocess.Popen([SERVER, "--config", self.config_path],
                                      stderr=self.log, env=env)
         deadline = time.time() + 60
@@ -207,14 +221,7 @@ class ProtocolTest(unittest.TestCase):
         cls.srv.stop()
 
     def expect_error(self, sock, code, fatal=True):
-        m = recv_msg(sock)
-        self.assertEqual(m["type"], "error", m)
-        self.assertEqual(m["code"], code, m)
-        self.assertEqual(m["fatal"], fatal, m)
-        if fatal:  # the server closes after flushing the error
-            sock.settimeout(5)
-            self.assertEqual(sock.recv(1), b"")
-        return m
+        return expect_error(self, sock, code, fatal)
 
     def test_handshake_model_and_updates(self):
         s = self.srv.connect()
@@ -755,6 +762,60 @@ def wait_metric(srv, name, value, timeout=30):
             return
         time.sleep(0.02)
     raise AssertionError("%s never reached %s" % (name, value))
+
+
+class DeviceLostTest(unittest.TestCase):
+    """A compute device that dies under a running server. Fault injection
+    (src/gpu/backend.c): with ST_TEST_LOSE_DEVICE=PATH, once PATH exists
+    every backend call fails as after a CUDA kernel fault, and the contexts'
+    check says the device is lost."""
+
+    def test_lost_device_fails_jobs_refuses_clients_and_health(self):
+        with tempfile.TemporaryDirectory() as d:
+            marker = os.path.join(d, "lost")
+            srv = Server(env={"ST_TEST_LOSE_DEVICE": marker})
+            try:
+                a, b = srv.connect(), srv.connect()
+                for sock, name in ((a, "a"), (b, "b")):
+                    self.assertEqual(hello(sock, name)["type"], "welcome")
+                    self.assertEqual(recv_msg(sock)["type"], "model")
+                a.sendall(keyframe(1, 0, test_frame(1)))
+                self.assertEqual(recv_msg(a)["type"], "update")
+                self.assertEqual(srv.http("/healthz"), (200, "ok\n"))
+
+                open(marker, "w").close()
+                # The job that meets the fault fails with the op's error and
+                # ends its session; the worker finds the device lost.
+                a.sendall(keyframe(2, 1, test_frame(2)))
+                m = expect_error(self, a, "backend_error")
+                self.assertIn("injected device fault", m["message"])
+                self.assertEqual(srv.http("/healthz"), (503, "device lost\n"))
+                self.assertEqual(srv.http("/readyz")[0], 503)
+                # The state is sticky: the marker going away cures nothing,
+                # as a CUDA context cannot recover from a kernel fault.
+                os.unlink(marker)
+                # A session opened before the loss: refused at once.
+                b.sendall(keyframe(1, 0, test_frame(3)))
+                m = expect_error(self, b, "no_device")
+                self.assertIn("device lost", m["message"])
+                # A new client is refused at its hello.
+                c = srv.connect()
+                m = hello(c, "c")
+                self.assertEqual((m["type"], m["code"], m["fatal"]),
+                                 ("error", "no_device", True), m)
+                c.close()
+                self.assertEqual(srv.http("/healthz")[0], 503)
+                self.assertEqual(
+                    srv.metric('shadowtutor_errors_total{code="no_device"}'), 2)
+                self.assertEqual(
+                    srv.metric('shadowtutor_errors_total{code="backend_error"}'),
+                    1)
+                self.assertEqual(srv.log_text().count("event=device_lost"), 1)
+                self.assertIn("cpu: device lost", srv.log_text())
+                a.close()
+                b.close()
+            finally:
+                srv.stop()
 
 
 class LifecycleTest(unittest.TestCase):
