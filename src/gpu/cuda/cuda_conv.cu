@@ -173,13 +173,15 @@ static __global__ void conv_bias_act_kernel(float *y, const float *bias,
 // db[c] = sum over n and the plane of dy[n, c, :]. One block per channel
 // (grid-strided over channels), ST_CUDA_BLOCK threads: each thread sums a
 // strided slice in a fixed order, then a tree in shared memory adds the
-// partial sums, so the result does not depend on scheduling.
+// partial sums, so the result does not depend on scheduling. Sums are kept
+// in double (a 720p plane gives each thread ~3,600 terms, whose float sum
+// loses digits when the gradients cancel) and rounded once.
 static __global__ void conv_bias_grad_kernel(const float *dy, float *db,
                                              int64_t batch, int64_t channels,
                                              int64_t plane) {
-  __shared__ float partial[ST_CUDA_BLOCK];
+  __shared__ double partial[ST_CUDA_BLOCK];
   for (int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
-    float sum = 0.0f;
+    double sum = 0.0;
     for (int64_t n = 0; n < batch; n++) {
       const float *p = dy + (n * channels + c) * plane;
       for (int64_t j = threadIdx.x; j < plane; j += blockDim.x)
@@ -193,7 +195,7 @@ static __global__ void conv_bias_grad_kernel(const float *dy, float *db,
       __syncthreads();
     }
     if (threadIdx.x == 0)
-      db[c] = partial[0];
+      db[c] = (float)partial[0];
     // partial[] is rewritten for the next channel only after thread 0 read
     // partial[0].
     __syncthreads();
@@ -397,14 +399,26 @@ static struct {
   int next;  // slot written next
 } shared_rankings = {PTHREAD_MUTEX_INITIALIZER, {NULL}, 0, 0};
 
+// What a search times: the cuDNN problem alone. Bias, activation and the
+// residual are this file's own kernels (or a beta cuDNN applies to any
+// algorithm alike), so convolutions differing only in them share a ranking.
+static conv_key searched_key(const conv_key *k) {
+  conv_key s = *k;
+  s.has_bias = 0;
+  s.act = 0;
+  s.beta = 0;
+  return s;
+}
+
 // The stored ranking for a search of e by cu, or NULL. Lock held.
 static const shared_ranking *shared_lookup(const st_cuda_backend *cu,
                                            const conv_entry *e) {
+  const conv_key key = searched_key(&e->key);
   for (int i = 0; i < shared_rankings.count; i++) {
     const shared_ranking *r = shared_rankings.slot[i];
     if (r->device == cu->device &&
         r->deterministic == cu->base.opts.deterministic &&
-        memcmp(&r->key, &e->key, sizeof e->key) == 0)
+        memcmp(&r->key, &key, sizeof key) == 0)
       return r;
   }
   return NULL;
@@ -424,7 +438,7 @@ static void shared_store(const st_cuda_backend *cu, const conv_entry *e,
   }
   r->device = cu->device;
   r->deterministic = cu->base.opts.deterministic;
-  r->key = e->key;
+  r->key = searched_key(&e->key);
   r->count = count;
   memcpy(r->ranked, ranked, (size_t)count * sizeof *ranked);
   shared_rankings.next =
@@ -451,12 +465,6 @@ static int search_algorithms(st_cuda_backend *cu, const conv_entry *e,
         candidate_fits(cu, e, &ranked[i], &need) && need > ws_bytes)
       ws_bytes = need;
   }
-  // The search runs host-blocking; make sure the inputs that queued work is
-  // still producing are complete whichever stream cuDNN times on. (Not
-  // while recording a graph: the sequence then runs again unrecorded.)
-  if ((rc = st__cuda_refuse_while_recording(cu, "cuDNN algorithm search")))
-    return rc;
-  ST_CUDA_TRY(cudaStreamSynchronize(cu->stream));
   void *out_tmp = NULL, *ws = NULL;
   rc = st__cuda_pool_alloc(cu, (size_t)output_numel(&e->key) * sizeof(float),
                            &out_tmp);
@@ -477,13 +485,22 @@ static int search_algorithms(st_cuda_backend *cu, const conv_entry *e,
 // device has timed the shape before under the same determinism, else a
 // search, stored for the contexts after it. The lock is held through the
 // search so that two contexts never time at once, and a context waiting for
-// it finds the ranking stored when it gets it.
+// it finds the ranking stored when it gets it. A device too full for the
+// search's buffers gets the heuristic ranking (not stored: a later context
+// with room times the shape), whose cheaper algorithms may still fit.
 static int rank_exhaustive(st_cuda_backend *cu, const conv_entry *e,
                            const conv_ptrs *ptrs, algo_candidate *out,
                            int *count) {
+  // The search runs host-blocking; make sure the inputs that queued work is
+  // still producing are complete whichever stream cuDNN times on, before
+  // the lock, so that other contexts never wait for this one's stream.
+  // (Not while recording a graph: the sequence then runs again unrecorded.)
+  int rc = st__cuda_refuse_while_recording(cu, "cuDNN algorithm search");
+  if (rc)
+    return rc;
+  ST_CUDA_TRY(cudaStreamSynchronize(cu->stream));
   pthread_mutex_lock(&shared_rankings.lock);
   const shared_ranking *r = shared_lookup(cu, e);
-  int rc = ST_OK;
   if (r) {
     memcpy(out, r->ranked, (size_t)r->count * sizeof *out);
     *count = r->count;
@@ -493,6 +510,10 @@ static int rank_exhaustive(st_cuda_backend *cu, const conv_entry *e,
       shared_store(cu, e, out, *count);
   }
   pthread_mutex_unlock(&shared_rankings.lock);
+  if (rc == ST_ENOMEM) {
+    st_error_clear();
+    rc = rank_heuristic(cu, e, out, count);
+  }
   return rc;
 }
 

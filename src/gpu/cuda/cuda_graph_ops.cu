@@ -122,16 +122,24 @@ extern "C" int st__cuda_unary(st_backend *be, st_unary_kind kind, float alpha,
 // y[i] = a[oa(i)] (op) b[ob(i)], the offsets from decomposing i over the
 // reduced output extents. y may equal an operand of y's shape: that
 // operand's offset is i itself, read before the same thread writes it.
+// One reduced axis (equal shapes, or a scalar operand) needs no 64-bit
+// division, which the GPU runs as a software routine.
 static __global__ void binary_kernel(st_binary_kind kind, st__bcast_geom g,
                                      const float *a, const float *b, float *y,
                                      int64_t n) {
   for (int64_t i = ST_GRID_START; i < n; i += ST_GRID_STEP) {
-    int64_t rem = i, oa = 0, ob = 0;
-    for (int d = g.ndim - 1; d >= 0; d--) {
-      const int64_t idx = rem % g.shape[d];
-      rem /= g.shape[d];
-      oa += idx * g.sa[d];
-      ob += idx * g.sb[d];
+    int64_t oa = 0, ob = 0;
+    if (g.ndim == 1) {
+      oa = i * g.sa[0];
+      ob = i * g.sb[0];
+    } else {
+      int64_t rem = i;
+      for (int d = g.ndim - 1; d >= 0; d--) {
+        const int64_t idx = rem % g.shape[d];
+        rem /= g.shape[d];
+        oa += idx * g.sa[d];
+        ob += idx * g.sb[d];
+      }
     }
     const float av = a[oa], bv = b[ob];
     float out;
