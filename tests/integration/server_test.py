@@ -103,11 +103,12 @@ class Server:
         self.dir = tempfile.TemporaryDirectory()
         self.port = free_port()
         self.metrics_port = free_port()
+        # ST_TEST_BACKEND=cuda on a GPU machine (scripts/gpu-check.sh).
+        self.backend = os.environ.get("ST_TEST_BACKEND", "cpu")
         cfg = {
             "listen": {"host": "127.0.0.1", "port": self.port},
             "metrics": {"host": "127.0.0.1", "port": self.metrics_port},
-            # ST_TEST_BACKEND=cuda on a GPU machine (scripts/gpu-check.sh).
-            "backend": os.environ.get("ST_TEST_BACKEND", "cpu"),
+            "backend": self.backend,
             "workers": 1,
             "threads_per_worker": 1,
             "teacher": os.path.join(CONFIG_DIR, "teacher-small.json"),
@@ -811,7 +812,7 @@ class DeviceLostTest(unittest.TestCase):
                     srv.metric('shadowtutor_errors_total{code="backend_error"}'),
                     1)
                 self.assertEqual(srv.log_text().count("event=device_lost"), 1)
-                self.assertIn("cpu: device lost", srv.log_text())
+                self.assertIn("%s: device lost" % srv.backend, srv.log_text())
                 a.close()
                 b.close()
             finally:
