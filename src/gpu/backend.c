@@ -198,11 +198,19 @@ int st_graph_begin(st_backend *be) {
   return rc ? rc : be->ops->graph_begin(be);
 }
 
+/* The recording is always ended, even when the bind fails (an injected
+ * fault): a context left recording would record every later op and run
+ * none. */
 int st_graph_end(st_backend *be, st_graph **out) {
   *out = NULL;
   ST_TRY(graphs_supported(be));
   int rc = backend_bind(be);
-  return rc ? rc : be->ops->graph_end(be, out);
+  int end_rc = be->ops->graph_end(be, out);
+  if (rc && *out && be->ops->graph_free) {
+    be->ops->graph_free(be, *out);
+    *out = NULL;
+  }
+  return rc ? rc : end_rc;
 }
 
 int st_graph_valid(st_backend *be, const st_graph *g) {

@@ -346,9 +346,16 @@ static int cuda_bind(st_backend *be) {
 // A kernel fault (illegal address, assertion, ...) is sticky: it poisons
 // the process's CUDA context and every later call returns it, which
 // cudaStreamQuery reports without waiting. A healthy stream answers
-// cudaSuccess (idle) or cudaErrorNotReady (busy).
+// cudaSuccess (idle) or cudaErrorNotReady (busy), which the runtime also
+// leaves in the thread's last-error slot: cleared, or the next launch check
+// would report it. A stream being recorded is not queried (that would end
+// the capture).
 static int cuda_check(st_backend *be) {
+  if (st__cuda(be)->recording)
+    return ST_OK;
   const cudaError_t e = cudaStreamQuery(st__cuda(be)->stream);
+  if (e == cudaErrorNotReady)
+    (void)cudaGetLastError();
   if (e == cudaSuccess || e == cudaErrorNotReady)
     return ST_OK;
   return st_error_set(ST_ENODEV,
@@ -396,9 +403,12 @@ static int cuda_event_new(st_backend *be, st_event **out) {
   return ST_OK;
 }
 
+// Neither is recorded into a graph: a captured event would pull the
+// waiting stream into the capture (its work then never runs unrecorded).
 static int cuda_event_record(st_backend *be, st_event *ev) {
   if (ev->ops != cuda_ops_table())
     return st_error_set(ST_EINVAL, "event was not made by a CUDA context");
+  ST_TRY(st__cuda_refuse_while_recording(st__cuda(be), "event record"));
   ST_CUDA_TRY(cudaEventRecord(((cuda_event *)ev)->event, st__cuda(be)->stream));
   return ST_OK;
 }
@@ -406,6 +416,7 @@ static int cuda_event_record(st_backend *be, st_event *ev) {
 static int cuda_event_wait(st_backend *be, st_event *ev) {
   if (ev->ops != cuda_ops_table())
     return st_error_set(ST_EINVAL, "event was not made by a CUDA context");
+  ST_TRY(st__cuda_refuse_while_recording(st__cuda(be), "event wait"));
   ST_CUDA_TRY(cudaStreamWaitEvent(st__cuda(be)->stream,
                                   ((cuda_event *)ev)->event, 0));
   return ST_OK;

@@ -40,13 +40,18 @@ extern "C" {
 #define ST_CUDA_BLOCK 256
 
 /* Every CUDA and cuDNN call is checked; a failure names the call,
- * file and line and fails the op (and so the job), never the process. */
+ * file and line and fails the op (and so the job), never the process. The
+ * thread's last-error slot is cleared, so that a later launch check does
+ * not blame its kernel for this call (a sticky fault survives clearing and
+ * is still what st_backend_check finds). */
 #define ST_CUDA_TRY(call)                                                      \
   do {                                                                         \
     cudaError_t st__e = (call);                                                \
-    if (st__e != cudaSuccess)                                                  \
+    if (st__e != cudaSuccess) {                                                \
+      (void)cudaGetLastError();                                                \
       return st_error_set(ST_EBACKEND, "%s failed: %s (%s:%d)", #call,         \
                           cudaGetErrorString(st__e), __FILE__, __LINE__);      \
+    }                                                                          \
   } while (0)
 
 #define ST_CUDNN_TRY(call)                                                     \
