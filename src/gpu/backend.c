@@ -26,6 +26,29 @@ int st_backend_kind_from_name(const char *name, st_backend_kind *out) {
   return ST_OK;
 }
 
+/* Fault injection, for testing what a server does when its device dies:
+ * with ST_TEST_LOSE_DEVICE=PATH in the environment, every context of the
+ * process behaves as one whose device is lost from the moment a file PATH
+ * exists: each op, copy and wait fails with ST_EBACKEND, as a CUDA call
+ * after a kernel fault does, and st_backend_check says ST_ENODEV. Read once
+ * per process, when the first context is made; unset (always, outside
+ * tests), it costs one branch per op. */
+static pthread_once_t lose_device_once = PTHREAD_ONCE_INIT;
+static const char *lose_device_path;
+
+static void lose_device_init(void) {
+  const char *p = getenv("ST_TEST_LOSE_DEVICE");
+  lose_device_path = p && *p ? p : NULL;
+}
+
+static int injected_loss(const st_backend *be) {
+  struct stat sb;
+  if (!lose_device_path || stat(lose_device_path, &sb) != 0)
+    return ST_OK;
+  return st_error_set(ST_EBACKEND, "%s: injected device fault (%s exists)",
+                      be->ops->name, lose_device_path);
+}
+
 static int backend_cuda_new(const st_backend_options *opts, st_backend **out) {
 #ifdef ST_HAVE_CUDA
   return st__backend_cuda_new(opts, out);
@@ -38,6 +61,7 @@ static int backend_cuda_new(const st_backend_options *opts, st_backend **out) {
 
 int st_backend_new(const st_backend_options *opts, st_backend **out) {
   *out = NULL;
+  pthread_once(&lose_device_once, lose_device_init);
   switch (opts->kind) {
   case ST_BACKEND_CPU:
     return st__backend_cpu_new(opts, out);
@@ -65,29 +89,6 @@ st_backend_kind st_backend_get_kind(const st_backend *be) {
   return be->ops->kind;
 }
 int st_backend_is_host(const st_backend *be) { return be->ops->host_memory; }
-
-/* Fault injection, for testing what a server does when its device dies:
- * with ST_TEST_LOSE_DEVICE=PATH in the environment, every context of the
- * process behaves as one whose device is lost from the moment a file PATH
- * exists: each op, copy and wait fails with ST_EBACKEND, as a CUDA call
- * after a kernel fault does, and st_backend_check says ST_ENODEV. Read once
- * per process; unset (always, outside tests), it costs one branch per op. */
-static pthread_once_t lose_device_once = PTHREAD_ONCE_INIT;
-static const char *lose_device_path;
-
-static void lose_device_init(void) {
-  const char *p = getenv("ST_TEST_LOSE_DEVICE");
-  lose_device_path = p && *p ? p : NULL;
-}
-
-static int injected_loss(const st_backend *be) {
-  pthread_once(&lose_device_once, lose_device_init);
-  struct stat sb;
-  if (!lose_device_path || stat(lose_device_path, &sb) != 0)
-    return ST_OK;
-  return st_error_set(ST_EBACKEND, "%s: injected device fault (%s exists)",
-                      be->ops->name, lose_device_path);
-}
 
 /* Points the calling thread at the context's device (see the bind slot). */
 static int backend_bind(st_backend *be) {

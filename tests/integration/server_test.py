@@ -221,9 +221,6 @@ class ProtocolTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.srv.stop()
 
-    def expect_error(self, sock, code, fatal=True):
-        return expect_error(self, sock, code, fatal)
-
     def test_handshake_model_and_updates(self):
         s = self.srv.connect()
         w = hello(s)
@@ -387,7 +384,7 @@ class ProtocolTest(unittest.TestCase):
             with self.subTest(data=data[:24]):
                 s = self.srv.connect()
                 s.sendall(data)
-                self.expect_error(s, code)
+                expect_error(self, s, code)
                 s.close()
 
     def test_bad_frames_after_welcome(self):
@@ -399,7 +396,7 @@ class ProtocolTest(unittest.TestCase):
         s.sendall(frame_bytes({"type": "keyframe", "seq": 1, "frame_index": 0,
                                "encoding": "raw", "width": W, "height": H,
                                "data": img.tobytes()[:-1], "version": 0}))
-        self.expect_error(s, "bad_message")
+        expect_error(self, s, "bad_message")
         s = self.srv.connect()
         hello(s)
         recv_msg(s)
@@ -408,12 +405,12 @@ class ProtocolTest(unittest.TestCase):
                                "encoding": "raw", "width": W // 2,
                                "height": H, "data": img[:, :W // 2].tobytes(),
                                "version": 0}))
-        self.expect_error(s, "bad_message", fatal=False)
+        expect_error(self, s, "bad_message", fatal=False)
         # A JPEG that is not one: the job fails, the session ends.
         s.sendall(frame_bytes({"type": "keyframe", "seq": 2, "frame_index": 0,
                                "encoding": "jpeg", "width": W, "height": H,
                                "data": b"\xff\xd8garbage", "version": 0}))
-        self.expect_error(s, "bad_message")
+        expect_error(self, s, "bad_message")
 
     def test_slowloris_is_dropped(self):
         s = self.srv.connect()
@@ -424,7 +421,7 @@ class ProtocolTest(unittest.TestCase):
             if select.select([s], [], [], 0.2)[0]:
                 break
             s.sendall(bytes([b]))
-        self.expect_error(s, "timeout")
+        expect_error(self, s, "timeout")
         self.assertLess(time.time() - t0, 3.0)
 
     def test_idle_deadline(self):
@@ -432,13 +429,13 @@ class ProtocolTest(unittest.TestCase):
         hello(s)
         recv_msg(s)  # model
         t0 = time.time()
-        self.expect_error(s, "timeout")
+        expect_error(self, s, "timeout")
         self.assertGreater(time.time() - t0, 1.9)
 
     def test_handshake_deadline(self):
         s = self.srv.connect()
         t0 = time.time()
-        self.expect_error(s, "timeout")
+        expect_error(self, s, "timeout")
         self.assertGreater(time.time() - t0, 0.9)
 
     def test_metrics_connection_cap(self):

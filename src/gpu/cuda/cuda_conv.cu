@@ -481,6 +481,17 @@ static int search_algorithms(st_cuda_backend *cu, const conv_entry *e,
   return rc;
 }
 
+// Copies the stored ranking for e into out; 0 when there is none. Lock held.
+static int take_stored(const st_cuda_backend *cu, const conv_entry *e,
+                       algo_candidate *out, int *count) {
+  const shared_ranking *r = shared_lookup(cu, e);
+  if (!r)
+    return 0;
+  memcpy(out, r->ranked, (size_t)r->count * sizeof *out);
+  *count = r->count;
+  return 1;
+}
+
 // The exhaustive ranking of an entry: the process's stored one when this
 // device has timed the shape before under the same determinism, else a
 // search, stored for the contexts after it. The lock is held through the
@@ -493,13 +504,9 @@ static int rank_exhaustive(st_cuda_backend *cu, const conv_entry *e,
                            int *count) {
   // A stored ranking needs no search: taken under the lock, no wait.
   pthread_mutex_lock(&shared_rankings.lock);
-  const shared_ranking *r = shared_lookup(cu, e);
-  if (r) {
-    memcpy(out, r->ranked, (size_t)r->count * sizeof *out);
-    *count = r->count;
-  }
+  const int stored = take_stored(cu, e, out, count);
   pthread_mutex_unlock(&shared_rankings.lock);
-  if (r)
+  if (stored)
     return ST_OK;
   // The search runs host-blocking; make sure the inputs that queued work is
   // still producing are complete whichever stream cuDNN times on, before
@@ -511,11 +518,7 @@ static int rank_exhaustive(st_cuda_backend *cu, const conv_entry *e,
   ST_CUDA_TRY(cudaStreamSynchronize(cu->stream));
   pthread_mutex_lock(&shared_rankings.lock);
   // Another context may have stored it while this one waited.
-  r = shared_lookup(cu, e);
-  if (r) {
-    memcpy(out, r->ranked, (size_t)r->count * sizeof *out);
-    *count = r->count;
-  } else {
+  if (!take_stored(cu, e, out, count)) {
     rc = search_algorithms(cu, e, ptrs, out, count);
     if (!rc)
       shared_store(cu, e, out, *count);
