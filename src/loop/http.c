@@ -15,11 +15,9 @@
 
 #include "base/error.h"
 
-/* Pending connections the kernel holds for us. A scraper opens one at a
- * time, but a burst past the connection cap must reach the loop (which
- * closes what is over the cap) rather than overflow the queue: a handshake
- * the kernel drops then completes late or never, out of arrival order. */
-enum { HTTP_LISTEN_BACKLOG = 4 * ST_HTTP_MAX_CONNECTIONS };
+/* Pending connections the kernel holds for us; a scraper opens one at a
+ * time, so a small queue is plenty. */
+enum { HTTP_LISTEN_BACKLOG = 64 };
 
 #define HTTP_DEFAULT_CONTENT_TYPE "text/plain; charset=utf-8"
 /* Bodies of the answers the server gives on its own. */
