@@ -439,13 +439,30 @@ class ProtocolTest(unittest.TestCase):
         self.assertGreater(time.time() - t0, 0.9)
 
     def test_metrics_connection_cap(self):
+        # 65 idle connections against a cap of 64. Which one is refused is
+        # not fixed: an earlier test's scrape, closed by the client, still
+        # counts until the server's loop has run its close callback, and if
+        # that happens inside the burst one of the first 64 is refused and
+        # the 65th fits. What holds either way: at least one is closed at
+        # once without an answer, and no more than 64 are held.
         socks = [socket.create_connection(("127.0.0.1", self.srv.metrics_port))
-                 for _ in range(64)]
-        time.sleep(0.2)
-        extra = socket.create_connection(("127.0.0.1", self.srv.metrics_port))
-        extra.settimeout(5)
-        self.assertEqual(extra.recv(1), b"")  # closed at once, no answer
-        for s in socks + [extra]:
+                 for _ in range(65)]
+        closed = set()
+        deadline = time.monotonic() + 4  # under the 5 s request deadline
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select(
+                [s for s in socks if s not in closed], [], [],
+                0.5 if not closed else 0.3)
+            if not ready and closed:
+                break  # settled: nothing more closed in 0.3 s
+            for s in ready:
+                self.assertEqual(s.recv(1), b"")  # closed, no answer
+                closed.add(s)
+        self.assertGreaterEqual(len(closed), 1, "no connection refused")
+        # Earlier scrapes still closing can only add refusals; the cap
+        # itself must not shrink to well below 64.
+        self.assertGreaterEqual(len(socks) - len(closed), 60)
+        for s in socks:
             s.close()
         time.sleep(0.2)
         self.assertEqual(self.srv.http("/healthz")[0], 200)
