@@ -648,7 +648,7 @@ static float *run_big(st_backend *be, size_t *count) {
   /* The input is above the CPU's one-thread cutoff (32768 elements), so
    * every op below takes its team path. */
   assert_true(st_tensor_numel(&x) >= BIG_MIN_WORK);
-  enum { OUTS = 10 };
+  enum { OUTS = 11 };
   st_tensor outs[OUTS];
   int n = 0;
   outs[n] = dev_alloc(be, ST_F32, 4, shape);
@@ -670,6 +670,16 @@ static float *run_big(st_backend *be, size_t *count) {
                                    (double)up[3] / BIG_W}};
   outs[n] = dev_alloc(be, ST_F32, 4, up);
   OP_OK(st_resize(be, &rp, &x, &outs[n++]));
+  /* Rows wider than one CUDA block (256 columns), nearest, downsampled
+   * along H. */
+  const int64_t wide[4] = {BIG_N, BIG_C, BIG_H / 2, 4 * BIG_W};
+  assert_true(wide[3] > 256);
+  st_resize_params wp = {.mode = ST_RESIZE_NEAREST,
+                         .coord = ST_COORD_ASYMMETRIC,
+                         .nearest = ST_NEAREST_ROUND_PREFER_CEIL,
+                         .scale = {(double)wide[2] / BIG_H, 4.0}};
+  outs[n] = dev_alloc(be, ST_F32, 4, wide);
+  OP_OK(st_resize(be, &wp, &x, &outs[n++]));
   const int nhwc[4] = {0, 2, 3, 1};
   const int64_t tshape[4] = {BIG_N, BIG_H, BIG_W, BIG_C};
   outs[n] = dev_alloc(be, ST_F32, 4, tshape);
