@@ -377,15 +377,23 @@ static __device__ int64_t resize_nearest(int mode, double src, int64_t in) {
   return i < 0 ? 0 : i >= in ? in - 1 : i;
 }
 
+// One output index's taps along an axis (resize_taps in cpu_graph_ops.c):
+// nearest reads i0 only; linear blends i0 and i1 with weight l1 on i1.
+typedef struct onnx_resize_tap {
+  int i0, i1;
+  float l1;
+} onnx_resize_tap;
+
 // The two taps of a linear resize along an axis and the weight of the
 // second (resize_taps in cpu_graph_ops.c): the coordinate clamped to the
 // input, as ONNX's reference pads the edge.
-static __device__ void resize_linear_tap(double src, int64_t in, int64_t *i0,
-                                         int64_t *i1, float *l1) {
+static __device__ onnx_resize_tap resize_linear_tap(double src, int64_t in) {
   src = src < 0.0 ? 0.0 : src > (double)(in - 1) ? (double)(in - 1) : src;
-  *i0 = (int64_t)src;
-  *i1 = *i0 + 1 < in ? *i0 + 1 : in - 1;
-  *l1 = (float)__dsub_rn(src, (double)*i0);
+  onnx_resize_tap t;
+  t.i0 = (int)src;
+  t.i1 = t.i0 + 1 < in ? t.i0 + 1 : (int)(in - 1);
+  t.l1 = (float)__dsub_rn(src, (double)t.i0);
+  return t;
 }
 
 // w0 * p + w1 * q with w0 = 1 - w1, rounded after each operation as the
@@ -394,13 +402,6 @@ static __device__ float blend(float p, float q, float w1) {
   const float w0 = __fsub_rn(1.0f, w1);
   return __fadd_rn(__fmul_rn(w0, p), __fmul_rn(w1, q));
 }
-
-// One output index's taps along an axis (resize_taps in cpu_graph_ops.c):
-// nearest reads i0 only; linear blends i0 and i1 with weight l1 on i1.
-typedef struct onnx_resize_tap {
-  int i0, i1;
-  float l1;
-} onnx_resize_tap;
 
 // The taps of every output row, then of every output column, one thread
 // per index: the double arithmetic of the source coordinates runs OH + OW
@@ -420,10 +421,7 @@ static __global__ void resize_taps_kernel(resize_geom g, onnx_resize_tap *th,
       tap.i0 = tap.i1 = (int)resize_nearest(g.nearest, src, in);
       tap.l1 = 0.0f;
     } else {
-      int64_t i0, i1;
-      resize_linear_tap(src, in, &i0, &i1, &tap.l1);
-      tap.i0 = (int)i0;
-      tap.i1 = (int)i1;
+      tap = resize_linear_tap(src, in);
     }
     (along_w ? tw : th)[o] = tap;
   }
