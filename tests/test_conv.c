@@ -7,6 +7,7 @@
  * student's convolutions at 720x1280 on the CPU backend and prints a table
  * (not part of the pass/fail result). */
 #include "conv_cases.h"
+#include "gpu/conv_cache.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -354,11 +355,11 @@ static void naive_conv(const st_conv2d_params *p, const st_tensor *x,
       }
 }
 
-/* More distinct shapes than the CPU backend's cache holds (96 entries), in
- * two sweeps: entries are evicted and rebuilt, and every result still
- * matches a direct computation. */
+/* More distinct shapes than either backend's cache holds (CPU 96 entries,
+ * CUDA 128), in two sweeps: entries are evicted and rebuilt, and every
+ * result still matches a direct computation. */
 static void test_cache_eviction(void **state) {
-  enum { SHAPES = 128, SWEEPS = 2, CIN = 2, COUT = 3, WIDTH = 5 };
+  enum { SHAPES = 160, SWEEPS = 2, CIN = 2, COUT = 3, WIDTH = 5 };
   st_backend *be = st_test_backend(state);
   st_conv2d_params p = {{1, 1}, {1, 1}, {1, 1}, 1};
   st_tensor w, b, wd, bd;
@@ -558,7 +559,60 @@ static int run_bench(void) {
   return rc;
 }
 
+/* The cache key and replacement both backends share: a key holds every
+ * parameter (and only those), lookups compare whole keys, and a full
+ * cache gives up its least recently used slot. */
+static void test_cache_key_and_lru(void **state) {
+  (void)state;
+  enum { CAP = 3 };
+  st_conv2d_params p = {{2, 1}, {1, 0}, {1, 3}, 2};
+  st_tensor x, w, y;
+  ST_ASSERT_OK(st_tensor_alloc4(NULL, &x, ST_F32, 2, 4, 9, 11));
+  ST_ASSERT_OK(st_tensor_alloc4(NULL, &w, ST_F32, 6, 2, 3, 2));
+  ST_ASSERT_OK(st_tensor_alloc4(NULL, &y, ST_F32, 2, 6, 5, 8));
+  st__conv_key k;
+  memset(&k, 0xff, sizeof k); /* every byte is written */
+  st__conv_key_init(&k, ST__CONV_BWD_DATA, &p, &x, &w, &y);
+  const st__conv_key want = {.kind = ST__CONV_BWD_DATA,
+                             .n = 2, .cin = 4, .h = 9, .w = 11,
+                             .cout = 6, .kh = 3, .kw = 2,
+                             .oh = 5, .ow = 8,
+                             .stride = {2, 1}, .pad = {1, 0},
+                             .dilation = {1, 3}, .groups = 2};
+  assert_memory_equal(&k, &want, sizeof want);
+
+  st__conv_cached e[CAP + 1];
+  st__conv_cached *entry[CAP + 1];
+  for (int i = 0; i <= CAP; i++) {
+    e[i].key = k;
+    e[i].key.beta = i; /* keys that differ in one field only */
+    e[i].last_use = 0;
+    entry[i] = &e[i];
+  }
+  for (int i = 0; i < CAP; i++) {
+    assert_ptr_equal(st__conv_cache_find(entry, CAP, &e[i].key), &e[i]);
+    assert_int_equal(st__conv_cache_slot(entry, i, CAP), i); /* room */
+  }
+  assert_null(st__conv_cache_find(entry, CAP, &e[CAP].key));
+  assert_null(st__conv_cache_find(entry, 0, &e[0].key));
+  const uint64_t uses[][CAP] = {{5, 2, 9}, {1, 7, 3}, {4, 6, 2}, {8, 8, 8}};
+  const int oldest[] = {1, 0, 2, 0}; /* the first of equals */
+  for (size_t c = 0; c < sizeof uses / sizeof uses[0]; c++) {
+    for (int i = 0; i < CAP; i++)
+      e[i].last_use = uses[c][i];
+    assert_int_equal(st__conv_cache_slot(entry, CAP, CAP), oldest[c]);
+  }
+  st_tensor_free(&x);
+  st_tensor_free(&w);
+  st_tensor_free(&y);
+}
+
 int main(void) {
+  const struct CMUnitTest shared[] = {
+      cmocka_unit_test(test_cache_key_and_lru),
+  };
+  int shared_failed =
+      cmocka_run_group_tests_name("conv_cache", shared, NULL, NULL);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_forward),
       cmocka_unit_test(test_forward_fusions_matter),
@@ -570,6 +624,7 @@ int main(void) {
       cmocka_unit_test(test_single_thread_context),
   };
   int failed =
+      shared_failed +
       st_test_run_on_backends("conv", tests, sizeof tests / sizeof tests[0]);
   const char *bench = getenv("ST_CONV_BENCH");
   if (bench && *bench && strcmp(bench, "0") != 0)

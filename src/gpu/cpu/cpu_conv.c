@@ -35,6 +35,7 @@
 #include <oneapi/dnnl/dnnl_version.h>
 
 #include "base/error.h"
+#include "gpu/conv_cache.h"
 #include "gpu/cpu/cpu_impl.h"
 
 /* Entries kept per context. The student needs about 30 forward and 20
@@ -50,27 +51,6 @@
  *   DST      y (out)     dy (in)       dy (in)
  * With beta = 1 the forward also reads y (the residual it adds). */
 enum { SLOT_SRC, SLOT_WEI, SLOT_BIA, SLOT_DST, SLOT_COUNT };
-
-typedef enum conv_kind {
-  CONV_FWD = 0,
-  CONV_BWD_DATA,
-  CONV_BWD_WEIGHTS,
-} conv_kind;
-
-/* Everything that makes two calls need different primitives. All fields are
- * int64_t so the struct has no padding and compares with memcmp. */
-typedef struct conv_key {
-  int64_t kind;              /* conv_kind */
-  int64_t n, cin, h, w;      /* input extents */
-  int64_t cout, kh, kw;      /* weight extents (cin per group implied) */
-  int64_t oh, ow;            /* output extents */
-  int64_t stride[2], pad[2]; /* [h, w] */
-  int64_t dilation[2];       /* [h, w], ours: 1 = dense */
-  int64_t groups;            /* channel groups */
-  int64_t has_bias;          /* fwd: bias given; bwd_weights: db wanted */
-  int64_t act;               /* st_activation fused after the sum */
-  int64_t beta;              /* 1: y += conv (sum post-op) */
-} conv_key;
 
 /* A memory object with the data pointer it is currently bound to, so that
  * binding the same pointer again costs nothing. */
@@ -98,8 +78,7 @@ typedef struct conv_port {
 } conv_port;
 
 typedef struct conv_entry {
-  conv_key key;                  /* what the entry computes */
-  uint64_t last_use;             /* cache tick of the last call, for LRU */
+  st__conv_cached cached;        /* key and last use: first, for the cache */
   dnnl_primitive_desc_t hint_pd; /* forward hint of a backward pd, kept
                                     alive as long as the pd refers to it */
   dnnl_primitive_desc_t pd;      /* the convolution's primitive desc */
@@ -114,12 +93,12 @@ typedef struct conv_buffer {
 } conv_buffer;
 
 struct st_cpu_conv_cache {
-  dnnl_engine_t engine;                             /* the CPU engine */
-  dnnl_stream_t stream;                             /* in-order stream */
-  dnnl_primitive_attr_t reorder_attr;               /* user scratchpad */
-  conv_entry *entry[ST_CPU_CONV_CACHE_MAX_ENTRIES]; /* built entries */
-  int count;                                        /* entries in use */
-  uint64_t tick;                                    /* calls so far */
+  dnnl_engine_t engine;                                  /* the CPU engine */
+  dnnl_stream_t stream;                                  /* in-order stream */
+  dnnl_primitive_attr_t reorder_attr;                    /* user scratchpad */
+  st__conv_cached *entry[ST_CPU_CONV_CACHE_MAX_ENTRIES]; /* built ones */
+  int count;                                             /* entries in use */
+  uint64_t tick;                                         /* calls so far */
   conv_buffer slot_buf[SLOT_COUNT]; /* reordered copies, one per slot */
   conv_buffer scratch;              /* scratchpad of every primitive */
 };
@@ -202,7 +181,7 @@ err:
   return rc;
 }
 
-static int post_ops_append(dnnl_post_ops_t ops, const conv_key *k) {
+static int post_ops_append(dnnl_post_ops_t ops, const st__conv_key *k) {
   int rc = ST_OK;
   /* Order matters: y = act(conv + bias + beta * y). */
 #if DNNL_VERSION_MAJOR >= 3
@@ -233,7 +212,7 @@ typedef struct conv_geom {
  * backward kinds `hint` is the forward pd oneDNN wants as a hint; `prop`
  * matters to the forward kind only. */
 static int conv_pd_create(struct st_cpu_conv_cache *c,
-                          dnnl_primitive_desc_t *pd, conv_kind kind,
+                          dnnl_primitive_desc_t *pd, st__conv_kind kind,
                           dnnl_prop_kind_t prop, const md_ref md[SLOT_COUNT],
                           const conv_geom *g, const_dnnl_primitive_attr_t attr,
                           const_dnnl_primitive_desc_t hint) {
@@ -241,17 +220,17 @@ static int conv_pd_create(struct st_cpu_conv_cache *c,
   const dnnl_alg_kind_t alg = dnnl_convolution_direct;
 #if DNNL_VERSION_MAJOR >= 3
   switch (kind) {
-  case CONV_FWD:
+  case ST__CONV_FWD:
     ST__DNNL(dnnl_convolution_forward_primitive_desc_create, pd, c->engine,
              prop, alg, md[SLOT_SRC], md[SLOT_WEI], md[SLOT_BIA], md[SLOT_DST],
              g->strides, g->dilates, g->pad, g->pad, attr);
     break;
-  case CONV_BWD_DATA:
+  case ST__CONV_BWD_DATA:
     ST__DNNL(dnnl_convolution_backward_data_primitive_desc_create, pd,
              c->engine, alg, md[SLOT_SRC], md[SLOT_WEI], md[SLOT_DST],
              g->strides, g->dilates, g->pad, g->pad, hint, attr);
     break;
-  case CONV_BWD_WEIGHTS:
+  case ST__CONV_BWD_WEIGHTS:
     ST__DNNL(dnnl_convolution_backward_weights_primitive_desc_create, pd,
              c->engine, alg, md[SLOT_SRC], md[SLOT_WEI], md[SLOT_BIA],
              md[SLOT_DST], g->strides, g->dilates, g->pad, g->pad, hint, attr);
@@ -260,17 +239,17 @@ static int conv_pd_create(struct st_cpu_conv_cache *c,
 #else
   dnnl_convolution_desc_t cd;
   switch (kind) {
-  case CONV_FWD:
+  case ST__CONV_FWD:
     ST__DNNL(dnnl_dilated_convolution_forward_desc_init, &cd, prop, alg,
              md[SLOT_SRC], md[SLOT_WEI], md[SLOT_BIA], md[SLOT_DST], g->strides,
              g->dilates, g->pad, g->pad);
     break;
-  case CONV_BWD_DATA:
+  case ST__CONV_BWD_DATA:
     ST__DNNL(dnnl_dilated_convolution_backward_data_desc_init, &cd, alg,
              md[SLOT_SRC], md[SLOT_WEI], md[SLOT_DST], g->strides, g->dilates,
              g->pad, g->pad);
     break;
-  case CONV_BWD_WEIGHTS:
+  case ST__CONV_BWD_WEIGHTS:
     ST__DNNL(dnnl_dilated_convolution_backward_weights_desc_init, &cd, alg,
              md[SLOT_SRC], md[SLOT_WEI], md[SLOT_BIA], md[SLOT_DST], g->strides,
              g->dilates, g->pad, g->pad);
@@ -364,14 +343,14 @@ err:
 }
 
 /* The DNNL_ARG_* of each slot for a kind (0: slot unused). */
-static int slot_arg(conv_kind kind, int slot, int has_bias) {
+static int slot_arg(st__conv_kind kind, int slot, int has_bias) {
   static const int args[3][SLOT_COUNT] = {
-      [CONV_FWD] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_BIAS,
-                    DNNL_ARG_DST},
-      [CONV_BWD_DATA] = {DNNL_ARG_DIFF_SRC, DNNL_ARG_WEIGHTS, 0,
-                         DNNL_ARG_DIFF_DST},
-      [CONV_BWD_WEIGHTS] = {DNNL_ARG_SRC, DNNL_ARG_DIFF_WEIGHTS,
-                            DNNL_ARG_DIFF_BIAS, DNNL_ARG_DIFF_DST},
+      [ST__CONV_FWD] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_BIAS,
+                        DNNL_ARG_DST},
+      [ST__CONV_BWD_DATA] = {DNNL_ARG_DIFF_SRC, DNNL_ARG_WEIGHTS, 0,
+                             DNNL_ARG_DIFF_DST},
+      [ST__CONV_BWD_WEIGHTS] = {DNNL_ARG_SRC, DNNL_ARG_DIFF_WEIGHTS,
+                                DNNL_ARG_DIFF_BIAS, DNNL_ARG_DIFF_DST},
   };
   if (slot == SLOT_BIA && !has_bias)
     return 0;
@@ -380,13 +359,13 @@ static int slot_arg(conv_kind kind, int slot, int has_bias) {
 
 /* Whether the convolution writes the tensor of a slot (otherwise it reads
  * it; the forward output with beta = 1 is both). */
-static int slot_is_output(conv_kind kind, int slot) {
+static int slot_is_output(st__conv_kind kind, int slot) {
   switch (kind) {
-  case CONV_FWD:
+  case ST__CONV_FWD:
     return slot == SLOT_DST;
-  case CONV_BWD_DATA:
+  case ST__CONV_BWD_DATA:
     return slot == SLOT_SRC;
-  case CONV_BWD_WEIGHTS:
+  case ST__CONV_BWD_WEIGHTS:
     return slot == SLOT_WEI || slot == SLOT_BIA;
   }
   return 0;
@@ -395,18 +374,18 @@ static int slot_is_output(conv_kind kind, int slot) {
 /* Creates e->pd (and, for the backward kinds, the forward hint it needs)
  * for the requested slot layouts. */
 static int entry_make_pd(struct st_cpu_conv_cache *c, conv_entry *e,
-                         conv_kind kind, const md_ref want[SLOT_COUNT],
+                         st__conv_kind kind, const md_ref want[SLOT_COUNT],
                          const conv_geom *g, const_dnnl_primitive_attr_t attr) {
   int rc = ST_OK;
-  if (kind == CONV_FWD)
+  if (kind == ST__CONV_FWD)
     return conv_pd_create(c, &e->pd, kind, dnnl_forward_inference, want, g,
                           attr, NULL);
   /* The backward passes want the forward pd they belong to as a hint. */
-  md_ref fwd[SLOT_COUNT] = {want[SLOT_SRC], want[SLOT_WEI],
-                            kind == CONV_BWD_WEIGHTS ? want[SLOT_BIA] : NULL,
-                            want[SLOT_DST]};
-  ST__CHECK(conv_pd_create(c, &e->hint_pd, CONV_FWD, dnnl_forward_training, fwd,
-                           g, NULL, NULL));
+  md_ref fwd[SLOT_COUNT] = {
+      want[SLOT_SRC], want[SLOT_WEI],
+      kind == ST__CONV_BWD_WEIGHTS ? want[SLOT_BIA] : NULL, want[SLOT_DST]};
+  ST__CHECK(conv_pd_create(c, &e->hint_pd, ST__CONV_FWD, dnnl_forward_training,
+                           fwd, g, NULL, NULL));
   ST__CHECK(conv_pd_create(c, &e->pd, kind, dnnl_forward_training, want, g,
                            attr, e->hint_pd));
 err:
@@ -424,10 +403,10 @@ static int pd_is_reference(const_dnnl_primitive_desc_t pd) {
 }
 
 /* Builds every primitive and memory object of one convolution. */
-static int entry_build(struct st_cpu_conv_cache *c, const conv_key *k,
+static int entry_build(struct st_cpu_conv_cache *c, const st__conv_key *k,
                        conv_entry *e) {
   int rc = ST_OK;
-  conv_kind kind = (conv_kind)k->kind;
+  st__conv_kind kind = (st__conv_kind)k->kind;
   int has_bias = (int)k->has_bias;
   md_owned plain[SLOT_COUNT], any[SLOT_COUNT];
   memset(plain, 0, sizeof plain);
@@ -480,7 +459,7 @@ static int entry_build(struct st_cpu_conv_cache *c, const conv_key *k,
   ST__DNNL(dnnl_primitive_attr_create, &attr);
   ST__DNNL(dnnl_primitive_attr_set_scratchpad_mode, attr,
            dnnl_scratchpad_mode_user);
-  if (kind == CONV_FWD && (k->beta || k->act != ST_ACT_NONE)) {
+  if (kind == ST__CONV_FWD && (k->beta || k->act != ST_ACT_NONE)) {
     ST__DNNL(dnnl_post_ops_create, &ops);
     ST__CHECK(post_ops_append(ops, k));
     ST__DNNL(dnnl_primitive_attr_set_post_ops, attr, ops);
@@ -515,7 +494,7 @@ static int entry_build(struct st_cpu_conv_cache *c, const conv_key *k,
     if (!p->arg)
       continue;
     p->writes = slot_is_output(kind, s);
-    p->reads = !p->writes || (kind == CONV_FWD && k->beta);
+    p->reads = !p->writes || (kind == ST__CONV_FWD && k->beta);
     md_ref chosen =
         dnnl_primitive_desc_query_md(e->pd, dnnl_query_exec_arg_md, p->arg);
     if (!chosen)
@@ -534,7 +513,7 @@ static int entry_build(struct st_cpu_conv_cache *c, const conv_key *k,
     if (p->writes)
       ST__CHECK(reorder_create(c, chosen, MD_REF(plain[s]), &p->to_user));
   }
-  e->key = *k;
+  e->cached.key = *k;
 
 err:
   if (ops)
@@ -607,7 +586,7 @@ void st__cpu_conv_cache_free(st_cpu_backend *cpu) {
     return;
   struct st_cpu_conv_cache *c = cpu->conv;
   for (int i = 0; i < c->count; i++)
-    entry_free(c->entry[i]);
+    entry_free((conv_entry *)c->entry[i]);
   if (c->reorder_attr)
     dnnl_primitive_attr_destroy(c->reorder_attr);
   if (c->stream)
@@ -646,13 +625,12 @@ err:
 
 /* Finds the entry for k, building it (and evicting the least recently used
  * one when the cache is full) on a miss. */
-static int cache_get(struct st_cpu_conv_cache *c, const conv_key *k,
+static int cache_get(struct st_cpu_conv_cache *c, const st__conv_key *k,
                      conv_entry **out) {
-  for (int i = 0; i < c->count; i++) {
-    if (memcmp(&c->entry[i]->key, k, sizeof *k) == 0) {
-      *out = c->entry[i];
-      return ST_OK;
-    }
+  st__conv_cached *hit = st__conv_cache_find(c->entry, c->count, k);
+  if (hit) {
+    *out = (conv_entry *)hit;
+    return ST_OK;
   }
   conv_entry *e = calloc(1, sizeof *e);
   if (!e)
@@ -662,44 +640,18 @@ static int cache_get(struct st_cpu_conv_cache *c, const conv_key *k,
     entry_free(e);
     return rc;
   }
-  int slot = c->count;
-  if (slot == ST_CPU_CONV_CACHE_MAX_ENTRIES) {
-    slot = 0;
-    for (int i = 1; i < c->count; i++)
-      if (c->entry[i]->last_use < c->entry[slot]->last_use)
-        slot = i;
-    entry_free(c->entry[slot]);
-  } else {
+  int slot =
+      st__conv_cache_slot(c->entry, c->count, ST_CPU_CONV_CACHE_MAX_ENTRIES);
+  if (slot < c->count)
+    entry_free((conv_entry *)c->entry[slot]);
+  else
     c->count++;
-  }
-  c->entry[slot] = e;
+  c->entry[slot] = &e->cached;
   *out = e;
   return ST_OK;
 }
 
-static void key_init(conv_key *k, conv_kind kind, const st_conv2d_params *p,
-                     const st_tensor *src, const st_tensor *wei,
-                     const st_tensor *dst) {
-  memset(k, 0, sizeof *k);
-  k->kind = kind;
-  k->n = src->shape[0];
-  k->cin = src->shape[1];
-  k->h = src->shape[2];
-  k->w = src->shape[3];
-  k->cout = wei->shape[0];
-  k->kh = wei->shape[2];
-  k->kw = wei->shape[3];
-  k->oh = dst->shape[2];
-  k->ow = dst->shape[3];
-  for (int i = 0; i < 2; i++) {
-    k->stride[i] = p->stride[i];
-    k->pad[i] = p->pad[i];
-    k->dilation[i] = p->dilation[i];
-  }
-  k->groups = p->groups;
-}
-
-static int conv_run(st_backend *be, const conv_key *k,
+static int conv_run(st_backend *be, const st__conv_key *k,
                     void *const ptr[SLOT_COUNT]) {
   st_cpu_backend *cpu = st__cpu(be);
   /* oneDNN's OpenMP runtime sizes its team from the calling thread's
@@ -714,7 +666,7 @@ static int conv_run(st_backend *be, const conv_key *k,
   rc = cache_get(c, k, &e);
   if (rc)
     return rc;
-  e->last_use = ++c->tick;
+  e->cached.last_use = ++c->tick;
   return entry_run(c, e, ptr);
 }
 
@@ -724,8 +676,8 @@ int st__cpu_conv2d_fwd(st_backend *be, const st_conv2d_params *p,
                        const st_tensor *x, const st_tensor *w,
                        const st_tensor *bias, st_activation act, float beta,
                        st_tensor *y) {
-  conv_key k;
-  key_init(&k, CONV_FWD, p, x, w, y);
+  st__conv_key k;
+  st__conv_key_init(&k, ST__CONV_FWD, p, x, w, y);
   k.has_bias = bias != NULL;
   k.act = act;
   k.beta = beta != 0.0f;
@@ -737,8 +689,8 @@ int st__cpu_conv2d_fwd(st_backend *be, const st_conv2d_params *p,
 int st__cpu_conv2d_bwd_data(st_backend *be, const st_conv2d_params *p,
                             const st_tensor *dy, const st_tensor *w,
                             st_tensor *dx) {
-  conv_key k;
-  key_init(&k, CONV_BWD_DATA, p, dx, w, dy);
+  st__conv_key k;
+  st__conv_key_init(&k, ST__CONV_BWD_DATA, p, dx, w, dy);
   void *const ptr[SLOT_COUNT] = {dx->data, w->data, NULL, dy->data};
   return conv_run(be, &k, ptr);
 }
@@ -746,8 +698,8 @@ int st__cpu_conv2d_bwd_data(st_backend *be, const st_conv2d_params *p,
 int st__cpu_conv2d_bwd_weights(st_backend *be, const st_conv2d_params *p,
                                const st_tensor *x, const st_tensor *dy,
                                st_tensor *dw, st_tensor *db) {
-  conv_key k;
-  key_init(&k, CONV_BWD_WEIGHTS, p, x, dw, dy);
+  st__conv_key k;
+  st__conv_key_init(&k, ST__CONV_BWD_WEIGHTS, p, x, dw, dy);
   k.has_bias = db != NULL;
   void *const ptr[SLOT_COUNT] = {x->data, dw->data, db ? db->data : NULL,
                                  dy->data};

@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu/conv_cache.h"
 #include "gpu/cuda/cuda_impl.h"
 
 // Entries kept per context. The student needs about 30 forward and 20
@@ -66,37 +67,11 @@
 // Room for the ranking in the detail line of a failed algorithm choice.
 #define ST_CUDA_CONV_RANKING_TEXT_BYTES 1024
 
-typedef enum conv_kind {
-  CONV_FWD = 0,
-  CONV_BWD_DATA,
-  CONV_BWD_WEIGHTS,
-} conv_kind;
-
 static const char *const conv_kind_names[] = {"conv2d_fwd", "conv2d_bwd_data",
                                               "conv2d_bwd_weights"};
 
-// Everything that makes two calls need different descriptors or algorithms.
-// Every field is an int64_t, so the struct has no padding bytes and two keys
-// compare with memcmp (key_init also zeroes it first).
-typedef struct conv_key {
-  int64_t kind;              // conv_kind
-  int64_t n, cin, h, w;      // input extents
-  int64_t cout, kh, kw;      // weight extents (cin per group implied)
-  int64_t oh, ow;            // output extents
-  int64_t stride[2], pad[2]; // [h, w]
-  int64_t dilation[2];       // [h, w], 1 = dense
-  int64_t groups;            // channel groups
-  int64_t has_bias;          // fwd: bias given; bwd_weights: db wanted
-  int64_t act;               // st_activation applied after the sum
-  int64_t beta;              // 1: y = conv + y (residual add)
-} conv_key;
-#define CONV_KEY_FIELDS 20
-static_assert(sizeof(conv_key) == CONV_KEY_FIELDS * sizeof(int64_t),
-              "conv_key must have no padding: it is compared with memcmp");
-
 typedef struct conv_entry {
-  conv_key key;                           // what the entry computes
-  uint64_t last_use;                      // cache tick of the last call
+  st__conv_cached cached;                 // key and last use: first
   cudnnTensorDescriptor_t x_desc;         // [N,Cin,H,W]: x, or dx
   cudnnTensorDescriptor_t y_desc;         // [N,Cout,OH,OW]: y, or dy
   cudnnFilterDescriptor_t w_desc;         // [Cout,Cin/g,KH,KW]: w, or dw
@@ -106,9 +81,9 @@ typedef struct conv_entry {
 } conv_entry;
 
 struct st_cuda_conv_cache {
-  conv_entry *entry[ST_CUDA_CONV_CACHE_MAX_ENTRIES]; // built entries
-  int count;                                         // entries in use
-  uint64_t tick;                                     // calls so far, for LRU
+  st__conv_cached *entry[ST_CUDA_CONV_CACHE_MAX_ENTRIES]; // built ones
+  int count;                                              // entries in use
+  uint64_t tick;                                          // calls so far
   void *workspace;        // pool block shared by every entry, or NULL
   size_t workspace_bytes; // its size
 };
@@ -244,16 +219,16 @@ static int workspace_reserve(st_cuda_backend *cu, struct st_cuda_conv_cache *c,
 static cudnnStatus_t algo_workspace(st_cuda_backend *cu, const conv_entry *e,
                                     int algo, size_t *bytes) {
   *bytes = 0;
-  switch ((conv_kind)e->key.kind) {
-  case CONV_FWD:
+  switch ((st__conv_kind)e->cached.key.kind) {
+  case ST__CONV_FWD:
     return cudnnGetConvolutionForwardWorkspaceSize(
         cu->cudnn, e->x_desc, e->w_desc, e->conv_desc, e->y_desc,
         (cudnnConvolutionFwdAlgo_t)algo, bytes);
-  case CONV_BWD_DATA:
+  case ST__CONV_BWD_DATA:
     return cudnnGetConvolutionBackwardDataWorkspaceSize(
         cu->cudnn, e->w_desc, e->y_desc, e->conv_desc, e->x_desc,
         (cudnnConvolutionBwdDataAlgo_t)algo, bytes);
-  case CONV_BWD_WEIGHTS:
+  case ST__CONV_BWD_WEIGHTS:
     return cudnnGetConvolutionBackwardFilterWorkspaceSize(
         cu->cudnn, e->x_desc, e->y_desc, e->conv_desc, e->w_desc,
         (cudnnConvolutionBwdFilterAlgo_t)algo, bytes);
@@ -297,8 +272,8 @@ static int candidate_fits(st_cuda_backend *cu, const conv_entry *e,
 static int rank_heuristic(st_cuda_backend *cu, const conv_entry *e,
                           algo_candidate *out, int *count) {
   int n = 0;
-  switch ((conv_kind)e->key.kind) {
-  case CONV_FWD: {
+  switch ((st__conv_kind)e->cached.key.kind) {
+  case ST__CONV_FWD: {
     cudnnConvolutionFwdAlgoPerf_t perf[ST_CUDA_CONV_MAX_ALGOS];
     ST_CUDNN_TRY(cudnnGetConvolutionForwardAlgorithm_v7(
         cu->cudnn, e->x_desc, e->w_desc, e->conv_desc, e->y_desc,
@@ -306,7 +281,7 @@ static int rank_heuristic(st_cuda_backend *cu, const conv_entry *e,
     candidates_from_perf(perf, n, out);
     break;
   }
-  case CONV_BWD_DATA: {
+  case ST__CONV_BWD_DATA: {
     cudnnConvolutionBwdDataAlgoPerf_t perf[ST_CUDA_CONV_MAX_ALGOS];
     ST_CUDNN_TRY(cudnnGetConvolutionBackwardDataAlgorithm_v7(
         cu->cudnn, e->w_desc, e->y_desc, e->conv_desc, e->x_desc,
@@ -314,7 +289,7 @@ static int rank_heuristic(st_cuda_backend *cu, const conv_entry *e,
     candidates_from_perf(perf, n, out);
     break;
   }
-  case CONV_BWD_WEIGHTS: {
+  case ST__CONV_BWD_WEIGHTS: {
     cudnnConvolutionBwdFilterAlgoPerf_t perf[ST_CUDA_CONV_MAX_ALGOS];
     ST_CUDNN_TRY(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
         cu->cudnn, e->x_desc, e->y_desc, e->conv_desc, e->w_desc,
@@ -333,8 +308,8 @@ static int find_algorithms(st_cuda_backend *cu, const conv_entry *e,
                            const conv_ptrs *ptrs, void *out_tmp, void *ws,
                            size_t ws_bytes, algo_candidate *out, int *count) {
   int n = 0;
-  switch ((conv_kind)e->key.kind) {
-  case CONV_FWD: {
+  switch ((st__conv_kind)e->cached.key.kind) {
+  case ST__CONV_FWD: {
     cudnnConvolutionFwdAlgoPerf_t perf[ST_CUDA_CONV_MAX_ALGOS];
     ST_CUDNN_TRY(cudnnFindConvolutionForwardAlgorithmEx(
         cu->cudnn, e->x_desc, ptrs->in0, e->w_desc, ptrs->in1, e->conv_desc,
@@ -342,7 +317,7 @@ static int find_algorithms(st_cuda_backend *cu, const conv_entry *e,
     candidates_from_perf(perf, n, out);
     break;
   }
-  case CONV_BWD_DATA: {
+  case ST__CONV_BWD_DATA: {
     cudnnConvolutionBwdDataAlgoPerf_t perf[ST_CUDA_CONV_MAX_ALGOS];
     ST_CUDNN_TRY(cudnnFindConvolutionBackwardDataAlgorithmEx(
         cu->cudnn, e->w_desc, ptrs->in0, e->y_desc, ptrs->in1, e->conv_desc,
@@ -350,7 +325,7 @@ static int find_algorithms(st_cuda_backend *cu, const conv_entry *e,
     candidates_from_perf(perf, n, out);
     break;
   }
-  case CONV_BWD_WEIGHTS: {
+  case ST__CONV_BWD_WEIGHTS: {
     cudnnConvolutionBwdFilterAlgoPerf_t perf[ST_CUDA_CONV_MAX_ALGOS];
     ST_CUDNN_TRY(cudnnFindConvolutionBackwardFilterAlgorithmEx(
         cu->cudnn, e->x_desc, ptrs->in0, e->y_desc, ptrs->in1, e->conv_desc,
@@ -364,13 +339,13 @@ static int find_algorithms(st_cuda_backend *cu, const conv_entry *e,
 }
 
 // Elements of the tensor a kind writes (y, dx or dw).
-static int64_t output_numel(const conv_key *k) {
-  switch ((conv_kind)k->kind) {
-  case CONV_FWD:
+static int64_t output_numel(const st__conv_key *k) {
+  switch ((st__conv_kind)k->kind) {
+  case ST__CONV_FWD:
     return k->n * k->cout * k->oh * k->ow;
-  case CONV_BWD_DATA:
+  case ST__CONV_BWD_DATA:
     return k->n * k->cin * k->h * k->w;
-  case CONV_BWD_WEIGHTS:
+  case ST__CONV_BWD_WEIGHTS:
     return k->cout * (k->cin / k->groups) * k->kh * k->kw;
   }
   return 0;
@@ -384,7 +359,7 @@ static int64_t output_numel(const conv_key *k) {
 typedef struct shared_ranking {
   int device;        // CUDA device ordinal
   int deterministic; // opts.deterministic of the searching context
-  conv_key key;      // the convolution timed
+  st__conv_key key;  // the convolution timed
   int count;         // entries of ranked
   algo_candidate ranked[ST_CUDA_CONV_MAX_ALGOS]; // fastest first
 } shared_ranking;
@@ -402,8 +377,8 @@ static struct {
 // What a search times: the cuDNN problem alone. Bias, activation and the
 // residual are this file's own kernels (or a beta cuDNN applies to any
 // algorithm alike), so convolutions differing only in them share a ranking.
-static conv_key searched_key(const conv_key *k) {
-  conv_key s = *k;
+static st__conv_key searched_key(const st__conv_key *k) {
+  st__conv_key s = *k;
   s.has_bias = 0;
   s.act = 0;
   s.beta = 0;
@@ -413,7 +388,7 @@ static conv_key searched_key(const conv_key *k) {
 // The stored ranking for a search of e by cu, or NULL. Lock held.
 static const shared_ranking *shared_lookup(const st_cuda_backend *cu,
                                            const conv_entry *e) {
-  const conv_key key = searched_key(&e->key);
+  const st__conv_key key = searched_key(&e->cached.key);
   for (int i = 0; i < shared_rankings.count; i++) {
     const shared_ranking *r = shared_rankings.slot[i];
     if (r->device == cu->device &&
@@ -438,7 +413,7 @@ static void shared_store(const st_cuda_backend *cu, const conv_entry *e,
   }
   r->device = cu->device;
   r->deterministic = cu->base.opts.deterministic;
-  r->key = searched_key(&e->key);
+  r->key = searched_key(&e->cached.key);
   r->count = count;
   memcpy(r->ranked, ranked, (size_t)count * sizeof *ranked);
   shared_rankings.next =
@@ -466,8 +441,8 @@ static int search_algorithms(st_cuda_backend *cu, const conv_entry *e,
       ws_bytes = need;
   }
   void *out_tmp = NULL, *ws = NULL;
-  rc = st__cuda_pool_alloc(cu, (size_t)output_numel(&e->key) * sizeof(float),
-                           &out_tmp);
+  rc = st__cuda_pool_alloc(
+      cu, (size_t)output_numel(&e->cached.key) * sizeof(float), &out_tmp);
   if (!rc && ws_bytes)
     rc = st__cuda_pool_alloc(cu, ws_bytes, &ws);
   if (!rc)
@@ -562,7 +537,7 @@ static void log_choice(const st_cuda_backend *cu, const conv_entry *e,
     return;
   char ranking[ST_CUDA_CONV_RANKING_TEXT_BYTES];
   describe_ranking(ranked, nranked, ranking, sizeof ranking);
-  const conv_key *k = &e->key;
+  const st__conv_key *k = &e->cached.key;
   fprintf(stderr,
           "cudnn %s %s x[%lld,%lld,%lld,%lld] w[%lld,%lld,%lld,%lld] s%lld "
           "p%lld,%lld: algo %d (rank %d, %.3f ms); ranking: %s\n",
@@ -605,7 +580,7 @@ static int entry_choose_algo(st_cuda_backend *cu, struct st_cuda_conv_cache *c,
     log_choice(cu, e, ranked, nranked, i);
     return ST_OK;
   }
-  const conv_key *k = &e->key;
+  const st__conv_key *k = &e->cached.key;
   if (out_of_memory)
     return st_error_set(ST_ENOMEM,
                         "cuda %s: no workspace for any usable cuDNN algorithm",
@@ -627,7 +602,7 @@ static int entry_choose_algo(st_cuda_backend *cu, struct st_cuda_conv_cache *c,
 
 // cuDNN's legacy descriptors hold int extents and int strides: every extent
 // and every tensor's element count must fit an int.
-static int key_fits_int(const conv_key *k) {
+static int key_fits_int(const st__conv_key *k) {
   // Extents are at least 1, so a tensor's element count bounds each of its
   // extents and strides.
   const int64_t x_numel = k->n * k->cin * k->h * k->w;
@@ -639,12 +614,12 @@ static int key_fits_int(const conv_key *k) {
 // Describes one convolution to cuDNN and chooses its algorithm. On failure
 // the caller frees the partly built entry.
 static int entry_build(st_cuda_backend *cu, struct st_cuda_conv_cache *c,
-                       const conv_key *k, const conv_ptrs *ptrs,
+                       const st__conv_key *k, const conv_ptrs *ptrs,
                        conv_entry *e) {
   if (!key_fits_int(k))
     return st_error_set(ST_ERANGE, "cuda %s: tensor of more than %d elements",
                         conv_kind_names[k->kind], INT_MAX);
-  e->key = *k;
+  e->cached.key = *k;
   ST_CUDNN_TRY(cudnnCreateTensorDescriptor(&e->x_desc));
   ST_CUDNN_TRY(cudnnSetTensor4dDescriptor(e->x_desc, CUDNN_TENSOR_NCHW,
                                           CUDNN_DATA_FLOAT, (int)k->n,
@@ -690,7 +665,7 @@ void st__cuda_conv_cache_free(st_cuda_backend *cu) {
     return;
   struct st_cuda_conv_cache *c = cu->conv;
   for (int i = 0; i < c->count; i++)
-    entry_free(c->entry[i]);
+    entry_free((conv_entry *)c->entry[i]);
   if (c->workspace)
     st__cuda_pool_release(cu, c->workspace);
   free(c);
@@ -710,13 +685,12 @@ static int cache_open(st_cuda_backend *cu, struct st_cuda_conv_cache **out) {
 // Finds the entry for k, building it (and evicting the least recently used
 // one when the cache is full) on a miss.
 static int cache_get(st_cuda_backend *cu, struct st_cuda_conv_cache *c,
-                     const conv_key *k, const conv_ptrs *ptrs,
+                     const st__conv_key *k, const conv_ptrs *ptrs,
                      conv_entry **out) {
-  for (int i = 0; i < c->count; i++) {
-    if (memcmp(&c->entry[i]->key, k, sizeof *k) == 0) {
-      *out = c->entry[i];
-      return ST_OK;
-    }
+  st__conv_cached *hit = st__conv_cache_find(c->entry, c->count, k);
+  if (hit) {
+    *out = (conv_entry *)hit;
+    return ST_OK;
   }
   conv_entry *e = (conv_entry *)calloc(1, sizeof *e);
   if (!e)
@@ -726,45 +700,19 @@ static int cache_get(st_cuda_backend *cu, struct st_cuda_conv_cache *c,
     entry_free(e);
     return rc;
   }
-  int slot = c->count;
-  if (slot == ST_CUDA_CONV_CACHE_MAX_ENTRIES) {
-    slot = 0;
-    for (int i = 1; i < c->count; i++)
-      if (c->entry[i]->last_use < c->entry[slot]->last_use)
-        slot = i;
-    entry_free(c->entry[slot]);
-  } else {
+  int slot =
+      st__conv_cache_slot(c->entry, c->count, ST_CUDA_CONV_CACHE_MAX_ENTRIES);
+  if (slot < c->count)
+    entry_free((conv_entry *)c->entry[slot]);
+  else
     c->count++;
-  }
-  c->entry[slot] = e;
+  c->entry[slot] = &e->cached;
   *out = e;
   return ST_OK;
 }
 
-static void key_init(conv_key *k, conv_kind kind, const st_conv2d_params *p,
-                     const st_tensor *src, const st_tensor *wei,
-                     const st_tensor *dst) {
-  memset(k, 0, sizeof *k);
-  k->kind = kind;
-  k->n = src->shape[0];
-  k->cin = src->shape[1];
-  k->h = src->shape[2];
-  k->w = src->shape[3];
-  k->cout = wei->shape[0];
-  k->kh = wei->shape[2];
-  k->kw = wei->shape[3];
-  k->oh = dst->shape[2];
-  k->ow = dst->shape[3];
-  for (int i = 0; i < 2; i++) {
-    k->stride[i] = p->stride[i];
-    k->pad[i] = p->pad[i];
-    k->dilation[i] = p->dilation[i];
-  }
-  k->groups = p->groups;
-}
-
 // The cached entry for a call, built on first use.
-static int conv_entry_for(st_backend *be, const conv_key *k,
+static int conv_entry_for(st_backend *be, const st__conv_key *k,
                           const conv_ptrs *ptrs, conv_entry **out) {
   st_cuda_backend *cu = st__cuda(be);
   struct st_cuda_conv_cache *c = NULL;
@@ -774,7 +722,7 @@ static int conv_entry_for(st_backend *be, const conv_key *k,
   rc = cache_get(cu, c, k, ptrs, out);
   if (rc)
     return rc;
-  (*out)->last_use = ++c->tick;
+  (*out)->cached.last_use = ++c->tick;
   return ST_OK;
 }
 
@@ -790,8 +738,8 @@ extern "C" int st__cuda_conv2d_fwd(st_backend *be, const st_conv2d_params *p,
                                    const st_tensor *bias, st_activation act,
                                    float beta, st_tensor *y) {
   st_cuda_backend *cu = st__cuda(be);
-  conv_key k;
-  key_init(&k, CONV_FWD, p, x, w, y);
+  st__conv_key k;
+  st__conv_key_init(&k, ST__CONV_FWD, p, x, w, y);
   k.has_bias = bias != NULL;
   k.act = act;
   k.beta = beta != 0.0f;
@@ -827,8 +775,8 @@ extern "C" int st__cuda_conv2d_bwd_data(st_backend *be,
                                         const st_tensor *dy, const st_tensor *w,
                                         st_tensor *dx) {
   st_cuda_backend *cu = st__cuda(be);
-  conv_key k;
-  key_init(&k, CONV_BWD_DATA, p, dx, w, dy);
+  st__conv_key k;
+  st__conv_key_init(&k, ST__CONV_BWD_DATA, p, dx, w, dy);
   conv_ptrs ptrs = {w->data, dy->data};
   conv_entry *e = NULL;
   int rc = conv_entry_for(be, &k, &ptrs, &e);
@@ -848,8 +796,8 @@ extern "C" int st__cuda_conv2d_bwd_weights(st_backend *be,
                                            const st_tensor *dy, st_tensor *dw,
                                            st_tensor *db) {
   st_cuda_backend *cu = st__cuda(be);
-  conv_key k;
-  key_init(&k, CONV_BWD_WEIGHTS, p, x, dw, dy);
+  st__conv_key k;
+  st__conv_key_init(&k, ST__CONV_BWD_WEIGHTS, p, x, dw, dy);
   k.has_bias = db != NULL;
   conv_ptrs ptrs = {x->data, dy->data};
   conv_entry *e = NULL;
