@@ -667,6 +667,67 @@ static void test_argmax_fixture(void **state) {
   st_safetensors_free(fx);
 }
 
+/* The fused class map against resize then argmax on the same backend,
+ * byte for byte: up (integer and not), down, equal sizes, a batch, one
+ * class and 256, with values on a coarse grid so that channels tie, and
+ * NaNs (a NaN wins, the first NaN among them). The first case is large
+ * enough for the CPU backend's whole team. */
+typedef struct argmax_resized_case {
+  int64_t n, c, ih, iw, oh, ow;
+  int nans; /* NaNs planted in the input */
+} argmax_resized_case;
+
+static void argmax_resized_case_run(st_backend *be,
+                                    const argmax_resized_case *k, int i) {
+  st_tensor hx =
+      host_uniform4(k->n, k->c, k->ih, k->iw, 90 + (uint64_t)i, -2.0f, 2.0f);
+  float *xv = hx.data;
+  const int64_t len = st_tensor_numel(&hx);
+  for (int64_t j = 0; j < len; j++)
+    xv[j] = floorf(xv[j] * 2.0f) / 2.0f; /* 8 levels: many ties */
+  for (int j = 0; j < k->nans; j++)
+    xv[(j * 7919 + 13) % len] = NAN;
+  const int64_t map_shape[3] = {k->n, k->oh, k->ow};
+  st_tensor x = st_test_to_backend(be, &hx),
+            up = dev_alloc4(be, k->n, k->c, k->oh, k->ow), want, got;
+  ST_ASSERT_OK(st_tensor_alloc(be, &want, ST_U8, 3, map_shape));
+  ST_ASSERT_OK(st_tensor_alloc(be, &got, ST_U8, 3, map_shape));
+  ST_ASSERT_OK(st_resize_bilinear_fwd(be, &x, &up));
+  ST_ASSERT_OK(st_argmax_channels(be, &up, &want));
+  ST_ASSERT_OK(st_argmax_resized(be, &x, &got));
+  st_tensor hwant = st_test_to_host(be, &want);
+  char what[96];
+  snprintf(what, sizeof what, "argmax_resized %lldx%lldx%lld->%lldx%lld",
+           (long long)k->c, (long long)k->ih, (long long)k->iw,
+           (long long)k->oh, (long long)k->ow);
+  expect_equal_bytes(be, &got, &hwant, what);
+  /* Not vacuous: with several classes the map holds several of them. */
+  if (k->c > 1) {
+    const uint8_t *m = hwant.data;
+    int64_t differ = 0;
+    for (int64_t j = 1; j < st_tensor_numel(&hwant); j++)
+      differ += m[j] != m[0];
+    assert_true(differ > 0);
+  }
+  st_tensor *all[] = {&hx, &x, &up, &want, &got, &hwant};
+  for (size_t j = 0; j < sizeof all / sizeof all[0]; j++)
+    st_tensor_free(all[j]);
+}
+
+static void test_argmax_resized(void **state) {
+  st_backend *be = st_test_backend(state);
+  const argmax_resized_case cases[] = {
+      {1, 9, 45, 80, 180, 320, 0}, /* 4x up, threaded */
+      {2, 5, 7, 9, 23, 31, 6},     /* non-integer up, a batch, NaNs */
+      {1, 3, 13, 21, 5, 8, 2},     /* down */
+      {1, 4, 6, 6, 6, 6, 1},       /* equal sizes */
+      {1, 1, 4, 5, 9, 11, 0},      /* one class */
+      {1, 256, 3, 4, 7, 9, 0},     /* every label value */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    argmax_resized_case_run(be, &cases[i], (int)i);
+}
+
 #define MIOU_CLASSES 6
 
 static void test_miou_fixture(void **state) {
@@ -938,6 +999,17 @@ static void test_wrappers_reject_bad_shapes(void **state) {
   /* label map 3x5 for 3x4 logits */
   assert_int_equal(st_weighted_ce(be, &a, &lab, &w, &loss, NULL), ST_ESHAPE);
   assert_int_equal(st_argmax_channels(be, &a, &lab), ST_ESHAPE);
+  /* the class map must be U8 [N,H,W] with the logits' N */
+  assert_int_equal(st_argmax_resized(be, &a, &w), ST_EDTYPE);
+  assert_int_equal(st_argmax_resized(be, &a, &a), ST_EDTYPE);
+  st_tensor lab2;
+  const int64_t m2shape[3] = {2, 3, 5};
+  ST_ASSERT_OK(st_tensor_alloc(be, &lab2, ST_U8, 3, m2shape));
+  assert_int_equal(st_argmax_resized(be, &a, &lab2), ST_ESHAPE);
+  st_tensor_free(&lab2);
+  st_tensor many = dev_alloc4(be, 1, 257, 1, 1);
+  assert_int_equal(st_argmax_resized(be, &many, &lab), ST_ESHAPE);
+  st_tensor_free(&many);
   assert_int_equal(st_cast(be, &a, &b), ST_EDTYPE);
   assert_int_equal(st_copy(be, &a, &b), ST_ESHAPE);
   st_tensor *all[] = {&a, &b, &c3, &small, &vec, &lab, &w};
@@ -1170,6 +1242,7 @@ int main(void) {
       cmocka_unit_test(test_weighted_ce_fd),
       cmocka_unit_test(test_weighted_ce_bad_label),
       cmocka_unit_test(test_argmax_fixture),
+      cmocka_unit_test(test_argmax_resized),
       cmocka_unit_test(test_miou_fixture),
       cmocka_unit_test(test_adam_fixture),
       cmocka_unit_test(test_adam_steps_match_single),

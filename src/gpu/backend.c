@@ -688,6 +688,21 @@ int st_argmax_channels(st_backend *be, const st_tensor *logits,
   return ST__SLOT(be, argmax_channels, be, logits, labels);
 }
 
+int st_argmax_resized(st_backend *be, const st_tensor *logits,
+                      st_tensor *labels) {
+  const char *op = "argmax_resized";
+  ST__TRY(check_tensor(op, "logits", logits, ST_F32, 4));
+  ST__TRY(check_tensor(op, "labels", labels, ST_U8, 3));
+  if (labels->shape[0] != logits->shape[0])
+    return st_error_set(ST_ESHAPE, "%s: labels and logits differ in N", op);
+  if (logits->shape[1] < 1 || logits->shape[1] > 256)
+    return st_error_set(ST_ESHAPE, "%s: %lld classes (1..256 supported)", op,
+                        (long long)logits->shape[1]);
+  if (st_tensor_numel(logits) == 0 || st_tensor_numel(labels) == 0)
+    return st_error_set(ST_ESHAPE, "%s: empty tensor", op);
+  return ST__SLOT(be, argmax_resized, be, logits, labels);
+}
+
 static int check_confusion(const char *op, const st_tensor *counts,
                            int num_classes) {
   if (num_classes < 1 || num_classes > 256)

@@ -231,6 +231,12 @@ int st_weighted_ce_result(st_backend *be, const st_tensor *result,
  * logits F32 [N,C,H,W] with C <= 256, labels U8 [N,H,W]. */
 int st_argmax_channels(st_backend *be, const st_tensor *logits,
                        st_tensor *labels);
+/* labels = st_argmax_channels of st_resize_bilinear_fwd(logits) at the
+ * labels' H,W, bit for bit, without the resized logits in memory: a class
+ * map straight from low-resolution logits. logits F32 [N,C,h,w] with
+ * C <= 256, labels U8 [N,H,W]. */
+int st_argmax_resized(st_backend *be, const st_tensor *logits,
+                      st_tensor *labels);
 /* counts[label * num_classes + pred] += 1 for every pixel; pred and label
  * U8 of equal shape; counts is host memory of num_classes^2 entries, which
  * the op zeroes first. Values >= num_classes are an ST_ERANGE error. */

@@ -88,6 +88,9 @@ typedef struct st_backend_ops {
                      st_tensor *result, st_tensor *dlogits);
   int (*argmax_channels)(st_backend *be, const st_tensor *logits,
                          st_tensor *labels);
+  /* argmax_channels of resize_bilinear_fwd to the labels' H,W, fused */
+  int (*argmax_resized)(st_backend *be, const st_tensor *logits,
+                        st_tensor *labels);
   /* into counts, I64 [k * k + ST_CONFUSION_EXTRA]: no waiting */
   int (*confusion_counts)(st_backend *be, const st_tensor *pred,
                           const st_tensor *label, int num_classes,

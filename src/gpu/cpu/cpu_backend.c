@@ -100,6 +100,7 @@ static const st_backend_ops cpu_ops = {
     .resize_bilinear_bwd = st__cpu_resize_bilinear_bwd,
     .weighted_ce = st__cpu_weighted_ce,
     .argmax_channels = st__cpu_argmax_channels,
+    .argmax_resized = st__cpu_argmax_resized,
     .confusion_counts = st__cpu_confusion_counts,
     .adam_step = st__cpu_adam_step,
     .cast = st__cpu_cast,

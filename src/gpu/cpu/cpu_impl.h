@@ -66,6 +66,8 @@ int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
                         st_tensor *result, st_tensor *dlogits);
 int st__cpu_argmax_channels(st_backend *be, const st_tensor *logits,
                             st_tensor *labels);
+int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
+                           st_tensor *labels);
 int st__cpu_confusion_counts(st_backend *be, const st_tensor *pred,
                              const st_tensor *label, int num_classes,
                              st_tensor *counts);

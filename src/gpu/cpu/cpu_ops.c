@@ -684,6 +684,72 @@ int st__cpu_argmax_channels(st_backend *be, const st_tensor *logits,
   return ST_OK;
 }
 
+/* One block of output rows of one image per task: channel by channel, the
+ * block's rows are interpolated as st__cpu_resize_bilinear_fwd does (along W
+ * through the row cache, then along H) and compared with the block's best
+ * so far by st__cpu_argmax_channels' rule. Only the block's best values are
+ * kept, never the resized logits. */
+int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
+                           st_tensor *labels) {
+  const int64_t n = logits->shape[0], c = logits->shape[1];
+  const int64_t ih = logits->shape[2], iw = logits->shape[3];
+  const int64_t oh = labels->shape[1], ow = labels->shape[2];
+  const int64_t rows = ST_CPU_RESIZE_ROWS_PER_TASK;
+  const int threads = team(be, n * c * (ih * iw + oh * ow));
+  /* Taps of both axes, then per thread two cached rows and a block of best
+   * values. */
+  const size_t tap_bytes = (size_t)(oh + ow) * sizeof(resize_tap);
+  const size_t per_thread = (size_t)(2 + rows) * (size_t)ow;
+  char *scratch =
+      malloc(tap_bytes + (size_t)threads * per_thread * sizeof(float));
+  if (!scratch)
+    return st_error_set(ST_ENOMEM, "argmax_resized: no scratch memory");
+  resize_tap *th = (resize_tap *)scratch, *tw = th + oh;
+  float *bufs = (float *)(scratch + tap_bytes);
+  resize_taps(ih, oh, th);
+  resize_taps(iw, ow, tw);
+
+  const float *xd = logits->data;
+  uint8_t *ld = labels->data;
+  const int64_t blocks = (oh + rows - 1) / rows;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t task = 0; task < n * blocks; task++) {
+    const int64_t img = task / blocks, r0 = (task % blocks) * rows;
+    const int64_t r1 = min_i64(r0 + rows, oh);
+    float *mine = bufs + (size_t)omp_get_thread_num() * per_thread;
+    float *best = mine + 2 * ow;
+    uint8_t *map = ld + img * oh * ow;
+    for (int64_t k = 0; k < c; k++) {
+      resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
+      const float *plane = xd + (img * c + k) * ih * iw;
+      for (int64_t r = r0; r < r1; r++) {
+        const resize_tap t = th[r];
+        const float *restrict a =
+            resize_cached_row(&cache, plane, iw, tw, ow, t.i0, t.i1);
+        const float *restrict b =
+            resize_cached_row(&cache, plane, iw, tw, ow, t.i1, t.i0);
+        float *restrict bst = best + (r - r0) * ow;
+        uint8_t *restrict idx = map + r * ow;
+        if (k == 0) {
+          for (int64_t j = 0; j < ow; j++) {
+            bst[j] = lerp2(a[j], t.l0, b[j], t.l1);
+            idx[j] = 0;
+          }
+          continue;
+        }
+        for (int64_t j = 0; j < ow; j++) {
+          const float v = lerp2(a[j], t.l0, b[j], t.l1), bv = bst[j];
+          const int take = (v > bv) | ((v != v) & (bv == bv));
+          bst[j] = take ? v : bv;
+          idx[j] = take ? (uint8_t)k : idx[j];
+        }
+      }
+    }
+  }
+  free(scratch);
+  return ST_OK;
+}
+
 int st__cpu_confusion_counts(st_backend *be, const st_tensor *pred,
                              const st_tensor *label, int num_classes,
                              st_tensor *counts_t) {

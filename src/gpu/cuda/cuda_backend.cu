@@ -462,6 +462,7 @@ static st_backend_ops make_ops(void) {
   o.resize_bilinear_bwd = st__cuda_resize_bilinear_bwd;
   o.weighted_ce = st__cuda_weighted_ce;
   o.argmax_channels = st__cuda_argmax_channels;
+  o.argmax_resized = st__cuda_argmax_resized;
   o.confusion_counts = st__cuda_confusion_counts;
   o.adam_step = st__cuda_adam_step;
   o.adam_steps = st__cuda_adam_steps;

@@ -158,6 +158,8 @@ extern "C" int st__cuda_weighted_ce(st_backend *be, const st_tensor *logits,
     st_tensor *dlogits);
 extern "C" int st__cuda_argmax_channels(st_backend *be, const st_tensor
     *logits, st_tensor *labels);
+extern "C" int st__cuda_argmax_resized(st_backend *be, const st_tensor *logits,
+                                       st_tensor *labels);
 extern "C" int st__cuda_confusion_counts(st_backend *be, const st_tensor *pred,
     const st_tensor *label, int num_classes, st_tensor *counts);
 extern "C" int st__cuda_adam_step(st_backend *be, const st_adam_params *p,

@@ -10,8 +10,11 @@
 // The forward pass gathers four inputs per output element. The backward pass
 // is a gather too, one thread per input element summing the contributions
 // of the outputs in its row and column ranges, so it needs no atomics and
-// its results are the same on every run. Scratch layout: row taps [OH],
-// column taps [OW], then (backward) row spans [IH] and column spans [IW].
+// its results are the same on every run. The fused class map
+// (argmax_resized) interpolates every channel of one output pixel in a
+// thread, as the forward pass does, and keeps only the best. Scratch layout:
+// row taps [OH], column taps [OW], then (backward) row spans [IH] and column
+// spans [IW].
 #include <limits.h>
 #include <stdint.h>
 
@@ -252,6 +255,65 @@ extern "C" int st__cuda_resize_bilinear_bwd(st_backend *be,
   resize_bwd<<<st__cuda_grid(total), ST_CUDA_BLOCK, 0, cu->stream>>>(
       (const float *)dy->data, (float *)dx->data, planes, (int)ih, (int)iw,
       (int)oh, (int)ow, tap_h, tap_w, span_h, span_w);
+  ST_CUDA_LAUNCHED();
+  return ST_OK;
+}
+
+// One thread per output pixel: each channel's value interpolated as
+// resize_fwd computes it, then compared with the best so far by
+// argmax_kernel's rule (strictly greater; a NaN beats a number, the first
+// NaN wins), so the class map equals the two ops' without the resized
+// logits in memory.
+__global__ static void resize_argmax(const float *x, uint8_t *labels, int64_t n,
+                                     int c, int ih, int iw, int oh, int ow,
+                                     const resize_tap *tap_h,
+                                     const resize_tap *tap_w) {
+  const int64_t total = n * oh * ow;
+  const int64_t plane_len = (int64_t)ih * iw;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+       idx < total; idx += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t row = idx / ow;
+    const int col = (int)(idx - row * ow);
+    const int64_t img = row / oh;
+    const int r = (int)(row - img * oh);
+    const resize_tap th = tap_h[r], tw = tap_w[col];
+    const float *plane = x + img * c * plane_len;
+    float best = 0.0f;
+    int id = 0;
+    for (int k = 0; k < c; k++, plane += plane_len) {
+      const float *src0 = plane + (int64_t)th.i0 * iw;
+      const float *src1 = plane + (int64_t)th.i1 * iw;
+      const float a = resize_lerp(src0[tw.i0], tw.l0, src0[tw.i1], tw.l1);
+      const float b = resize_lerp(src1[tw.i0], tw.l0, src1[tw.i1], tw.l1);
+      const float v = resize_lerp(a, th.l0, b, th.l1);
+      if (k == 0 || v > best || (isnan(v) && !isnan(best))) {
+        best = v;
+        id = k;
+      }
+    }
+    labels[idx] = (uint8_t)id;
+  }
+}
+
+extern "C" int st__cuda_argmax_resized(st_backend *be, const st_tensor *logits,
+                                       st_tensor *labels) {
+  st_cuda_backend *cu = st__cuda(be);
+  const int64_t n = logits->shape[0], c = logits->shape[1];
+  const int64_t ih = logits->shape[2], iw = logits->shape[3];
+  const int64_t oh = labels->shape[1], ow = labels->shape[2];
+  int rc = resize_check_extents("argmax_resized", ih, iw, oh, ow);
+  if (rc)
+    return rc;
+  resize_tap *tap_h = NULL, *tap_w = NULL;
+  resize_span *span_h = NULL, *span_w = NULL;
+  rc = resize_prepare(cu, (int)ih, (int)iw, (int)oh, (int)ow, 0, &tap_h, &tap_w,
+                      &span_h, &span_w);
+  if (rc)
+    return rc;
+  const int64_t total = n * oh * ow;
+  resize_argmax<<<st__cuda_grid(total), ST_CUDA_BLOCK, 0, cu->stream>>>(
+      (const float *)logits->data, (uint8_t *)labels->data, n, (int)c, (int)ih,
+      (int)iw, (int)oh, (int)ow, tap_h, tap_w);
   ST_CUDA_LAUNCHED();
   return ST_OK;
 }
