@@ -501,10 +501,7 @@ static int warm_up(client *cl) {
     return fail(ST_CLIENT_EXIT_FAILURE, "out of memory for a frame");
   const int64_t shape[3] = {cl->info.height, cl->info.width, 3};
   st_tensor image = st_tensor_view(zero, ST_U8, 3, shape);
-  const st_tensor *logits;
-  int rc = st_student_forward(cl->student, &image, &logits);
-  if (!rc)
-    rc = st_backend_sync(cl->be);
+  int rc = st_student_predict(cl->student, &image, &cl->labels);
   free(zero);
   if (rc)
     return fail(ST_CLIENT_EXIT_FAILURE, "student: %s", st_error_detail());
@@ -658,18 +655,12 @@ static int process_frame(client *cl, st_video_frame *f) {
   const int64_t shape[3] = {cl->info.height, cl->info.width, 3};
   st_tensor image = st_tensor_view(f->rgb, ST_U8, 3, shape);
   int64_t t_student = now_ns();
-  /* The class map (argmax and its download) is made only for a frame
-   * that an output shows; otherwise nothing would read it. */
+  /* Every frame's class map, the student's product, whether or not an
+   * output shows it: made from the small logits (st_argmax_resized), it
+   * costs less than frame-sized logits would, and never holds them. */
   int mask = c->masks[0] && cl->processed % c->masks_every == 0;
   int overlay = c->output[0] != '\0';
-  if (overlay || mask) {
-    rc = st_student_predict(cl->student, &image, &cl->labels);
-  } else {
-    const st_tensor *logits;
-    rc = st_student_forward(cl->student, &image, &logits);
-    if (!rc)
-      rc = st_backend_sync(cl->be);
-  }
+  rc = st_student_predict(cl->student, &image, &cl->labels);
   cl->student_ns += now_ns() - t_student;
   if (rc)
     return fail(ST_CLIENT_EXIT_FAILURE, "student: %s", st_error_detail());

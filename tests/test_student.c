@@ -106,6 +106,49 @@ static void test_forward_matches_reference(void **state) {
   st_student_free(s);
 }
 
+/* The class map a device shows is the argmax of the logits
+ * st_student_forward returns, to the last pixel (one backend computes
+ * both), whether or not frame-sized logits were ever planned. */
+static void test_predict_matches_forward(void **state) {
+  st_backend *be = st_test_backend(state);
+  st_student *s = student_from_fixture(be);
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    example ex;
+    example_open(&ex, sizes[k]);
+    const int64_t h = ex.image.shape[0], w = ex.image.shape[1];
+    const int64_t map_shape[2] = {h, w};
+    st_tensor first, again;
+    ST_ASSERT_OK(st_tensor_alloc(NULL, &first, ST_U8, 2, map_shape));
+    ST_ASSERT_OK(st_tensor_alloc(NULL, &again, ST_U8, 2, map_shape));
+    ST_ASSERT_OK(st_student_predict(s, &ex.image, &first));
+    const st_tensor *logits = NULL;
+    ST_ASSERT_OK(st_student_forward(s, &ex.image, &logits));
+    st_tensor hl = st_test_to_host(be, logits);
+    ST_ASSERT_OK(st_student_predict(s, &ex.image, &again));
+    const int64_t c = hl.shape[1], hw = h * w;
+    const float *lv = hl.data;
+    const uint8_t *p1 = first.data, *p2 = again.data;
+    int64_t classes_seen = 0, seen[256] = {0};
+    for (int64_t i = 0; i < hw; i++) {
+      int best = 0;
+      for (int64_t j = 1; j < c; j++)
+        if (lv[j * hw + i] > lv[best * hw + i])
+          best = (int)j;
+      if (p1[i] != best || p2[i] != best)
+        fail_msg("%lldx%lld pixel %lld: class %d then %d, argmax %d",
+                 (long long)h, (long long)w, (long long)i, p1[i], p2[i],
+                 best);
+      classes_seen += !seen[best]++;
+    }
+    assert_true(classes_seen > 1); /* not a constant map */
+    st_tensor_free(&hl);
+    st_tensor_free(&first);
+    st_tensor_free(&again);
+    example_close(&ex);
+  }
+  st_student_free(s);
+}
+
 static void test_score_matches_reference_miou(void **state) {
   st_backend *be = st_test_backend(state);
   st_student *s = student_from_fixture(be);
@@ -417,6 +460,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_param_counts),
       cmocka_unit_test(test_forward_matches_reference),
+      cmocka_unit_test(test_predict_matches_forward),
       cmocka_unit_test(test_score_matches_reference_miou),
       cmocka_unit_test(test_partial_distillation_matches_reference),
       cmocka_unit_test(test_full_distillation_matches_reference),

@@ -196,6 +196,12 @@ static void test_bench_reports(void **state) {
   assert_int_equal(
       sscanf(c, "\"distill_step_recompute_ms_median\":%lf", &recompute), 1);
   assert_true(infer > 0.0 && step > 0.0 && recompute > 0.0);
+  double predict = -1.0;
+  const char *d = strstr(json, "\"predict_ms_median\":");
+  assert_non_null(d);
+  assert_int_equal(sscanf(d, "\"predict_ms_median\":%lf", &predict), 1);
+  assert_true(predict > 0.0);
+  assert_non_null(strstr(json, "\"predict_peak_rss_mb\":"));
   assert_non_null(strstr(r->out, "reuse / recompute"));
   free(r);
 }

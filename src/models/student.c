@@ -81,7 +81,8 @@ typedef struct plan {
   st_tensor d3;                /* upsampled dec3 output at x1's size */
   st_tensor o1, o2;            /* out_conv1/2 outputs */
   st_tensor small_logits;      /* out_conv3(o2), [1,C,H1,W1] */
-  st_tensor logits;            /* upsampled to the frame, [1,C,H,W] */
+  st_tensor logits;            /* upsampled to the frame, [1,C,H,W]; made
+                                  only where needed (plan_logits) */
   /* gradients */
   st_tensor g_logits, g_small, g_o2, g_o1, g_d3;
   st_tensor g_c1, g_c2, g_e3, g_x2, g_x1, g_tmp_e;
@@ -507,10 +508,20 @@ static int plan_make(st_student *s, int64_t h, int64_t w) {
   ST_TRY(plan_act(s, &pl->o1, OUT_CONV_CH, h1, w1));
   ST_TRY(plan_act(s, &pl->o2, OUT_CONV_CH, h1, w1));
   ST_TRY(plan_act(s, &pl->small_logits, nc, h1, w1));
-  ST_TRY(plan_act(s, &pl->logits, nc, h, w));
   pl->h = h;
   pl->w = w;
   return ST_OK;
+}
+
+/* The frame-sized logits, planned on first use: the loss and
+ * st_student_forward need them, a class map does not (st_argmax_resized
+ * makes it from the small logits), so a device that only predicts never
+ * holds them. */
+static int plan_logits(st_student *s) {
+  plan *pl = &s->plan;
+  if (pl->logits.data)
+    return ST_OK;
+  return plan_act(s, &pl->logits, s->opts.num_classes, pl->h, pl->w);
 }
 
 /* Gradient buffers, planned on the first training step at a size. Only
@@ -519,6 +530,7 @@ static int plan_grads(st_student *s) {
   plan *pl = &s->plan;
   int f = s->first_trainable;
   int nc = s->opts.num_classes;
+  ST_TRY(plan_logits(s));
   ST_TRY(plan_act(s, &pl->g_logits, nc, pl->h, pl->w));
   const st_tensor *sl = &pl->small_logits;
   ST_TRY(plan_act(s, &pl->g_small, nc, sl->shape[2], sl->shape[3]));
@@ -614,15 +626,13 @@ static int forward_from(st_student *s, int from) {
     ST_TRY(conv_fwd(s, &s->out_conv1, &pl->d3, ST_ACT_NONE, 0.0f, &pl->o1));
   if (RUN(out_conv2))
     ST_TRY(conv_fwd(s, &s->out_conv2, &pl->o1, ST_ACT_NONE, 0.0f, &pl->o2));
-  if (RUN(out_conv3)) {
-    /* A 1x1 convolution commutes with bilinear resizing (the interpolation
-     * weights sum to one, so the bias passes through unchanged): run the
-     * classifier at the low resolution and upsample C channels instead of
-     * 32. */
+  /* A 1x1 convolution commutes with bilinear resizing (the interpolation
+   * weights sum to one, so the bias passes through unchanged): run the
+   * classifier at the low resolution, and upsample C channels instead of 32
+   * where frame-sized logits are needed (upsample_logits). */
+  if (RUN(out_conv3))
     ST_TRY(conv_fwd(s, &s->out_conv3, &pl->o2, ST_ACT_NONE, 0.0f,
-                 &pl->small_logits));
-    ST_TRY(st_resize_bilinear_fwd(be, &pl->small_logits, &pl->logits));
-  }
+                    &pl->small_logits));
 #undef RUN
   return ST_OK;
 }
@@ -667,22 +677,30 @@ static int load_image(st_student *s, const st_tensor *image) {
                           st_tensor_nbytes(image));
 }
 
+/* The small logits upsampled to the frame (the planned ones). */
+static int upsample_logits(st_student *s) {
+  return st_resize_bilinear_fwd(s->be, &s->plan.small_logits, &s->plan.logits);
+}
+
 int st_student_forward(st_student *s, const st_tensor *image,
                        const st_tensor **logits) {
   ST_TRY(load_image(s, image));
+  ST_TRY(plan_logits(s));
   ST_TRY(forward_planned(s));
+  ST_TRY(upsample_logits(s));
   *logits = &s->plan.logits;
   return ST_OK;
 }
 
 int st_student_predict(st_student *s, const st_tensor *image,
                        st_tensor *labels) {
-  const st_tensor *logits;
+  ST_TRY(check_image(image));
   if (!labels || labels->dtype != ST_U8 ||
       st_tensor_numel(labels) != image->shape[0] * image->shape[1])
     return st_error_set(ST_ESHAPE, "student: labels must be U8 [H,W]");
-  ST_TRY(st_student_forward(s, image, &logits));
-  ST_TRY(st_argmax_channels(s->be, logits, &s->plan.pred));
+  ST_TRY(load_image(s, image));
+  ST_TRY(forward_planned(s));
+  ST_TRY(st_argmax_resized(s->be, &s->plan.small_logits, &s->plan.pred));
   ST_TRY(st_backend_sync(s->be));
   return st_tensor_download(s->be, &s->plan.pred, labels->data,
                             st_tensor_nbytes(labels));
@@ -722,11 +740,11 @@ int st_student_set_example(st_student *s, const st_tensor *image,
   return ST_OK;
 }
 
-/* argmax of the logits and its confusion counts against the label, left
- * in the plan's result tensor. */
+/* The class map of the logits and its confusion counts against the label,
+ * left in the plan's result tensor. */
 static int miou_ops(st_student *s) {
   plan *pl = &s->plan;
-  ST_TRY(st_argmax_channels(s->be, &pl->logits, &pl->pred));
+  ST_TRY(st_argmax_resized(s->be, &pl->small_logits, &pl->pred));
   return st_confusion_counts_into(s->be, &pl->pred, &pl->label,
                                   s->opts.num_classes, &pl->confusion);
 }
@@ -920,6 +938,7 @@ static int backward(st_student *s) {
 /* The step's loss (its gradient fused) and the backward pass. */
 static int step_ops(st_student *s) {
   plan *pl = &s->plan;
+  ST_TRY(upsample_logits(s));
   ST_TRY(st_weighted_ce_into(s->be, &pl->logits, &pl->label, &pl->weight,
                              &pl->ce_result, &pl->g_logits));
   return backward(s);
