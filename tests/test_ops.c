@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "testutil.h"
 
@@ -1226,6 +1227,78 @@ static void test_threads_agree(void **state) {
   big_free(&got);
 }
 
+/* ---- benchmark (ST_OPS_BENCH=1) -------------------------------------------
+ */
+
+/* The student's class map at 720x1280 from its [1,C,360,640] logits: the
+ * resize then the argmax against st_argmax_resized, on a default CPU
+ * context, ms per call (median of BENCH_REPS after one warm-up), with the
+ * ratio of the two in the same run. */
+#define BENCH_REPS 7
+
+static double bench_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int bench_cmp(const void *a, const void *b) {
+  const double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static int run_bench(void) {
+  st_backend_options opts = {.kind = ST_BACKEND_CPU};
+  st_backend *be = NULL;
+  if (st_backend_new(&opts, &be))
+    return 1;
+  printf("class map 360x640 -> 720x1280, cpu backend (default threads), ms "
+         "per call (median of %d)\n",
+         BENCH_REPS);
+  printf("%8s %16s %10s %8s\n", "classes", "resize+argmax", "fused", "ratio");
+  const int64_t classes[] = {9, 21};
+  int rc = 0;
+  for (size_t i = 0; i < sizeof classes / sizeof classes[0] && !rc; i++) {
+    const int64_t c = classes[i], map_shape[3] = {1, 720, 1280};
+    st_tensor x = {0}, up = {0}, lab = {0};
+    rc = st_tensor_alloc4(be, &x, ST_F32, 1, c, 360, 640);
+    if (!rc)
+      rc = st_tensor_alloc4(be, &up, ST_F32, 1, c, 720, 1280);
+    if (!rc)
+      rc = st_tensor_alloc(be, &lab, ST_U8, 3, map_shape);
+    if (!rc)
+      st_test_fill_uniform(x.data, (size_t)st_tensor_numel(&x), 5, -4.0f, 4.0f);
+    double t[2][BENCH_REPS];
+    for (int r = -1; !rc && r < BENCH_REPS; r++) {
+      double t0 = bench_now_ms();
+      rc = st_resize_bilinear_fwd(be, &x, &up);
+      if (!rc)
+        rc = st_argmax_channels(be, &up, &lab);
+      double t1 = bench_now_ms();
+      if (!rc)
+        rc = st_argmax_resized(be, &x, &lab);
+      double t2 = bench_now_ms();
+      if (r >= 0) {
+        t[0][r] = t1 - t0;
+        t[1][r] = t2 - t1;
+      }
+    }
+    if (!rc) {
+      qsort(t[0], BENCH_REPS, sizeof(double), bench_cmp);
+      qsort(t[1], BENCH_REPS, sizeof(double), bench_cmp);
+      const double a = t[0][BENCH_REPS / 2], b = t[1][BENCH_REPS / 2];
+      printf("%8lld %16.2f %10.2f %8.2f\n", (long long)c, a, b, b / a);
+    }
+    st_tensor_free(&x);
+    st_tensor_free(&up);
+    st_tensor_free(&lab);
+  }
+  if (rc)
+    fprintf(stderr, "bench: %s\n", st_error_detail());
+  st_backend_free(be);
+  return rc;
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_batchnorm_fixture),
@@ -1252,5 +1325,10 @@ int main(void) {
       cmocka_unit_test(test_wrappers_reject_bad_shapes),
       cmocka_unit_test(test_threads_agree),
   };
-  return st_test_run_on_backends("ops", tests, sizeof tests / sizeof tests[0]);
+  int failed =
+      st_test_run_on_backends("ops", tests, sizeof tests / sizeof tests[0]);
+  const char *bench = getenv("ST_OPS_BENCH");
+  if (bench && *bench && strcmp(bench, "0") != 0)
+    failed += run_bench();
+  return failed ? 1 : 0;
 }

@@ -696,10 +696,11 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
   const int64_t oh = labels->shape[1], ow = labels->shape[2];
   const int64_t rows = ST_CPU_RESIZE_ROWS_PER_TASK;
   const int threads = team(be, n * c * (ih * iw + oh * ow));
-  /* Taps of both axes, then per thread two cached rows and a block of best
-   * values. */
+  /* Taps of both axes, then per thread two cached rows and a block's best
+   * values and their classes (int32, so the comparison vectorises in float
+   * lanes). */
   const size_t tap_bytes = (size_t)(oh + ow) * sizeof(resize_tap);
-  const size_t per_thread = (size_t)(2 + rows) * (size_t)ow;
+  const size_t per_thread = (size_t)(2 + 2 * rows) * (size_t)ow;
   char *scratch =
       malloc(tap_bytes + (size_t)threads * per_thread * sizeof(float));
   if (!scratch)
@@ -718,7 +719,7 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
     const int64_t r1 = min_i64(r0 + rows, oh);
     float *mine = bufs + (size_t)omp_get_thread_num() * per_thread;
     float *best = mine + 2 * ow;
-    uint8_t *map = ld + img * oh * ow;
+    int32_t *cls = (int32_t *)(best + rows * ow);
     for (int64_t k = 0; k < c; k++) {
       resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
       const float *plane = xd + (img * c + k) * ih * iw;
@@ -729,7 +730,7 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
         const float *restrict b =
             resize_cached_row(&cache, plane, iw, tw, ow, t.i1, t.i0);
         float *restrict bst = best + (r - r0) * ow;
-        uint8_t *restrict idx = map + r * ow;
+        int32_t *restrict idx = cls + (r - r0) * ow;
         if (k == 0) {
           for (int64_t j = 0; j < ow; j++) {
             bst[j] = lerp2(a[j], t.l0, b[j], t.l1);
@@ -739,12 +740,15 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
         }
         for (int64_t j = 0; j < ow; j++) {
           const float v = lerp2(a[j], t.l0, b[j], t.l1), bv = bst[j];
-          const int take = (v > bv) | ((v != v) & (bv == bv));
+          const int32_t take = (v > bv) | ((v != v) & (bv == bv));
           bst[j] = take ? v : bv;
-          idx[j] = take ? (uint8_t)k : idx[j];
+          idx[j] = take ? (int32_t)k : idx[j];
         }
       }
     }
+    uint8_t *out = ld + (img * oh + r0) * ow;
+    for (int64_t i = 0; i < (r1 - r0) * ow; i++)
+      out[i] = (uint8_t)cls[i];
   }
   free(scratch);
   return ST_OK;
