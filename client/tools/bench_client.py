@@ -10,7 +10,9 @@ client").
 
 One round runs, back to back on the same machine:
   1. `shadowtutor-model bench --config config/student.json --height H
-     --width W --iters 10`: the median inference time -> fps;
+     --width W --iters 10`: the median time of the class map (the
+     student's forward pass and its class map on the host, what the
+     client does with every frame) -> fps;
   2. `shadowtutor-client` on a synthetic clip of that size (made by
      shadowtutor-clip), against a `null_compute` server on loopback (key
      frames JPEG-encoded and sent, updates received; the server trains
@@ -59,7 +61,7 @@ def bench_fps(build, h, w):
                           "--height", str(h), "--width", str(w), "--iters", "10"],
                          check=True, capture_output=True, text=True,
                          env=env).stdout
-    ms = json.loads(out.strip().splitlines()[-1])["infer_ms_median"]
+    ms = json.loads(out.strip().splitlines()[-1])["predict_ms_median"]
     return 1000.0 / ms, ms
 
 
