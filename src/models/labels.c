@@ -103,8 +103,8 @@ static int check_f32_4d(const char *what, const st_tensor *t) {
 }
 
 int st_labels_from_logits(st_backend *be, const st_tensor *teacher_logits,
-                          const st_class_map *m, st_tensor *scratch_logits,
-                          st_tensor *label, uint8_t *host_label) {
+                          const st_class_map *m, st_tensor *label,
+                          uint8_t *host_label) {
   char s1[96];
   if (!be || !host_label)
     return st_error_set(ST_EINVAL, "labels: missing backend or host label");
@@ -131,23 +131,6 @@ int st_labels_from_logits(st_backend *be, const st_tensor *teacher_logits,
                         st_tensor_shape_str(label, s1, sizeof s1));
   const int64_t frame_h = label->shape[1], frame_w = label->shape[2];
 
-  /* The argmax reads the teacher's logits directly when they already have
-   * the frame's size: a same-size bilinear resize is an exact copy. */
-  const st_tensor *frame_logits = teacher_logits;
-  if (teacher_logits->shape[2] != frame_h ||
-      teacher_logits->shape[3] != frame_w) {
-    if ((rc = check_f32_4d("resized logits", scratch_logits)))
-      return rc;
-    if (scratch_logits->shape[0] != 1 ||
-        scratch_logits->shape[1] != m->teacher_classes ||
-        scratch_logits->shape[2] != frame_h ||
-        scratch_logits->shape[3] != frame_w)
-      return st_error_set(
-          ST_ESHAPE, "labels: resized logits %s, expected [1,%d,%lld,%lld]",
-          st_tensor_shape_str(scratch_logits, s1, sizeof s1),
-          m->teacher_classes, (long long)frame_h, (long long)frame_w);
-    frame_logits = scratch_logits;
-  }
   const int in_place = host_label == (uint8_t *)label->data;
   if (in_place && !st_backend_is_host(be))
     return st_error_set(ST_EINVAL,
@@ -155,10 +138,13 @@ int st_labels_from_logits(st_backend *be, const st_tensor *teacher_logits,
                         "storage, which %s host code cannot address",
                         st_backend_name(be));
 
-  if (frame_logits != teacher_logits &&
-      (rc = st_resize_bilinear_fwd(be, teacher_logits, scratch_logits)))
-    return rc;
-  if ((rc = st_argmax_channels(be, frame_logits, label)))
+  /* The argmax of the logits resized to the frame, without them in memory;
+   * at the frame's own size it reads the teacher's logits directly (a
+   * same-size resize would copy them unchanged). */
+  const int same_size = teacher_logits->shape[2] == frame_h &&
+                        teacher_logits->shape[3] == frame_w;
+  if ((rc = same_size ? st_argmax_channels(be, teacher_logits, label)
+                      : st_argmax_resized(be, teacher_logits, label)))
     return rc;
   const size_t pixels = (size_t)(frame_h * frame_w);
   if (!in_place && (rc = st_tensor_download(be, label, host_label, pixels)))

@@ -4,19 +4,21 @@
  * The teacher's logits come out at the network's own resolution and over
  * the teacher's classes (21 for torchvision's VOC models). Distillation
  * needs, at the frame's size and over the student's classes:
- *  - the label: logits resized bilinearly (align_corners=False) to the
- *    frame, argmax over channels, then the class map (st_labels_from_logits);
+ *  - the label: the argmax over channels of the logits resized bilinearly
+ *    (align_corners=False) to the frame, then the class map
+ *    (st_labels_from_logits);
  *  - the loss weights: ShadowTutor's emphasis on objects, `factor` inside the
  *    box of every 8-connected non-background component grown by `dilate`
  *    of its extent, 1 elsewhere (st_loss_weights, loss_weights() of
  *    shadowtutor_ref.py to the bit).
  *
  * Both run once per key frame on the server, so neither allocates in the
- * steady state: the caller plans the backend buffers (logits at frame size,
- * the label) and keeps one st_labels_scratch per session that grows to the
- * largest frame it has seen and is then reused.
+ * steady state: the caller plans the backend's label buffer and keeps one
+ * st_labels_scratch per session that grows to the largest frame it has
+ * seen and is then reused.
  *
- * Where the work happens: the resize and the argmax are backend ops; the
+ * Where the work happens: the resized argmax is a backend op
+ * (st_argmax_resized: the frame-sized logits never exist); the
  * class map (a 256-entry lookup) and the connected components run on the
  * host. The label is downloaded once for both, mapped there and uploaded
  * back, so after st_labels_from_logits the student label is in the backend
@@ -78,11 +80,10 @@ int st_class_map_check(const st_class_map *m);
 
 /* The student label of one frame from the teacher's logits.
  *
- * teacher_logits  F32 [1,T,h,w] on be, T == m->teacher_classes.
- * scratch_logits  F32 [1,T,H,W] on be: receives the logits resized to the
- *                 frame. May be NULL when h,w already equal H,W (the argmax
- *                 then reads teacher_logits directly; resizing to the same
- *                 size would copy them unchanged).
+ * teacher_logits  F32 [1,T,h,w] on be, T == m->teacher_classes, at any
+ *                 size: the argmax is that of the logits resized to the
+ *                 frame (st_argmax_resized; at the frame's size, of the
+ *                 logits themselves).
  * label           U8 [1,H,W] on be: the frame size is taken from it. On
  *                 return it holds the student label.
  * host_label      H*W bytes of host memory, row-major: on return, the same
@@ -95,8 +96,8 @@ int st_class_map_check(const st_class_map *m);
  * Shape and dtype errors are ST_ESHAPE / ST_EDTYPE, a bad map ST_EINVAL or
  * ST_ERANGE, each with a detail line; nothing is written on those. */
 int st_labels_from_logits(st_backend *be, const st_tensor *teacher_logits,
-                          const st_class_map *m, st_tensor *scratch_logits,
-                          st_tensor *label, uint8_t *host_label);
+                          const st_class_map *m, st_tensor *label,
+                          uint8_t *host_label);
 
 /* ---- loss weights ---------------------------------------------------------- */
 

@@ -99,10 +99,13 @@ int st_student_is_trainable(const st_student *s, st_student_module m);
 
 /* Inference on one RGB frame (U8 [H,W,3] host memory). On success *logits
  * points to the student's own [1,C,H,W] output buffer in backend memory,
- * valid until the next call. */
+ * valid until the next call. The first call at a frame size plans that
+ * buffer (C x H x W floats); st_student_predict does not need it. */
 int st_student_forward(st_student *s, const st_tensor *image,
                        const st_tensor **logits);
-/* Inference then argmax: labels is a host U8 [H,W]. */
+/* Inference then the class map (the argmax of st_student_forward's
+ * logits, made from the low-resolution logits without the frame-sized
+ * ones): labels is a host U8 [H,W]. */
 int st_student_predict(st_student *s, const st_tensor *image,
                        st_tensor *labels);
 

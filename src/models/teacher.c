@@ -414,8 +414,6 @@ typedef struct frame_plan {
   st_tensor normalised;    /* F32 [1,3,H,W]; unallocated when the frame is
                               the model's input size (normalised straight
                               into `input` then) */
-  st_tensor resized;       /* F32 [1,T,H,W]: logits at the frame size;
-                              unallocated when the output is that size */
   st_tensor label;         /* U8 [1,H,W]: the student label on the backend */
 } frame_plan;
 
@@ -451,7 +449,6 @@ struct st_teacher_state {
 static void frame_plan_free(frame_plan *f) {
   st_tensor_free(&f->image);
   st_tensor_free(&f->normalised);
-  st_tensor_free(&f->resized);
   st_tensor_free(&f->label);
   memset(f, 0, sizeof *f);
 }
@@ -722,20 +719,11 @@ int st_teacher_open_bare(st_backend *be, const char *onnx_path, int64_t height,
 
 /* Plans the per-frame buffers for an HxW frame (a no-op at the planned
  * size). */
-/* The logits the label map is made from: the model's output, or for an
- * alpha teacher the planes [threshold, alpha] (so that the argmax picks
- * class 1 exactly where alpha > threshold). */
-static const st_tensor *logits_of(const st_teacher *t) {
-  return t->alpha_logits.data ? &t->alpha_logits
-                              : st_onnx_plan_output(t->plan, t->output_index);
-}
-
 static int frame_plan_ensure(st_teacher *t, int64_t h, int64_t w) {
   frame_plan *f = &t->frame;
   if (f->height == h && f->width == w)
     return ST_OK;
   frame_plan_free(f);
-  const st_tensor *out = logits_of(t);
   const int64_t img_shape[3] = {h, w, 3}, label_shape[3] = {1, h, w};
   int rc;
   if ((rc = st_tensor_alloc(t->be, &f->image, ST_U8, 3, img_shape)) ||
@@ -743,10 +731,6 @@ static int frame_plan_ensure(st_teacher *t, int64_t h, int64_t w) {
     goto err;
   if ((h != t->cfg.height || w != t->cfg.width) &&
       (rc = st_tensor_alloc4(t->be, &f->normalised, ST_F32, 1, 3, h, w)))
-    goto err;
-  if ((out->shape[2] != h || out->shape[3] != w) &&
-      (rc = st_tensor_alloc4(t->be, &f->resized, ST_F32, 1, out->shape[1], h,
-                             w)))
     goto err;
   if ((rc = st_labels_scratch_reserve(&t->scratch, h, w)))
     goto err;
@@ -869,13 +853,12 @@ int st_teacher_label_session(st_teacher *t, st_teacher_state *state,
       return rc;
     out = a;
   }
-  if ((rc = st_labels_from_logits(t->be, out, &t->cfg.class_map,
-                                  f->resized.data ? &f->resized : NULL,
-                                  &f->label, label)) ||
-      (rc = st_loss_weights(label, h, w, t->cfg.class_map.background,
-                            ST_LOSS_WEIGHT_DEFAULT_FACTOR,
-                            ST_LOSS_WEIGHT_DEFAULT_DILATE, weight,
-                            &t->scratch)))
+  if ((rc = st_labels_from_logits(t->be, out, &t->cfg.class_map, &f->label,
+                                  label)) ||
+      (rc =
+           st_loss_weights(label, h, w, t->cfg.class_map.background,
+                           ST_LOSS_WEIGHT_DEFAULT_FACTOR,
+                           ST_LOSS_WEIGHT_DEFAULT_DILATE, weight, &t->scratch)))
     return rc;
   if (logits)
     *logits = out;
