@@ -841,7 +841,8 @@ int st_teacher_label_session(st_teacher *t, st_teacher_state *state,
     return rc;
   const st_tensor *out = st_onnx_plan_output(t->plan, t->output_index);
   if (t->alpha_logits.data) {
-    /* Plane 0 is the threshold, plane 1 the alpha (contiguous: N is 1). */
+    /* Plane 0 is the threshold, plane 1 the alpha (contiguous: N is 1),
+     * so that the argmax picks class 1 exactly where alpha > threshold. */
     const st_tensor *a = &t->alpha_logits;
     int64_t plane = a->shape[2] * a->shape[3];
     st_tensor p0 = st_tensor_view4(a->data, ST_F32, 1, 1, a->shape[2],

@@ -363,6 +363,24 @@ static void resize_taps(int64_t in, int64_t out, resize_tap *taps) {
   }
 }
 
+/* One allocation for a resize: the taps of both axes, filled, then
+ * extra_bytes for the caller at *extra (8-byte aligned). Returns the block
+ * to free, NULL when out of memory. */
+static void *resize_scratch(int64_t ih, int64_t iw, int64_t oh, int64_t ow,
+                            size_t extra_bytes, resize_tap **th,
+                            resize_tap **tw, void **extra) {
+  const size_t tap_bytes = (size_t)(oh + ow) * sizeof(resize_tap);
+  char *block = malloc(tap_bytes + extra_bytes);
+  if (!block)
+    return NULL;
+  *th = (resize_tap *)block;
+  *tw = *th + oh;
+  *extra = block + tap_bytes;
+  resize_taps(ih, oh, *th);
+  resize_taps(iw, ow, *tw);
+  return block;
+}
+
 /* fma(a, wa, b * wb): how PyTorch's FMA build evaluates t0 * w0 + t1 * w1.
  * a * wa is exact in double, so rounding the double sum to float gives the
  * fused result (barring rare double-rounding ties). */
@@ -406,16 +424,15 @@ int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
   const int64_t ih = x->shape[2], iw = x->shape[3];
   const int64_t oh = y->shape[2], ow = y->shape[3];
   const int threads = team(be, planes * (ih * iw + oh * ow));
-  /* One block: taps for both axes, then two row buffers per thread. */
-  const size_t tap_bytes = (size_t)(oh + ow) * sizeof(resize_tap);
-  float *scratch = malloc(tap_bytes + (size_t)threads * 2 * (size_t)ow *
-                                          sizeof(float));
+  /* The taps, then two row buffers per thread. */
+  resize_tap *th, *tw;
+  void *rows_v;
+  void *scratch = resize_scratch(
+      ih, iw, oh, ow, (size_t)threads * 2 * (size_t)ow * sizeof(float), &th,
+      &tw, &rows_v);
   if (!scratch)
     return st_error_set(ST_ENOMEM, "resize_bilinear_fwd: no scratch memory");
-  resize_tap *th = (resize_tap *)scratch, *tw = th + oh;
-  float *rows = (float *)(tw + ow);
-  resize_taps(ih, oh, th);
-  resize_taps(iw, ow, tw);
+  float *rows = rows_v;
 
   const float *xd = x->data;
   float *yd = y->data;
@@ -450,19 +467,19 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
   const int64_t ih = dx->shape[2], iw = dx->shape[3];
   const int64_t oh = dy->shape[2], ow = dy->shape[3];
   const int threads = team(be, planes * (ih * iw + oh * ow));
-  /* Taps of both axes, the output-row range feeding each input row, and
-   * one accumulator row per thread. */
-  const size_t tap_bytes = (size_t)(oh + ow) * sizeof(resize_tap);
+  /* The taps, the output-row range feeding each input row, and one
+   * accumulator row per thread. */
   const size_t range_bytes = (size_t)ih * 2 * sizeof(int64_t);
-  char *scratch = malloc(tap_bytes + range_bytes +
-                         (size_t)threads * (size_t)ow * sizeof(float));
+  resize_tap *th, *tw;
+  void *extra;
+  void *scratch =
+      resize_scratch(ih, iw, oh, ow,
+                     range_bytes + (size_t)threads * (size_t)ow * sizeof(float),
+                     &th, &tw, &extra);
   if (!scratch)
     return st_error_set(ST_ENOMEM, "resize_bilinear_bwd: no scratch memory");
-  resize_tap *th = (resize_tap *)scratch, *tw = th + oh;
-  int64_t *range = (int64_t *)(scratch + tap_bytes);
-  float *accs = (float *)(scratch + tap_bytes + range_bytes);
-  resize_taps(ih, oh, th);
-  resize_taps(iw, ow, tw);
+  int64_t *range = extra;
+  float *accs = (float *)((char *)extra + range_bytes);
   /* Output rows that read input row r all have i0 in {r-1, r}; since i0
    * and i1 grow with the output row, they form one contiguous range:
    * from the first row with i1 >= r to the last with i0 <= r. */
@@ -650,6 +667,14 @@ int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
   return ST_OK;
 }
 
+/* Whether v replaces b as the best of a pixel's classes, scanned in order:
+ * strictly greater, so the first maximum wins; a NaN beats every number and
+ * the first NaN wins, as in torch.argmax. An int32 so that the selects it
+ * drives vectorise in float lanes. */
+static inline int32_t argmax_takes(float v, float b) {
+  return (v > b) | ((v != v) & (b == b));
+}
+
 int st__cpu_argmax_channels(st_backend *be, const st_tensor *logits,
                             st_tensor *labels) {
   const int64_t n = logits->shape[0], c = logits->shape[1];
@@ -669,10 +694,8 @@ int st__cpu_argmax_channels(st_backend *be, const st_tensor *logits,
     for (int64_t k = 1; k < c; k++) {
       const float *restrict xk = x + k * hw;
       for (int64_t t = 0; t < len; t++) {
-        /* Strictly greater, so the first maximum wins; a NaN beats every
-         * number and the first NaN wins, as in torch.argmax. */
         const float v = xk[t], b = best[t];
-        const int32_t take = (v > b) | ((v != v) & (b == b));
+        const int32_t take = argmax_takes(v, b);
         best[t] = take ? v : b;
         idx[t] = take ? (int32_t)k : idx[t];
       }
@@ -696,19 +719,18 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
   const int64_t oh = labels->shape[1], ow = labels->shape[2];
   const int64_t rows = ST_CPU_RESIZE_ROWS_PER_TASK;
   const int threads = team(be, n * c * (ih * iw + oh * ow));
-  /* Taps of both axes, then per thread two cached rows and a block's best
-   * values and their classes (int32, so the comparison vectorises in float
+  /* The taps, then per thread two cached rows and a block's best values
+   * and their classes (int32, so the comparison vectorises in float
    * lanes). */
-  const size_t tap_bytes = (size_t)(oh + ow) * sizeof(resize_tap);
   const size_t per_thread = (size_t)(2 + 2 * rows) * (size_t)ow;
-  char *scratch =
-      malloc(tap_bytes + (size_t)threads * per_thread * sizeof(float));
+  resize_tap *th, *tw;
+  void *bufs_v;
+  void *scratch = resize_scratch(ih, iw, oh, ow,
+                                 (size_t)threads * per_thread * sizeof(float),
+                                 &th, &tw, &bufs_v);
   if (!scratch)
     return st_error_set(ST_ENOMEM, "argmax_resized: no scratch memory");
-  resize_tap *th = (resize_tap *)scratch, *tw = th + oh;
-  float *bufs = (float *)(scratch + tap_bytes);
-  resize_taps(ih, oh, th);
-  resize_taps(iw, ow, tw);
+  float *bufs = bufs_v;
 
   const float *xd = logits->data;
   uint8_t *ld = labels->data;
@@ -740,7 +762,7 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
         }
         for (int64_t j = 0; j < ow; j++) {
           const float v = lerp2(a[j], t.l0, b[j], t.l1), bv = bst[j];
-          const int32_t take = (v > bv) | ((v != v) & (bv == bv));
+          const int32_t take = argmax_takes(v, bv);
           bst[j] = take ? v : bv;
           idx[j] = take ? (int32_t)k : idx[j];
         }

@@ -552,7 +552,7 @@ static __global__ void argmax_kernel(const float *x, int64_t *y,
     int64_t arg = 0;
     for (int64_t i = 1; i < len; i++) {
       const float v = xc[i * inner];
-      if (v > best || (isnan(v) && !isnan(best))) {
+      if (st__cuda_argmax_takes(v, best)) {
         best = v;
         arg = i;
       }

@@ -199,4 +199,11 @@ extern "C" int st__cuda_slice(st_backend *be, const int64_t *starts, const
 extern "C" int st__cuda_argmax_axis(st_backend *be, int axis, const st_tensor
     *x, st_tensor *y);
 
+// Whether v replaces best in an argmax scanned in order: strictly greater,
+// so the first maximum wins; a NaN beats every number and the first NaN
+// wins, as in torch.argmax (and the CPU backend).
+__device__ static inline bool st__cuda_argmax_takes(float v, float best) {
+  return v > best || (isnan(v) && !isnan(best));
+}
+
 #endif

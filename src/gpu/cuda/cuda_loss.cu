@@ -182,7 +182,7 @@ static __global__ void argmax_kernel(const float *logits, uint8_t *labels,
     int idx = 0;
     for (int k = 1; k < c; k++) {
       const float v = x[(int64_t)k * hw];
-      if (v > best || (isnan(v) && !isnan(best))) {
+      if (st__cuda_argmax_takes(v, best)) {
         best = v;
         idx = k;
       }

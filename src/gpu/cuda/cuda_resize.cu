@@ -286,7 +286,7 @@ __global__ static void resize_argmax(const float *x, uint8_t *labels, int64_t n,
       const float a = resize_lerp(src0[tw.i0], tw.l0, src0[tw.i1], tw.l1);
       const float b = resize_lerp(src1[tw.i0], tw.l0, src1[tw.i1], tw.l1);
       const float v = resize_lerp(a, th.l0, b, th.l1);
-      if (k == 0 || v > best || (isnan(v) && !isnan(best))) {
+      if (k == 0 || st__cuda_argmax_takes(v, best)) {
         best = v;
         id = k;
       }
