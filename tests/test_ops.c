@@ -650,6 +650,93 @@ static void test_weighted_ce_bad_label(void **state) {
     st_tensor_free(all[k]);
 }
 
+/* The loss of resized logits and the small logits' gradient against the
+ * resize, the loss and the resize backward on the same backend: the loss
+ * to double-sum rounding, the gradient to reordered float sums (W first,
+ * then H). Up (integer and not, threaded), down, equal sizes, a batch, a
+ * row wider than the CPU's pixel tile, a loss without gradient, and a
+ * label out of range (reported alike). */
+typedef struct ce_resized_case {
+  int64_t n, c, ih, iw, oh, ow;
+  int grad; /* 0: loss only */
+  int bad;  /* a label >= C planted */
+} ce_resized_case;
+
+static void ce_resized_case_run(st_backend *be, const ce_resized_case *k,
+                                int i) {
+  st_tensor hx =
+      host_uniform4(k->n, k->c, k->ih, k->iw, 60 + (uint64_t)i, -4.0f, 4.0f);
+  const int64_t map_shape[3] = {k->n, k->oh, k->ow};
+  st_tensor hlab, hw;
+  ST_ASSERT_OK(st_tensor_alloc(NULL, &hlab, ST_U8, 3, map_shape));
+  ST_ASSERT_OK(st_tensor_alloc(NULL, &hw, ST_F32, 3, map_shape));
+  uint8_t *labd = hlab.data;
+  float *wd = hw.data;
+  for (int64_t j = 0; j < st_tensor_numel(&hlab); j++) {
+    labd[j] = (uint8_t)((j * 2654435761u >> 9) % (uint64_t)k->c);
+    wd[j] = (j / 7) % 4 ? 1.0f : 5.0f;
+  }
+  if (k->bad)
+    labd[st_tensor_numel(&hlab) / 2] = (uint8_t)(k->c + 3);
+  const int64_t res_shape[1] = {ST_CE_RESULT_LEN};
+  st_tensor x = st_test_to_backend(be, &hx),
+            lab = st_test_to_backend(be, &hlab),
+            w = st_test_to_backend(be, &hw),
+            up = dev_alloc4(be, k->n, k->c, k->oh, k->ow),
+            dup = dev_alloc4(be, k->n, k->c, k->oh, k->ow),
+            want_dx = dev_alloc(be, ST_F32, &hx),
+            got_dx = dev_alloc(be, ST_F32, &hx), want_res, got_res;
+  ST_ASSERT_OK(st_tensor_alloc(be, &want_res, ST_F32, 1, res_shape));
+  ST_ASSERT_OK(st_tensor_alloc(be, &got_res, ST_F32, 1, res_shape));
+  ST_ASSERT_OK(st_resize_bilinear_fwd(be, &x, &up));
+  ST_ASSERT_OK(
+      st_weighted_ce_into(be, &up, &lab, &w, &want_res, k->grad ? &dup : NULL));
+  if (k->grad)
+    ST_ASSERT_OK(st_resize_bilinear_bwd(be, &dup, &want_dx));
+  ST_ASSERT_OK(st_weighted_ce_resized_into(be, &x, &lab, &w, &got_res,
+                                           k->grad ? &got_dx : NULL));
+  char what[96];
+  snprintf(what, sizeof what, "weighted_ce_resized %lldx%lldx%lld->%lldx%lld",
+           (long long)k->c, (long long)k->ih, (long long)k->iw,
+           (long long)k->oh, (long long)k->ow);
+  st_tensor hwant = st_test_to_host(be, &want_res),
+            hgot = st_test_to_host(be, &got_res);
+  const float *rw = hwant.data, *rg = hgot.data;
+  assert_true(isfinite(rw[0]) && rw[0] > 0.0f);
+  st_test_assert_close(rg, rw, 1, 1e-6, 0.0, what);
+  assert_true(rg[1] == rw[1] && rg[2] == rw[2]); /* bad labels alike */
+  assert_true(k->bad ? rg[1] == 1.0f && rg[2] == (float)(k->c + 3)
+                     : rg[1] == 0.0f);
+  if (k->grad) {
+    st_tensor hd = st_test_to_host(be, &want_dx);
+    const size_t len = (size_t)st_tensor_numel(&hd);
+    const float scale = max_abs(hd.data, len);
+    assert_true(scale > 0.0f);
+    expect_close(be, &got_dx, &hd, REORDERED_RTOL, 1e-6 * scale, what);
+    st_tensor_free(&hd);
+  }
+  st_tensor *all[] = {&hx,       &hlab,    &hw,    &x,       &lab,
+                      &w,        &up,      &dup,   &want_dx, &got_dx,
+                      &want_res, &got_res, &hwant, &hgot};
+  for (size_t j = 0; j < sizeof all / sizeof all[0]; j++)
+    st_tensor_free(all[j]);
+}
+
+static void test_weighted_ce_resized(void **state) {
+  st_backend *be = st_test_backend(state);
+  const ce_resized_case cases[] = {
+      {1, 9, 45, 80, 180, 320, 1, 0}, /* 4x up, threaded */
+      {2, 5, 7, 9, 23, 31, 1, 0},     /* non-integer up, a batch */
+      {1, 3, 13, 21, 5, 8, 1, 0},     /* down */
+      {1, 4, 6, 6, 6, 6, 1, 0},       /* equal sizes */
+      {1, 3, 4, 700, 9, 2100, 1, 0},  /* rows wider than a pixel tile */
+      {1, 6, 9, 10, 20, 21, 0, 0},    /* the loss alone */
+      {1, 4, 5, 6, 11, 13, 1, 1},     /* a label out of range */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    ce_resized_case_run(be, &cases[i], (int)i);
+}
+
 static void test_argmax_fixture(void **state) {
   st_backend *be = st_test_backend(state);
   st_safetensors *fx = st_test_fixture_open("ops_loss.safetensors");
@@ -1011,6 +1098,35 @@ static void test_wrappers_reject_bad_shapes(void **state) {
   st_tensor many = dev_alloc4(be, 1, 257, 1, 1);
   assert_int_equal(st_argmax_resized(be, &many, &lab), ST_ESHAPE);
   st_tensor_free(&many);
+  /* the resized loss: label and weight alike, N shared, dlogits like the
+   * logits, the result F32 [ST_CE_RESULT_LEN] */
+  st_tensor res, wide_w;
+  const int64_t res_shape[1] = {ST_CE_RESULT_LEN}, wshape[3] = {1, 3, 6};
+  ST_ASSERT_OK(st_tensor_alloc(be, &res, ST_F32, 1, res_shape));
+  ST_ASSERT_OK(st_tensor_alloc(be, &wide_w, ST_F32, 3, wshape));
+  ST_ASSERT_OK(st_tensor_alloc(be, &lab2, ST_U8, 3, m2shape));
+  assert_int_equal(
+      st_weighted_ce_resized_into(be, &a, &lab, &wide_w, &res, NULL),
+      ST_ESHAPE);
+  assert_int_equal(st_weighted_ce_resized_into(be, &a, &lab2, &w, &res, NULL),
+                   ST_ESHAPE);
+  assert_int_equal(st_weighted_ce_resized_into(be, &a, &lab, &w, &res, &b),
+                   ST_ESHAPE);
+  st_tensor short_res;
+  const int64_t short_shape[1] = {ST_CE_RESULT_LEN - 1};
+  ST_ASSERT_OK(st_tensor_alloc(be, &short_res, ST_F32, 1, short_shape));
+  assert_int_equal(
+      st_weighted_ce_resized_into(be, &a, &lab, &w, &short_res, NULL),
+      ST_ESHAPE);
+  st_tensor_free(&short_res);
+  assert_int_equal(st_weighted_ce_resized_into(be, &a, &w, &w, &res, NULL),
+                   ST_EDTYPE);
+  st_tensor da = dev_alloc4(be, 1, 2, 3, 4);
+  ST_ASSERT_OK(st_weighted_ce_resized_into(be, &a, &lab, &w, &res, &da));
+  st_tensor_free(&da);
+  st_tensor_free(&res);
+  st_tensor_free(&wide_w);
+  st_tensor_free(&lab2);
   assert_int_equal(st_cast(be, &a, &b), ST_EDTYPE);
   assert_int_equal(st_copy(be, &a, &b), ST_ESHAPE);
   st_tensor *all[] = {&a, &b, &c3, &small, &vec, &lab, &w};
@@ -1314,6 +1430,7 @@ int main(void) {
       cmocka_unit_test(test_weighted_ce_fixture),
       cmocka_unit_test(test_weighted_ce_fd),
       cmocka_unit_test(test_weighted_ce_bad_label),
+      cmocka_unit_test(test_weighted_ce_resized),
       cmocka_unit_test(test_argmax_fixture),
       cmocka_unit_test(test_argmax_resized),
       cmocka_unit_test(test_miou_fixture),

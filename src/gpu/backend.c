@@ -643,6 +643,34 @@ int st_weighted_ce_into(st_backend *be, const st_tensor *logits,
   return ST__SLOT(be, weighted_ce, be, logits, label, weight, result, dlogits);
 }
 
+int st_weighted_ce_resized_into(st_backend *be, const st_tensor *logits,
+                                const st_tensor *label, const st_tensor *weight,
+                                st_tensor *result, st_tensor *dlogits) {
+  const char *op = "weighted_ce_resized";
+  ST__TRY(check_tensor(op, "logits", logits, ST_F32, 4));
+  ST__TRY(check_tensor(op, "label", label, ST_U8, 3));
+  ST__TRY(check_tensor(op, "weight", weight, ST_F32, 3));
+  if (!st_tensor_same_shape(label, weight))
+    return st_error_set(ST_ESHAPE, "%s: label and weight differ in shape", op);
+  if (label->shape[0] != logits->shape[0])
+    return st_error_set(ST_ESHAPE, "%s: label and logits differ in N", op);
+  if (logits->shape[1] < 1 || logits->shape[1] > 256)
+    return st_error_set(ST_ESHAPE, "%s: %lld classes (1..256 supported)", op,
+                        (long long)logits->shape[1]);
+  if (st_tensor_numel(logits) == 0 || st_tensor_numel(label) == 0)
+    return st_error_set(ST_ESHAPE, "%s: empty tensor", op);
+  if (dlogits) {
+    ST__TRY(check_tensor(op, "dlogits", dlogits, ST_F32, 4));
+    ST__TRY(check_same(op, "logits/dlogits", logits, dlogits));
+  }
+  ST__TRY(check_tensor(op, "result", result, ST_F32, 1));
+  if (result->shape[0] != ST_CE_RESULT_LEN)
+    return st_error_set(ST_ESHAPE, "%s: result must be F32 [%d]", op,
+                        ST_CE_RESULT_LEN);
+  return ST__SLOT(be, weighted_ce_resized, be, logits, label, weight, result,
+                  dlogits);
+}
+
 int st_weighted_ce_result(st_backend *be, const st_tensor *result,
                           int num_classes, float *loss) {
   const char *op = "weighted_ce";

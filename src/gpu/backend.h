@@ -223,6 +223,15 @@ int st_weighted_ce(st_backend *be, const st_tensor *logits,
 int st_weighted_ce_into(st_backend *be, const st_tensor *logits,
                         const st_tensor *label, const st_tensor *weight,
                         st_tensor *result, st_tensor *dlogits);
+/* st_weighted_ce_into on the logits resized bilinearly to the label's H,W
+ * (st_resize_bilinear_fwd), and when dlogits is not NULL the gradient of
+ * the small logits in it (st_resize_bilinear_bwd of the frame-sized one),
+ * without the frame-sized logits or gradient in memory: logits and dlogits
+ * F32 [N,C,h,w], label U8 [N,H,W], weight F32 [N,H,W]. Its sums are the
+ * same terms as the three ops', rounded in another order. */
+int st_weighted_ce_resized_into(st_backend *be, const st_tensor *logits,
+                                const st_tensor *label, const st_tensor *weight,
+                                st_tensor *result, st_tensor *dlogits);
 /* Waits for `result` and gives its loss, or ST_ERANGE naming the largest
  * out-of-range label among `num_classes`. */
 int st_weighted_ce_result(st_backend *be, const st_tensor *result,

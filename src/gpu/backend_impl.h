@@ -86,6 +86,10 @@ typedef struct st_backend_ops {
   int (*weighted_ce)(st_backend *be, const st_tensor *logits,
                      const st_tensor *label, const st_tensor *weight,
                      st_tensor *result, st_tensor *dlogits);
+  /* weighted_ce of the logits resized to the label's H,W, dlogits small */
+  int (*weighted_ce_resized)(st_backend *be, const st_tensor *logits,
+                             const st_tensor *label, const st_tensor *weight,
+                             st_tensor *result, st_tensor *dlogits);
   int (*argmax_channels)(st_backend *be, const st_tensor *logits,
                          st_tensor *labels);
   /* argmax_channels of resize_bilinear_fwd to the labels' H,W, fused */

@@ -15,6 +15,7 @@
 static void cpu_free(st_backend *be) {
   st_cpu_backend *cpu = st__cpu(be);
   st__cpu_conv_cache_free(cpu);
+  free(cpu->loss_buffer);
   free(cpu);
 }
 
@@ -99,6 +100,7 @@ static const st_backend_ops cpu_ops = {
     .resize_bilinear_fwd = st__cpu_resize_bilinear_fwd,
     .resize_bilinear_bwd = st__cpu_resize_bilinear_bwd,
     .weighted_ce = st__cpu_weighted_ce,
+    .weighted_ce_resized = st__cpu_weighted_ce_resized,
     .argmax_channels = st__cpu_argmax_channels,
     .argmax_resized = st__cpu_argmax_resized,
     .confusion_counts = st__cpu_confusion_counts,

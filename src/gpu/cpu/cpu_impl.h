@@ -15,6 +15,8 @@ typedef struct st_cpu_backend {
   int threads;                         /* OpenMP team size for every op */
   _Atomic long long alloc_calls;       /* tensor allocations from the heap */
   struct st_cpu_conv_cache *conv;      /* lazily created by cpu_conv.c */
+  float *loss_buffer;       /* weighted_ce_resized's W-reduced gradient */
+  size_t loss_buffer_bytes; /* its size (grown, kept for the next call) */
 } st_cpu_backend;
 
 static inline st_cpu_backend *st__cpu(st_backend *be) {
@@ -64,6 +66,9 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
 int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
                         const st_tensor *label, const st_tensor *weight,
                         st_tensor *result, st_tensor *dlogits);
+int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
+                                const st_tensor *label, const st_tensor *weight,
+                                st_tensor *result, st_tensor *dlogits);
 int st__cpu_argmax_channels(st_backend *be, const st_tensor *logits,
                             st_tensor *labels);
 int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,

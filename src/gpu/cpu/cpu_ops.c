@@ -582,6 +582,78 @@ static inline float exp_nonpos(float x) {
                        (f32_bits(x) & is_nan));
 }
 
+/* What one cross-entropy call adds up over its pixels. */
+typedef struct ce_sums {
+  double total;       /* sum of -weight * log p[label] */
+  int64_t bad_pixels; /* pixels whose label is not below C */
+  int bad_label;      /* the largest such label, -1 when none */
+} ce_sums;
+
+/* The loss of `len` pixels whose C class scores lie `xs` floats apart (class
+ * k of pixel t at x[k * xs + t]), added to *sums, and when d is not NULL
+ * the gradient w * (softmax - [k == label]) * inv_count into d (class k at
+ * d[k * ds + t]). log_softmax as PyTorch computes it: shift by the class
+ * maximum so exp never overflows, then logp = x - max - log(sum exp). */
+static inline void ce_tile(const float *x, int64_t xs, int64_t len, int64_t c,
+                           const uint8_t *lab, const float *w, float inv_count,
+                           float *d, int64_t ds, ce_sums *sums) {
+  float mx[ST_CPU_PIXEL_TILE], sum[ST_CPU_PIXEL_TILE];
+  memcpy(mx, x, (size_t)len * sizeof(float));
+  for (int64_t k = 1; k < c; k++) {
+    const float *restrict xk = x + k * xs;
+    for (int64_t t = 0; t < len; t++)
+      mx[t] = xk[t] > mx[t] ? xk[t] : mx[t];
+  }
+  memset(sum, 0, (size_t)len * sizeof(float));
+  for (int64_t k = 0; k < c; k++) {
+    const float *restrict xk = x + k * xs;
+    if (d) { /* keep exp(x - max) for the gradient pass */
+      float *restrict dk = d + k * ds;
+#pragma omp simd
+      for (int64_t t = 0; t < len; t++) {
+        dk[t] = exp_nonpos(xk[t] - mx[t]);
+        sum[t] += dk[t];
+      }
+    } else {
+#pragma omp simd
+      for (int64_t t = 0; t < len; t++)
+        sum[t] += exp_nonpos(xk[t] - mx[t]);
+    }
+  }
+  for (int64_t t = 0; t < len; t++) {
+    const int l = lab[t];
+    if (l >= c) {
+      sums->bad_pixels++;
+      sums->bad_label = l > sums->bad_label ? l : sums->bad_label;
+      continue;
+    }
+    const float logp = x[l * xs + t] - mx[t] - logf(sum[t]);
+    sums->total -= (double)w[t] * (double)logp;
+  }
+  if (!d)
+    return;
+  /* dL/dx_k = w * (softmax_k - [k == label]) / count. */
+  for (int64_t t = 0; t < len; t++)
+    sum[t] = w[t] * inv_count / sum[t]; /* now the softmax scale */
+  for (int64_t k = 0; k < c; k++) {
+    float *restrict dk = d + k * ds;
+    for (int64_t t = 0; t < len; t++)
+      dk[t] *= sum[t];
+  }
+  for (int64_t t = 0; t < len; t++)
+    if (lab[t] < c)
+      d[lab[t] * ds + t] -= w[t] * inv_count;
+}
+
+/* The result tensor of a cross-entropy call from its sums. */
+static void ce_result_write(const ce_sums *s, int64_t count, float *res) {
+  res[0] = (float)(s->total / (double)count);
+  if (s->bad_pixels) {
+    res[1] = (float)s->bad_pixels;
+    res[2] = (float)s->bad_label;
+  }
+}
+
 int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
                         const st_tensor *label, const st_tensor *weight,
                         st_tensor *result, st_tensor *dlogits) {
@@ -605,65 +677,168 @@ int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
   for (int64_t task = 0; task < n * tiles; task++) {
     const int64_t img = task / tiles, p0 = (task % tiles) * ST_CPU_PIXEL_TILE;
     const int64_t len = min_i64(ST_CPU_PIXEL_TILE, hw - p0);
-    const float *x = xd + img * c * hw + p0; /* channel k at x + k * hw */
-    const uint8_t *lab = ld + img * hw + p0;
-    const float *w = wd + img * hw + p0;
-    float *d = dd ? dd + img * c * hw + p0 : NULL;
-    float mx[ST_CPU_PIXEL_TILE], sum[ST_CPU_PIXEL_TILE];
+    ce_sums sums = {0.0, 0, -1};
+    ce_tile(xd + img * c * hw + p0, hw, len, c, ld + img * hw + p0,
+            wd + img * hw + p0, inv_count, dd ? dd + img * c * hw + p0 : NULL,
+            hw, &sums);
+    total += sums.total;
+    bad_pixels += sums.bad_pixels;
+    bad_label = sums.bad_label > bad_label ? sums.bad_label : bad_label;
+  }
+  const ce_sums all = {total, bad_pixels, bad_label};
+  ce_result_write(&all, count, res);
+  return ST_OK;
+}
 
-    /* log_softmax as PyTorch computes it: shift by the channel maximum so
-     * exp never overflows, then logp = x - max - log(sum exp). */
-    memcpy(mx, x, (size_t)len * sizeof(float));
-    for (int64_t k = 1; k < c; k++) {
-      const float *restrict xk = x + k * hw;
-      for (int64_t t = 0; t < len; t++)
-        mx[t] = xk[t] > mx[t] ? xk[t] : mx[t];
+/* The output rows of one task of the resized cross-entropy: each thread
+ * holds their class scores and gradient, C x rows x W floats each. */
+#define ST_CPU_CE_RESIZED_ROWS 8
+
+/* The loss of st__cpu_weighted_ce on the logits resized to the label's
+ * H,W, and the gradient of the small logits (st__cpu_resize_bilinear_bwd of
+ * its dlogits), without the frame-sized logits or gradient. Per image, two
+ * passes: (A) blocks of output rows: each class's rows interpolated as
+ * st__cpu_resize_bilinear_fwd does, the loss and gradient of their pixels
+ * (ce_tile), and each gradient row reduced along W into the backend's
+ * C x H x w buffer; (B) blocks of input rows: those rows summed along H.
+ * The gradient's sums run W first, then H (the resize backward runs H
+ * first): the same terms, rounded in another order. */
+int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
+                                const st_tensor *label, const st_tensor *weight,
+                                st_tensor *result, st_tensor *dlogits) {
+  st_cpu_backend *cpu = st__cpu(be);
+  const int64_t n = logits->shape[0], c = logits->shape[1];
+  const int64_t ih = logits->shape[2], iw = logits->shape[3];
+  const int64_t oh = label->shape[1], ow = label->shape[2];
+  const int64_t count = n * oh * ow, rows = ST_CPU_CE_RESIZED_ROWS;
+  float *res = result->data;
+  memset(res, 0, ST_CE_RESULT_LEN * sizeof *res);
+  const float inv_count = (float)(1.0 / (double)count);
+  const int threads = team(be, c * (ih * iw + oh * ow));
+  /* The taps, the output-row range feeding each input row (as in the
+   * resize backward), then per thread two cached rows and the block's
+   * class scores and gradient. */
+  const size_t block = (size_t)c * (size_t)rows * (size_t)ow;
+  const size_t per_thread = 2 * (size_t)ow + 2 * block;
+  const size_t range_bytes = (size_t)ih * 2 * sizeof(int64_t);
+  resize_tap *th, *tw;
+  void *extra;
+  void *scratch =
+      resize_scratch(ih, iw, oh, ow,
+                     range_bytes + (size_t)threads * per_thread * sizeof(float),
+                     &th, &tw, &extra);
+  if (!scratch)
+    return st_error_set(ST_ENOMEM, "weighted_ce_resized: no scratch memory");
+  int64_t *range = extra;
+  float *bufs = (float *)((char *)extra + range_bytes);
+  for (int64_t r = 0, lo = 0, hi = 0; r < ih; r++) {
+    while (lo < oh && th[lo].i1 < r)
+      lo++;
+    while (hi < oh && th[hi].i0 <= r)
+      hi++;
+    range[2 * r] = lo;
+    range[2 * r + 1] = hi;
+  }
+  float *g = NULL; /* [C, H, w]: gradient rows reduced along W */
+  if (dlogits) {
+    const size_t g_bytes = (size_t)c * (size_t)oh * (size_t)iw * sizeof(float);
+    if (g_bytes > cpu->loss_buffer_bytes) {
+      free(cpu->loss_buffer);
+      cpu->loss_buffer_bytes = 0;
+      cpu->loss_buffer = malloc(g_bytes);
+      if (!cpu->loss_buffer) {
+        free(scratch);
+        return st_error_set(ST_ENOMEM,
+                            "weighted_ce_resized: no gradient buffer");
+      }
+      cpu->loss_buffer_bytes = g_bytes;
     }
-    memset(sum, 0, (size_t)len * sizeof(float));
-    for (int64_t k = 0; k < c; k++) {
-      const float *restrict xk = x + k * hw;
-      if (d) { /* keep exp(x - max) for the gradient pass */
-        float *restrict dk = d + k * hw;
-#pragma omp simd
-        for (int64_t t = 0; t < len; t++) {
-          dk[t] = exp_nonpos(xk[t] - mx[t]);
-          sum[t] += dk[t];
+    g = cpu->loss_buffer;
+  }
+
+  const float *xd = logits->data, *wd = weight->data;
+  const uint8_t *ld = label->data;
+  float *dd = dlogits ? dlogits->data : NULL;
+  const int64_t blocks = (oh + rows - 1) / rows;
+  const int64_t in_blocks =
+      (ih + ST_CPU_RESIZE_ROWS_PER_TASK - 1) / ST_CPU_RESIZE_ROWS_PER_TASK;
+  ce_sums all = {0.0, 0, -1};
+  for (int64_t img = 0; img < n; img++) {
+    double total = 0.0;
+    int64_t bad_pixels = 0;
+    int bad_label = -1;
+#pragma omp parallel for num_threads(threads) schedule(static) \
+    reduction(+ : total, bad_pixels) reduction(max : bad_label)
+    for (int64_t task = 0; task < blocks; task++) {
+      const int64_t r0 = task * rows, r1 = min_i64(r0 + rows, oh);
+      float *mine = bufs + (size_t)omp_get_thread_num() * per_thread;
+      float *v = mine + 2 * ow, *d = v + block; /* class k, row r at k*rows+r */
+      for (int64_t k = 0; k < c; k++) {
+        resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
+        const float *plane = xd + (img * c + k) * ih * iw;
+        for (int64_t r = r0; r < r1; r++) {
+          const resize_tap t = th[r];
+          const float *restrict a =
+              resize_cached_row(&cache, plane, iw, tw, ow, t.i0, t.i1);
+          const float *restrict b =
+              resize_cached_row(&cache, plane, iw, tw, ow, t.i1, t.i0);
+          float *restrict vr = v + (k * rows + (r - r0)) * ow;
+          for (int64_t j = 0; j < ow; j++)
+            vr[j] = lerp2(a[j], t.l0, b[j], t.l1);
         }
-      } else {
-#pragma omp simd
-        for (int64_t t = 0; t < len; t++)
-          sum[t] += exp_nonpos(xk[t] - mx[t]);
       }
-    }
-    for (int64_t t = 0; t < len; t++) {
-      const int l = lab[t];
-      if (l >= c) {
-        bad_pixels++;
-        bad_label = l > bad_label ? l : bad_label;
+      ce_sums sums = {0.0, 0, -1};
+      for (int64_t r = r0; r < r1; r++)
+        for (int64_t j0 = 0; j0 < ow; j0 += ST_CPU_PIXEL_TILE) {
+          const int64_t at = (r - r0) * ow + j0, px = (img * oh + r) * ow + j0;
+          ce_tile(v + at, rows * ow, min_i64(ST_CPU_PIXEL_TILE, ow - j0), c,
+                  ld + px, wd + px, inv_count, g ? d + at : NULL, rows * ow,
+                  &sums);
+        }
+      total += sums.total;
+      bad_pixels += sums.bad_pixels;
+      bad_label = sums.bad_label > bad_label ? sums.bad_label : bad_label;
+      if (!g)
         continue;
-      }
-      const float logp = x[l * hw + t] - mx[t] - logf(sum[t]);
-      total -= (double)w[t] * (double)logp;
+      for (int64_t k = 0; k < c; k++)
+        for (int64_t r = r0; r < r1; r++) {
+          const float *restrict dr = d + (k * rows + (r - r0)) * ow;
+          float *restrict gr = g + (k * oh + r) * iw;
+          memset(gr, 0, (size_t)iw * sizeof(float));
+          for (int64_t j = 0; j < ow; j++) {
+            gr[tw[j].i0] += tw[j].l0 * dr[j];
+            gr[tw[j].i1] += tw[j].l1 * dr[j];
+          }
+        }
     }
-    if (!d)
+    all.total += total;
+    all.bad_pixels += bad_pixels;
+    all.bad_label = bad_label > all.bad_label ? bad_label : all.bad_label;
+    if (!g)
       continue;
-    /* dL/dx_k = w * (softmax_k - [k == label]) / count. */
-    for (int64_t t = 0; t < len; t++)
-      sum[t] = w[t] * inv_count / sum[t]; /* now the softmax scale */
-    for (int64_t k = 0; k < c; k++) {
-      float *restrict dk = d + k * hw;
-      for (int64_t t = 0; t < len; t++)
-        dk[t] *= sum[t];
+      /* Each task owns whole rows of the small gradient. */
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t task = 0; task < c * in_blocks; task++) {
+      const int64_t k = task / in_blocks;
+      const int64_t i0 = (task % in_blocks) * ST_CPU_RESIZE_ROWS_PER_TASK;
+      const int64_t i1 = min_i64(i0 + ST_CPU_RESIZE_ROWS_PER_TASK, ih);
+      for (int64_t i = i0; i < i1; i++) {
+        float *restrict dst = dd + ((img * c + k) * ih + i) * iw;
+        memset(dst, 0, (size_t)iw * sizeof(float));
+        for (int64_t o = range[2 * i]; o < range[2 * i + 1]; o++) {
+          const float w = (th[o].i0 == i ? th[o].l0 : 0.0f) +
+                          (th[o].i1 == i ? th[o].l1 : 0.0f);
+          if (w == 0.0f)
+            continue;
+          const float *restrict src = g + (k * oh + o) * iw;
+          for (int64_t q = 0; q < iw; q++)
+            dst[q] += w * src[q];
+        }
+      }
     }
-    for (int64_t t = 0; t < len; t++)
-      if (lab[t] < c)
-        d[lab[t] * hw + t] -= w[t] * inv_count;
   }
-  res[0] = (float)(total / (double)count);
-  if (bad_pixels) {
-    res[1] = (float)bad_pixels;
-    res[2] = (float)bad_label;
-  }
+  ce_result_write(&all, count, res);
+  free(scratch);
   return ST_OK;
 }
 

@@ -193,6 +193,8 @@ static void cuda_free(st_backend *be) {
   if (cu->stream)
     cudaStreamSynchronize(cu->stream);
   st__cuda_conv_cache_free(cu);
+  if (cu->loss_buffer)
+    st__cuda_pool_release(cu, cu->loss_buffer);
   if (cu->scratch)
     st__cuda_pool_release(cu, cu->scratch);
   pool_free(cu->pool);
@@ -461,6 +463,7 @@ static st_backend_ops make_ops(void) {
   o.resize_bilinear_fwd = st__cuda_resize_bilinear_fwd;
   o.resize_bilinear_bwd = st__cuda_resize_bilinear_bwd;
   o.weighted_ce = st__cuda_weighted_ce;
+  o.weighted_ce_resized = st__cuda_weighted_ce_resized;
   o.argmax_channels = st__cuda_argmax_channels;
   o.argmax_resized = st__cuda_argmax_resized;
   o.confusion_counts = st__cuda_confusion_counts;

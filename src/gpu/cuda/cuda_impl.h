@@ -87,6 +87,8 @@ typedef struct st_cuda_backend {
   cudaEvent_t pinned_free;         /* recorded after the last upload from it */
   void *scratch;                   /* small device scratch (reductions) */
   size_t scratch_bytes;            /* its size */
+  void *loss_buffer;               /* weighted_ce_resized's frame-sized */
+  size_t loss_buffer_bytes;        /* logits and gradient; their size */
   struct st_cuda_conv_cache *conv; /* cuDNN descriptors and algorithms */
   int recording;                   /* 1 between graph_begin and graph_end */
   int recording_refused;           /* a call was refused while recording */
@@ -156,6 +158,10 @@ extern "C" int st__cuda_resize_bilinear_bwd(st_backend *be, const st_tensor
 extern "C" int st__cuda_weighted_ce(st_backend *be, const st_tensor *logits,
     const st_tensor *label, const st_tensor *weight, st_tensor *result,
     st_tensor *dlogits);
+extern "C" int
+st__cuda_weighted_ce_resized(st_backend *be, const st_tensor *logits,
+                             const st_tensor *label, const st_tensor *weight,
+                             st_tensor *result, st_tensor *dlogits);
 extern "C" int st__cuda_argmax_channels(st_backend *be, const st_tensor
     *logits, st_tensor *labels);
 extern "C" int st__cuda_argmax_resized(st_backend *be, const st_tensor *logits,

@@ -169,6 +169,46 @@ extern "C" int st__cuda_weighted_ce(st_backend *be, const st_tensor *logits,
   return ST_OK;
 }
 
+// ---- cross-entropy of resized logits -------------------------------------
+
+// For now the resize, the loss and the resize backward in turn, on
+// frame-sized logits and gradient the context keeps (grown from the pool
+// on first use, so the steady state allocates nothing; a recording that
+// would grow them is refused like any allocation): the CPU backend's
+// memory saving is not had here yet, only its interface.
+extern "C" int
+st__cuda_weighted_ce_resized(st_backend *be, const st_tensor *logits,
+                             const st_tensor *label, const st_tensor *weight,
+                             st_tensor *result, st_tensor *dlogits) {
+  st_cuda_backend *cu = st__cuda(be);
+  const int64_t n = logits->shape[0], c = logits->shape[1];
+  const int64_t oh = label->shape[1], ow = label->shape[2];
+  const size_t frame_bytes =
+      (size_t)n * (size_t)c * (size_t)oh * (size_t)ow * sizeof(float);
+  const size_t need = frame_bytes * (dlogits ? 2 : 1);
+  if (need > cu->loss_buffer_bytes) {
+    void *fresh = NULL;
+    int rc = st__cuda_pool_alloc(cu, need, &fresh);
+    if (rc)
+      return rc;
+    if (cu->loss_buffer)
+      st__cuda_pool_release(cu, cu->loss_buffer);
+    cu->loss_buffer = fresh;
+    cu->loss_buffer_bytes = need;
+    cu->buffers_epoch++;
+  }
+  st_tensor up = st_tensor_view4(cu->loss_buffer, ST_F32, n, c, oh, ow);
+  st_tensor dup = st_tensor_view4((char *)cu->loss_buffer + frame_bytes, ST_F32,
+                                  n, c, oh, ow);
+  int rc = st__cuda_resize_bilinear_fwd(be, logits, &up);
+  if (!rc)
+    rc = st__cuda_weighted_ce(be, &up, label, weight, result,
+                              dlogits ? &dup : NULL);
+  if (!rc && dlogits)
+    rc = st__cuda_resize_bilinear_bwd(be, &dup, dlogits);
+  return rc;
+}
+
 // ---- argmax over channels -----------------------------------------------
 
 // One thread per pixel; strictly greater so the first maximum wins, and a
