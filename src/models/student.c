@@ -84,7 +84,7 @@ typedef struct plan {
   st_tensor logits;            /* upsampled to the frame, [1,C,H,W]; made
                                   only where needed (plan_logits) */
   /* gradients */
-  st_tensor g_logits, g_small, g_o2, g_o1, g_d3;
+  st_tensor g_small, g_o2, g_o1, g_d3;
   st_tensor g_c1, g_c2, g_e3, g_x2, g_x1, g_tmp_e;
   st_tensor scratch_p, scratch_t, scratch_u; /* shared by frozen blocks */
   /* Recorded sequences: the whole forward, the forward of the trainable
@@ -513,10 +513,10 @@ static int plan_make(st_student *s, int64_t h, int64_t w) {
   return ST_OK;
 }
 
-/* The frame-sized logits, planned on first use: the loss and
- * st_student_forward need them, a class map does not (st_argmax_resized
- * makes it from the small logits), so a device that only predicts never
- * holds them. */
+/* The frame-sized logits, planned on first use: st_student_forward returns
+ * them; the class map (st_argmax_resized) and the loss
+ * (st_weighted_ce_resized_into) work from the small logits, so neither a
+ * device nor a training step holds them. */
 static int plan_logits(st_student *s) {
   plan *pl = &s->plan;
   if (pl->logits.data)
@@ -530,8 +530,6 @@ static int plan_grads(st_student *s) {
   plan *pl = &s->plan;
   int f = s->first_trainable;
   int nc = s->opts.num_classes;
-  ST_TRY(plan_logits(s));
-  ST_TRY(plan_act(s, &pl->g_logits, nc, pl->h, pl->w));
   const st_tensor *sl = &pl->small_logits;
   ST_TRY(plan_act(s, &pl->g_small, nc, sl->shape[2], sl->shape[3]));
   ST_TRY(plan_act(s, &pl->g_o2, OUT_CONV_CH, sl->shape[2], sl->shape[3]));
@@ -629,7 +627,8 @@ static int forward_from(st_student *s, int from) {
   /* A 1x1 convolution commutes with bilinear resizing (the interpolation
    * weights sum to one, so the bias passes through unchanged): run the
    * classifier at the low resolution, and upsample C channels instead of 32
-   * where frame-sized logits are needed (upsample_logits). */
+   * where the frame's size is needed: in the class map and the loss
+   * (interpolated on the fly), in st_student_forward (resized). */
   if (RUN(out_conv3))
     ST_TRY(conv_fwd(s, &s->out_conv3, &pl->o2, ST_ACT_NONE, 0.0f,
                     &pl->small_logits));
@@ -677,17 +676,12 @@ static int load_image(st_student *s, const st_tensor *image) {
                           st_tensor_nbytes(image));
 }
 
-/* The small logits upsampled to the frame (the planned ones). */
-static int upsample_logits(st_student *s) {
-  return st_resize_bilinear_fwd(s->be, &s->plan.small_logits, &s->plan.logits);
-}
-
 int st_student_forward(st_student *s, const st_tensor *image,
                        const st_tensor **logits) {
   ST_TRY(load_image(s, image));
   ST_TRY(plan_logits(s));
   ST_TRY(forward_planned(s));
-  ST_TRY(upsample_logits(s));
+  ST_TRY(st_resize_bilinear_fwd(s->be, &s->plan.small_logits, &s->plan.logits));
   *logits = &s->plan.logits;
   return ST_OK;
 }
@@ -867,7 +861,6 @@ static int backward(st_student *s) {
   block *enc3 = &s->blocks[B_ENC3], *dec1 = &s->blocks[B_DEC1];
   block *dec2 = &s->blocks[B_DEC2], *dec3 = &s->blocks[B_DEC3];
 
-  ST_TRY(st_resize_bilinear_bwd(be, &pl->g_logits, &pl->g_small));
   ST_TRY(conv_bwd(s, &s->out_conv3, &pl->o2, &pl->g_small,
                NEED_DX(ST_MOD_out_conv3) ? &pl->g_o2 : NULL));
   if (!NEED_DX(ST_MOD_out_conv3))
@@ -935,12 +928,13 @@ static int backward(st_student *s) {
 #undef NEED_OUT
 }
 
-/* The step's loss (its gradient fused) and the backward pass. */
+/* The step's loss on the logits upsampled to the frame, its gradient fused
+ * down to the small logits, and the backward pass. */
 static int step_ops(st_student *s) {
   plan *pl = &s->plan;
-  ST_TRY(upsample_logits(s));
-  ST_TRY(st_weighted_ce_into(s->be, &pl->logits, &pl->label, &pl->weight,
-                             &pl->ce_result, &pl->g_logits));
+  ST_TRY(st_weighted_ce_resized_into(s->be, &pl->small_logits, &pl->label,
+                                     &pl->weight, &pl->ce_result,
+                                     &pl->g_small));
   return backward(s);
 }
 

@@ -15,7 +15,6 @@
 static void cpu_free(st_backend *be) {
   st_cpu_backend *cpu = st__cpu(be);
   st__cpu_conv_cache_free(cpu);
-  free(cpu->loss_buffer);
   free(cpu);
 }
 

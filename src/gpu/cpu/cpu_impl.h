@@ -15,8 +15,6 @@ typedef struct st_cpu_backend {
   int threads;                         /* OpenMP team size for every op */
   _Atomic long long alloc_calls;       /* tensor allocations from the heap */
   struct st_cpu_conv_cache *conv;      /* lazily created by cpu_conv.c */
-  float *loss_buffer;       /* weighted_ce_resized's W-reduced gradient */
-  size_t loss_buffer_bytes; /* its size (grown, kept for the next call) */
 } st_cpu_backend;
 
 static inline st_cpu_backend *st__cpu(st_backend *be) {

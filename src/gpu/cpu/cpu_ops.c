@@ -690,155 +690,141 @@ int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
   return ST_OK;
 }
 
-/* The output rows of one task of the resized cross-entropy: each thread
- * holds their class scores and gradient, C x rows x W floats each. */
+/* Input rows of the small gradient per task of the resized cross-entropy
+ * (each thread holds the class scores and gradient of the output rows they
+ * read: C x (about 2 x this + 2) x W floats each at a 2x upsample). */
 #define ST_CPU_CE_RESIZED_ROWS 8
 
 /* The loss of st__cpu_weighted_ce on the logits resized to the label's
  * H,W, and the gradient of the small logits (st__cpu_resize_bilinear_bwd of
- * its dlogits), without the frame-sized logits or gradient. Per image, two
- * passes: (A) blocks of output rows: each class's rows interpolated as
- * st__cpu_resize_bilinear_fwd does, the loss and gradient of their pixels
- * (ce_tile), and each gradient row reduced along W into the backend's
- * C x H x w buffer; (B) blocks of input rows: those rows summed along H.
- * The gradient's sums run W first, then H (the resize backward runs H
- * first): the same terms, rounded in another order. */
+ * its dlogits), without the frame-sized logits or gradient in memory. Each
+ * task owns a block of input rows: it interpolates the output rows those
+ * read, class by class, as st__cpu_resize_bilinear_fwd does, takes their
+ * loss and gradient (ce_tile), and gathers the gradient into its rows as
+ * the resize backward does (along H, then W), so the gradient equals the
+ * three ops' bit for bit. An output row read by two blocks is computed by
+ * both and counted in the loss by the one holding its first source row. */
 int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
                                 const st_tensor *label, const st_tensor *weight,
                                 st_tensor *result, st_tensor *dlogits) {
-  st_cpu_backend *cpu = st__cpu(be);
   const int64_t n = logits->shape[0], c = logits->shape[1];
   const int64_t ih = logits->shape[2], iw = logits->shape[3];
   const int64_t oh = label->shape[1], ow = label->shape[2];
   const int64_t count = n * oh * ow, rows = ST_CPU_CE_RESIZED_ROWS;
+  const int64_t blocks = (ih + rows - 1) / rows;
   float *res = result->data;
   memset(res, 0, ST_CE_RESULT_LEN * sizeof *res);
   const float inv_count = (float)(1.0 / (double)count);
-  const int threads = team(be, c * (ih * iw + oh * ow));
-  /* The taps, the output-row range feeding each input row (as in the
-   * resize backward), then per thread two cached rows and the block's
-   * class scores and gradient. */
-  const size_t block = (size_t)c * (size_t)rows * (size_t)ow;
-  const size_t per_thread = 2 * (size_t)ow + 2 * block;
-  const size_t range_bytes = (size_t)ih * 2 * sizeof(int64_t);
+  const int threads = team(be, n * c * (ih * iw + oh * ow));
+  /* The taps, then per input row the output rows that read it [lo, hi)
+   * (as in the resize backward) and the first output row whose first
+   * source row it is (own[ih] = oh). */
+  const size_t index_bytes = ((size_t)ih * 3 + 1) * sizeof(int64_t);
   resize_tap *th, *tw;
   void *extra;
-  void *scratch =
-      resize_scratch(ih, iw, oh, ow,
-                     range_bytes + (size_t)threads * per_thread * sizeof(float),
-                     &th, &tw, &extra);
-  if (!scratch)
+  void *index = resize_scratch(ih, iw, oh, ow, index_bytes, &th, &tw, &extra);
+  if (!index)
     return st_error_set(ST_ENOMEM, "weighted_ce_resized: no scratch memory");
-  int64_t *range = extra;
-  float *bufs = (float *)((char *)extra + range_bytes);
-  for (int64_t r = 0, lo = 0, hi = 0; r < ih; r++) {
+  int64_t *range = extra, *own = range + 2 * ih;
+  for (int64_t r = 0, lo = 0, hi = 0, first = 0; r < ih; r++) {
     while (lo < oh && th[lo].i1 < r)
       lo++;
     while (hi < oh && th[hi].i0 <= r)
       hi++;
+    while (first < oh && th[first].i0 < r)
+      first++;
     range[2 * r] = lo;
     range[2 * r + 1] = hi;
+    own[r] = first;
   }
-  float *g = NULL; /* [C, H, w]: gradient rows reduced along W */
-  if (dlogits) {
-    const size_t g_bytes = (size_t)c * (size_t)oh * (size_t)iw * sizeof(float);
-    if (g_bytes > cpu->loss_buffer_bytes) {
-      free(cpu->loss_buffer);
-      cpu->loss_buffer_bytes = 0;
-      cpu->loss_buffer = malloc(g_bytes);
-      if (!cpu->loss_buffer) {
-        free(scratch);
-        return st_error_set(ST_ENOMEM,
-                            "weighted_ce_resized: no gradient buffer");
-      }
-      cpu->loss_buffer_bytes = g_bytes;
-    }
-    g = cpu->loss_buffer;
+  own[ih] = oh;
+  /* The output rows a task works on: those its rows read (with a
+   * gradient), else those it owns; the most any task needs sizes the
+   * per-thread buffers. */
+  int64_t span = 1;
+  for (int64_t t = 0; t < blocks; t++) {
+    const int64_t i0 = t * rows, i1 = min_i64(i0 + rows, ih);
+    const int64_t lo = dlogits ? range[2 * i0] : own[i0];
+    const int64_t hi = dlogits ? range[2 * (i1 - 1) + 1] : own[i1];
+    span = hi - lo > span ? hi - lo : span;
+  }
+  const size_t plane = (size_t)span * (size_t)ow; /* one class's rows */
+  const size_t per_thread = 3 * (size_t)ow + 2 * (size_t)c * plane;
+  float *bufs = malloc((size_t)threads * per_thread * sizeof(float));
+  if (!bufs) {
+    free(index);
+    return st_error_set(ST_ENOMEM, "weighted_ce_resized: no scratch memory");
   }
 
   const float *xd = logits->data, *wd = weight->data;
   const uint8_t *ld = label->data;
   float *dd = dlogits ? dlogits->data : NULL;
-  const int64_t blocks = (oh + rows - 1) / rows;
-  const int64_t in_blocks =
-      (ih + ST_CPU_RESIZE_ROWS_PER_TASK - 1) / ST_CPU_RESIZE_ROWS_PER_TASK;
-  ce_sums all = {0.0, 0, -1};
-  for (int64_t img = 0; img < n; img++) {
-    double total = 0.0;
-    int64_t bad_pixels = 0;
-    int bad_label = -1;
+  double total = 0.0;
+  int64_t bad_pixels = 0;
+  int bad_label = -1;
 #pragma omp parallel for num_threads(threads) schedule(static) \
     reduction(+ : total, bad_pixels) reduction(max : bad_label)
-    for (int64_t task = 0; task < blocks; task++) {
-      const int64_t r0 = task * rows, r1 = min_i64(r0 + rows, oh);
-      float *mine = bufs + (size_t)omp_get_thread_num() * per_thread;
-      float *v = mine + 2 * ow, *d = v + block; /* class k, row r at k*rows+r */
-      for (int64_t k = 0; k < c; k++) {
-        resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
-        const float *plane = xd + (img * c + k) * ih * iw;
-        for (int64_t r = r0; r < r1; r++) {
-          const resize_tap t = th[r];
-          const float *restrict a =
-              resize_cached_row(&cache, plane, iw, tw, ow, t.i0, t.i1);
-          const float *restrict b =
-              resize_cached_row(&cache, plane, iw, tw, ow, t.i1, t.i0);
-          float *restrict vr = v + (k * rows + (r - r0)) * ow;
-          for (int64_t j = 0; j < ow; j++)
-            vr[j] = lerp2(a[j], t.l0, b[j], t.l1);
-        }
+  for (int64_t task = 0; task < n * blocks; task++) {
+    const int64_t img = task / blocks, i0 = (task % blocks) * rows;
+    const int64_t i1 = min_i64(i0 + rows, ih);
+    const int64_t lo = dd ? range[2 * i0] : own[i0];
+    const int64_t hi = dd ? range[2 * (i1 - 1) + 1] : own[i1];
+    float *mine = bufs + (size_t)omp_get_thread_num() * per_thread;
+    float *acc = mine + 2 * ow;
+    float *v = acc + ow, *d = v + (size_t)c * plane; /* class k at k*plane */
+    for (int64_t k = 0; k < c; k++) {
+      resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
+      const float *src = xd + (img * c + k) * ih * iw;
+      for (int64_t o = lo; o < hi; o++) {
+        const resize_tap t = th[o];
+        const float *restrict a =
+            resize_cached_row(&cache, src, iw, tw, ow, t.i0, t.i1);
+        const float *restrict b =
+            resize_cached_row(&cache, src, iw, tw, ow, t.i1, t.i0);
+        float *restrict vr = v + k * plane + (o - lo) * ow;
+        for (int64_t j = 0; j < ow; j++)
+          vr[j] = lerp2(a[j], t.l0, b[j], t.l1);
       }
-      ce_sums sums = {0.0, 0, -1};
-      for (int64_t r = r0; r < r1; r++)
-        for (int64_t j0 = 0; j0 < ow; j0 += ST_CPU_PIXEL_TILE) {
-          const int64_t at = (r - r0) * ow + j0, px = (img * oh + r) * ow + j0;
-          ce_tile(v + at, rows * ow, min_i64(ST_CPU_PIXEL_TILE, ow - j0), c,
-                  ld + px, wd + px, inv_count, g ? d + at : NULL, rows * ow,
-                  &sums);
-        }
-      total += sums.total;
-      bad_pixels += sums.bad_pixels;
-      bad_label = sums.bad_label > bad_label ? sums.bad_label : bad_label;
-      if (!g)
-        continue;
-      for (int64_t k = 0; k < c; k++)
-        for (int64_t r = r0; r < r1; r++) {
-          const float *restrict dr = d + (k * rows + (r - r0)) * ow;
-          float *restrict gr = g + (k * oh + r) * iw;
-          memset(gr, 0, (size_t)iw * sizeof(float));
-          for (int64_t j = 0; j < ow; j++) {
-            gr[tw[j].i0] += tw[j].l0 * dr[j];
-            gr[tw[j].i1] += tw[j].l1 * dr[j];
-          }
-        }
     }
-    all.total += total;
-    all.bad_pixels += bad_pixels;
-    all.bad_label = bad_label > all.bad_label ? bad_label : all.bad_label;
-    if (!g)
+    ce_sums sums = {0.0, 0, -1}, elsewhere = {0.0, 0, -1};
+    for (int64_t o = lo; o < hi; o++) {
+      ce_sums *into = o >= own[i0] && o < own[i1] ? &sums : &elsewhere;
+      for (int64_t j0 = 0; j0 < ow; j0 += ST_CPU_PIXEL_TILE) {
+        const int64_t at = (o - lo) * ow + j0, px = (img * oh + o) * ow + j0;
+        ce_tile(v + at, (int64_t)plane, min_i64(ST_CPU_PIXEL_TILE, ow - j0), c,
+                ld + px, wd + px, inv_count, dd ? d + at : NULL, (int64_t)plane,
+                into);
+      }
+    }
+    total += sums.total;
+    bad_pixels += sums.bad_pixels;
+    bad_label = sums.bad_label > bad_label ? sums.bad_label : bad_label;
+    if (!dd)
       continue;
-      /* Each task owns whole rows of the small gradient. */
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t task = 0; task < c * in_blocks; task++) {
-      const int64_t k = task / in_blocks;
-      const int64_t i0 = (task % in_blocks) * ST_CPU_RESIZE_ROWS_PER_TASK;
-      const int64_t i1 = min_i64(i0 + ST_CPU_RESIZE_ROWS_PER_TASK, ih);
-      for (int64_t i = i0; i < i1; i++) {
-        float *restrict dst = dd + ((img * c + k) * ih + i) * iw;
-        memset(dst, 0, (size_t)iw * sizeof(float));
-        for (int64_t o = range[2 * i]; o < range[2 * i + 1]; o++) {
-          const float w = (th[o].i0 == i ? th[o].l0 : 0.0f) +
-                          (th[o].i1 == i ? th[o].l1 : 0.0f);
+    for (int64_t k = 0; k < c; k++)
+      for (int64_t r = i0; r < i1; r++) {
+        memset(acc, 0, (size_t)ow * sizeof(float));
+        for (int64_t o = range[2 * r]; o < range[2 * r + 1]; o++) {
+          const float w = (th[o].i0 == r ? th[o].l0 : 0.0f) +
+                          (th[o].i1 == r ? th[o].l1 : 0.0f);
           if (w == 0.0f)
             continue;
-          const float *restrict src = g + (k * oh + o) * iw;
-          for (int64_t q = 0; q < iw; q++)
-            dst[q] += w * src[q];
+          const float *restrict g = d + k * plane + (o - lo) * ow;
+          for (int64_t j = 0; j < ow; j++)
+            acc[j] += w * g[j];
+        }
+        float *restrict dst = dd + ((img * c + k) * ih + r) * iw;
+        memset(dst, 0, (size_t)iw * sizeof(float));
+        for (int64_t j = 0; j < ow; j++) {
+          dst[tw[j].i0] += tw[j].l0 * acc[j];
+          dst[tw[j].i1] += tw[j].l1 * acc[j];
         }
       }
-    }
   }
+  const ce_sums all = {total, bad_pixels, bad_label};
   ce_result_write(&all, count, res);
-  free(scratch);
+  free(bufs);
+  free(index);
   return ST_OK;
 }
 
