@@ -622,16 +622,18 @@ static int check_label_map(const char *op, const char *what,
   return ST_OK;
 }
 
-int st_weighted_ce_into(st_backend *be, const st_tensor *logits,
-                        const st_tensor *label, const st_tensor *weight,
-                        st_tensor *result, st_tensor *dlogits) {
-  const char *op = "weighted_ce";
-  ST__TRY(check_tensor(op, "logits", logits, ST_F32, 4));
-  ST__TRY(check_label_map(op, "label", label, ST_U8, logits));
-  ST__TRY(check_label_map(op, "weight", weight, ST_F32, logits));
+/* Logits over 1..256 classes (a class index fits a U8 label). */
+static int check_classes(const char *op, const st_tensor *logits) {
   if (logits->shape[1] < 1 || logits->shape[1] > 256)
     return st_error_set(ST_ESHAPE, "%s: %lld classes (1..256 supported)", op,
                         (long long)logits->shape[1]);
+  return ST_OK;
+}
+
+/* A cross-entropy's result tensor, and its gradient shaped like the logits
+ * when there is one. */
+static int check_ce_outputs(const char *op, const st_tensor *logits,
+                            const st_tensor *result, const st_tensor *dlogits) {
   if (dlogits) {
     ST__TRY(check_tensor(op, "dlogits", dlogits, ST_F32, 4));
     ST__TRY(check_same(op, "logits/dlogits", logits, dlogits));
@@ -640,6 +642,18 @@ int st_weighted_ce_into(st_backend *be, const st_tensor *logits,
   if (result->shape[0] != ST_CE_RESULT_LEN)
     return st_error_set(ST_ESHAPE, "%s: result must be F32 [%d]", op,
                         ST_CE_RESULT_LEN);
+  return ST_OK;
+}
+
+int st_weighted_ce_into(st_backend *be, const st_tensor *logits,
+                        const st_tensor *label, const st_tensor *weight,
+                        st_tensor *result, st_tensor *dlogits) {
+  const char *op = "weighted_ce";
+  ST__TRY(check_tensor(op, "logits", logits, ST_F32, 4));
+  ST__TRY(check_label_map(op, "label", label, ST_U8, logits));
+  ST__TRY(check_label_map(op, "weight", weight, ST_F32, logits));
+  ST__TRY(check_classes(op, logits));
+  ST__TRY(check_ce_outputs(op, logits, result, dlogits));
   return ST__SLOT(be, weighted_ce, be, logits, label, weight, result, dlogits);
 }
 
@@ -654,19 +668,10 @@ int st_weighted_ce_resized_into(st_backend *be, const st_tensor *logits,
     return st_error_set(ST_ESHAPE, "%s: label and weight differ in shape", op);
   if (label->shape[0] != logits->shape[0])
     return st_error_set(ST_ESHAPE, "%s: label and logits differ in N", op);
-  if (logits->shape[1] < 1 || logits->shape[1] > 256)
-    return st_error_set(ST_ESHAPE, "%s: %lld classes (1..256 supported)", op,
-                        (long long)logits->shape[1]);
+  ST__TRY(check_classes(op, logits));
   if (st_tensor_numel(logits) == 0 || st_tensor_numel(label) == 0)
     return st_error_set(ST_ESHAPE, "%s: empty tensor", op);
-  if (dlogits) {
-    ST__TRY(check_tensor(op, "dlogits", dlogits, ST_F32, 4));
-    ST__TRY(check_same(op, "logits/dlogits", logits, dlogits));
-  }
-  ST__TRY(check_tensor(op, "result", result, ST_F32, 1));
-  if (result->shape[0] != ST_CE_RESULT_LEN)
-    return st_error_set(ST_ESHAPE, "%s: result must be F32 [%d]", op,
-                        ST_CE_RESULT_LEN);
+  ST__TRY(check_ce_outputs(op, logits, result, dlogits));
   return ST__SLOT(be, weighted_ce_resized, be, logits, label, weight, result,
                   dlogits);
 }
@@ -710,9 +715,7 @@ int st_argmax_channels(st_backend *be, const st_tensor *logits,
   const char *op = "argmax_channels";
   ST__TRY(check_tensor(op, "logits", logits, ST_F32, 4));
   ST__TRY(check_label_map(op, "labels", labels, ST_U8, logits));
-  if (logits->shape[1] < 1 || logits->shape[1] > 256)
-    return st_error_set(ST_ESHAPE, "%s: %lld classes (1..256 supported)", op,
-                        (long long)logits->shape[1]);
+  ST__TRY(check_classes(op, logits));
   return ST__SLOT(be, argmax_channels, be, logits, labels);
 }
 
@@ -723,9 +726,7 @@ int st_argmax_resized(st_backend *be, const st_tensor *logits,
   ST__TRY(check_tensor(op, "labels", labels, ST_U8, 3));
   if (labels->shape[0] != logits->shape[0])
     return st_error_set(ST_ESHAPE, "%s: labels and logits differ in N", op);
-  if (logits->shape[1] < 1 || logits->shape[1] > 256)
-    return st_error_set(ST_ESHAPE, "%s: %lld classes (1..256 supported)", op,
-                        (long long)logits->shape[1]);
+  ST__TRY(check_classes(op, logits));
   if (st_tensor_numel(logits) == 0 || st_tensor_numel(labels) == 0)
     return st_error_set(ST_ESHAPE, "%s: empty tensor", op);
   return ST__SLOT(be, argmax_resized, be, logits, labels);

@@ -418,6 +418,19 @@ static const float *resize_cached_row(resize_row_cache *cache,
   return cache->row[slot];
 }
 
+/* Output row t of a plane's resize into out: its two source rows along W
+ * (through the cache), then along H. */
+static void resize_row(resize_row_cache *cache, const float *plane, int64_t iw,
+                       const resize_tap *tw, int64_t ow, resize_tap t,
+                       float *restrict out) {
+  const float *restrict a =
+      resize_cached_row(cache, plane, iw, tw, ow, t.i0, t.i1);
+  const float *restrict b =
+      resize_cached_row(cache, plane, iw, tw, ow, t.i1, t.i0);
+  for (int64_t j = 0; j < ow; j++)
+    out[j] = lerp2(a[j], t.l0, b[j], t.l1);
+}
+
 int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
                                 st_tensor *y) {
   const int64_t planes = x->shape[0] * x->shape[1];
@@ -446,16 +459,8 @@ int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
     float *mine = rows + (size_t)omp_get_thread_num() * 2 * (size_t)ow;
     resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
     const float *plane = xd + p * ih * iw;
-    for (int64_t r = r0; r < r1; r++) {
-      const resize_tap t = th[r];
-      const float *restrict a =
-          resize_cached_row(&cache, plane, iw, tw, ow, t.i0, t.i1);
-      const float *restrict b =
-          resize_cached_row(&cache, plane, iw, tw, ow, t.i1, t.i0);
-      float *restrict dst = yd + (p * oh + r) * ow;
-      for (int64_t j = 0; j < ow; j++)
-        dst[j] = lerp2(a[j], t.l0, b[j], t.l1);
-    }
+    for (int64_t r = r0; r < r1; r++)
+      resize_row(&cache, plane, iw, tw, ow, th[r], yd + (p * oh + r) * ow);
   }
   free(scratch);
   return ST_OK;
@@ -775,16 +780,9 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
     for (int64_t k = 0; k < c; k++) {
       resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
       const float *src = xd + (img * c + k) * ih * iw;
-      for (int64_t o = lo; o < hi; o++) {
-        const resize_tap t = th[o];
-        const float *restrict a =
-            resize_cached_row(&cache, src, iw, tw, ow, t.i0, t.i1);
-        const float *restrict b =
-            resize_cached_row(&cache, src, iw, tw, ow, t.i1, t.i0);
-        float *restrict vr = v + k * plane + (o - lo) * ow;
-        for (int64_t j = 0; j < ow; j++)
-          vr[j] = lerp2(a[j], t.l0, b[j], t.l1);
-      }
+      for (int64_t o = lo; o < hi; o++)
+        resize_row(&cache, src, iw, tw, ow, th[o],
+                   v + k * plane + (o - lo) * ow);
     }
     ce_sums sums = {0.0, 0, -1}, elsewhere = {0.0, 0, -1};
     for (int64_t o = lo; o < hi; o++) {
@@ -880,10 +878,10 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
   const int64_t oh = labels->shape[1], ow = labels->shape[2];
   const int64_t rows = ST_CPU_RESIZE_ROWS_PER_TASK;
   const int threads = team(be, n * c * (ih * iw + oh * ow));
-  /* The taps, then per thread two cached rows and a block's best values
-   * and their classes (int32, so the comparison vectorises in float
-   * lanes). */
-  const size_t per_thread = (size_t)(2 + 2 * rows) * (size_t)ow;
+  /* The taps, then per thread two cached rows, one resized row, and a
+   * block's best values and their classes (int32, so the comparison
+   * vectorises in float lanes). */
+  const size_t per_thread = (size_t)(3 + 2 * rows) * (size_t)ow;
   resize_tap *th, *tw;
   void *bufs_v;
   void *scratch = resize_scratch(ih, iw, oh, ow,
@@ -901,28 +899,23 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
     const int64_t img = task / blocks, r0 = (task % blocks) * rows;
     const int64_t r1 = min_i64(r0 + rows, oh);
     float *mine = bufs + (size_t)omp_get_thread_num() * per_thread;
-    float *best = mine + 2 * ow;
+    float *vals = mine + 2 * ow, *best = vals + ow;
     int32_t *cls = (int32_t *)(best + rows * ow);
     for (int64_t k = 0; k < c; k++) {
       resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
       const float *plane = xd + (img * c + k) * ih * iw;
       for (int64_t r = r0; r < r1; r++) {
-        const resize_tap t = th[r];
-        const float *restrict a =
-            resize_cached_row(&cache, plane, iw, tw, ow, t.i0, t.i1);
-        const float *restrict b =
-            resize_cached_row(&cache, plane, iw, tw, ow, t.i1, t.i0);
         float *restrict bst = best + (r - r0) * ow;
         int32_t *restrict idx = cls + (r - r0) * ow;
         if (k == 0) {
-          for (int64_t j = 0; j < ow; j++) {
-            bst[j] = lerp2(a[j], t.l0, b[j], t.l1);
-            idx[j] = 0;
-          }
+          resize_row(&cache, plane, iw, tw, ow, th[r], bst);
+          memset(idx, 0, (size_t)ow * sizeof *idx);
           continue;
         }
+        const float *restrict val = vals;
+        resize_row(&cache, plane, iw, tw, ow, th[r], vals);
         for (int64_t j = 0; j < ow; j++) {
-          const float v = lerp2(a[j], t.l0, b[j], t.l1), bv = bst[j];
+          const float v = val[j], bv = bst[j];
           const int32_t take = argmax_takes(v, bv);
           bst[j] = take ? v : bv;
           idx[j] = take ? (int32_t)k : idx[j];
