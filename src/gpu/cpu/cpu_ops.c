@@ -466,6 +466,31 @@ int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
   return ST_OK;
 }
 
+/* Input row r of a resize's gradient into dst (iw floats): the gradient
+ * rows of the output rows that read it (output row o at rows + (o - first)
+ * * ow) summed along H with their weights into acc (vectorised), then
+ * scattered along W. */
+static void resize_row_bwd(const float *rows, int64_t first, int64_t r,
+                           const int64_t *range, const resize_tap *th,
+                           const resize_tap *tw, int64_t ow, int64_t iw,
+                           float *restrict acc, float *restrict dst) {
+  memset(acc, 0, (size_t)ow * sizeof(float));
+  for (int64_t o = range[2 * r]; o < range[2 * r + 1]; o++) {
+    const float w =
+        (th[o].i0 == r ? th[o].l0 : 0.0f) + (th[o].i1 == r ? th[o].l1 : 0.0f);
+    if (w == 0.0f)
+      continue;
+    const float *restrict src = rows + (o - first) * ow;
+    for (int64_t j = 0; j < ow; j++)
+      acc[j] += w * src[j];
+  }
+  memset(dst, 0, (size_t)iw * sizeof(float));
+  for (int64_t j = 0; j < ow; j++) {
+    dst[tw[j].i0] += tw[j].l0 * acc[j];
+    dst[tw[j].i1] += tw[j].l1 * acc[j];
+  }
+}
+
 int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
                                 st_tensor *dx) {
   const int64_t planes = dx->shape[0] * dx->shape[1];
@@ -511,24 +536,9 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
     const int64_t r1 = min_i64(r0 + ST_CPU_RESIZE_ROWS_PER_TASK, ih);
     float *restrict acc = accs + (size_t)omp_get_thread_num() * (size_t)ow;
     const float *plane = dyd + p * oh * ow;
-    for (int64_t r = r0; r < r1; r++) {
-      memset(acc, 0, (size_t)ow * sizeof(float));
-      for (int64_t o = range[2 * r]; o < range[2 * r + 1]; o++) {
-        const float w = (th[o].i0 == r ? th[o].l0 : 0.0f) +
-                        (th[o].i1 == r ? th[o].l1 : 0.0f);
-        if (w == 0.0f)
-          continue;
-        const float *restrict src = plane + o * ow;
-        for (int64_t j = 0; j < ow; j++)
-          acc[j] += w * src[j];
-      }
-      float *restrict dst = dxd + (p * ih + r) * iw;
-      memset(dst, 0, (size_t)iw * sizeof(float));
-      for (int64_t j = 0; j < ow; j++) {
-        dst[tw[j].i0] += tw[j].l0 * acc[j];
-        dst[tw[j].i1] += tw[j].l1 * acc[j];
-      }
-    }
+    for (int64_t r = r0; r < r1; r++)
+      resize_row_bwd(plane, 0, r, range, th, tw, ow, iw, acc,
+                     dxd + (p * ih + r) * iw);
   }
   free(scratch);
   return ST_OK;
@@ -800,24 +810,9 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
     if (!dd)
       continue;
     for (int64_t k = 0; k < c; k++)
-      for (int64_t r = i0; r < i1; r++) {
-        memset(acc, 0, (size_t)ow * sizeof(float));
-        for (int64_t o = range[2 * r]; o < range[2 * r + 1]; o++) {
-          const float w = (th[o].i0 == r ? th[o].l0 : 0.0f) +
-                          (th[o].i1 == r ? th[o].l1 : 0.0f);
-          if (w == 0.0f)
-            continue;
-          const float *restrict g = d + k * plane + (o - lo) * ow;
-          for (int64_t j = 0; j < ow; j++)
-            acc[j] += w * g[j];
-        }
-        float *restrict dst = dd + ((img * c + k) * ih + r) * iw;
-        memset(dst, 0, (size_t)iw * sizeof(float));
-        for (int64_t j = 0; j < ow; j++) {
-          dst[tw[j].i0] += tw[j].l0 * acc[j];
-          dst[tw[j].i1] += tw[j].l1 * acc[j];
-        }
-      }
+      for (int64_t r = i0; r < i1; r++)
+        resize_row_bwd(d + k * plane, lo, r, range, th, tw, ow, iw, acc,
+                       dd + ((img * c + k) * ih + r) * iw);
   }
   const ce_sums all = {total, bad_pixels, bad_label};
   ce_result_write(&all, count, res);
