@@ -71,6 +71,7 @@ def setUpModule():
     CLIPS["clip48_mkv"] = make_clip("clip48.mkv", 48)
     CLIPS["clip72"] = make_clip("clip72.mp4", 72)
     CLIPS["clip120_mkv"] = make_clip("clip120.mkv", 120)
+    CLIPS["clip300_mkv"] = make_clip("clip300.mkv", 300)
     CLIPS["corrupt"] = make_clip("corrupt.avi", 48, codec="mjpeg",
                                  corrupt=[10, 20, 30])
     CLIPS["fast"] = make_clip("fast.mp4", 200, fps=500)
@@ -644,14 +645,41 @@ def wait_for(pred, timeout, what):
     raise AssertionError("timed out waiting for " + what)
 
 
+class PipedInput:
+    """A video written to a client's stdin piece by piece, so that the test
+    decides when the input goes on, and so when it ends: a network event
+    cannot race the end of a fixed-length clip on a slow machine."""
+
+    def __init__(self, proc, path):
+        self.proc = proc
+        with open(path, "rb") as f:
+            self.data = f.read()
+        self.sent = 0
+        self.writer = None
+
+    def send_until(self, fraction):
+        """Writes up to `fraction` of the file (from a thread: the pipe may
+        hold less than a piece)."""
+        end = int(len(self.data) * fraction)
+        piece, self.sent = self.data[self.sent:end], end
+        self.wait()
+        self.writer = threading.Thread(target=self.proc.stdin.write,
+                                       args=(piece,))
+        self.writer.start()
+
+    def wait(self):
+        if self.writer:
+            self.writer.join()
+            self.writer = None
+
+    def rest(self):
+        """What is left, for finish_client to write and close."""
+        self.wait()
+        return self.data[self.sent:]
+
+
 class ReconnectTest(unittest.TestCase):
     def test_server_killed_and_restarted(self):
-        # The video comes through a pipe that the test holds open, so the
-        # input cannot end before the client is back online however slow
-        # the machine (a fixed-length file raced the restart under ASan).
-        with open(CLIPS["clip120_mkv"], "rb") as f:
-            clip = f.read()
-        split = len(clip) * 3 // 5  # past FFmpeg's 5 s stream probe
         srv = Server()
         out = os.path.join(TMP, "restart.mp4")
         proc = None
@@ -659,19 +687,17 @@ class ReconnectTest(unittest.TestCase):
             proc, stats = start_client(
                 ["--server", "127.0.0.1:%d" % srv.port, "--input", "-",
                  "--output", out], stdin=subprocess.PIPE)
-            feeder = threading.Thread(target=proc.stdin.write,
-                                      args=(clip[:split],))
-            feeder.start()
+            video = PipedInput(proc, CLIPS["clip120_mkv"])
+            video.send_until(0.6)  # past FFmpeg's 5 s stream probe
             wait_for(lambda: stats_version(stats) >= 1, 60, "a first update")
             srv.kill()
             time.sleep(0.3)
             srv.start()
             wait_for(lambda: stats_last(stats, "reconnects") >= 1, 60,
                      "the client back online")
-            feeder.join()
             # The rest of the video after the reconnect: its key frames
             # reach the restarted server.
-            run = finish_client(proc, stats, input=clip[split:])
+            run = finish_client(proc, stats, input=video.rest())
         finally:
             if proc and proc.poll() is None:
                 proc.kill()
@@ -704,25 +730,37 @@ class ReconnectTest(unittest.TestCase):
     def test_dropped_connection_resumes_session(self):
         srv = Server()
         proxy = Proxy(srv.port)
+        proc = None
         try:
             proc, stats = start_client(
-                ["--server", "127.0.0.1:%d" % proxy.port, "--input",
-                 CLIPS["clip72"], "--realtime", "--queue-frames", "72"])
+                ["--server", "127.0.0.1:%d" % proxy.port, "--input", "-"],
+                stdin=subprocess.PIPE)
+            video = PipedInput(proc, CLIPS["clip300_mkv"])
+            video.send_until(0.25)  # 75 frames: past the stream probe
             wait_for(lambda: stats_version(stats) >= 1, 60, "a first update")
             # No bye: the server keeps the session lingering. Cut after an
             # update, when no job of the session runs (a session with a job
             # in flight is parked only when the job ends, and a resume that
-            # arrives before that gets a new session).
+            # arrives before that gets a new session); the client waits for
+            # an update before its next key frame, so none is in flight.
+            # The next 100 frames hold a key frame whatever the stride (at
+            # most 64), so an update comes.
             proxy.cut_after_update.set()
+            video.send_until(0.6)
             wait_for(lambda: len(proxy.hellos) >= 2, 60, "a second hello")
-            run = finish_client(proc, stats)
+            wait_for(lambda: stats_last(stats, "resumed") >= 1, 60,
+                     "the session resumed")
+            run = finish_client(proc, stats, input=video.rest())
         finally:
+            if proc and proc.poll() is None:
+                proc.kill()
+                proc.wait()
             proxy.close()
             srv.stop()
         self.assertEqual(run.rc, 0, run.stderr[-3000:])
         s = run.summary
-        self.assertEqual(s["frames"], 72)
-        self.assertGreaterEqual(s["resumed"], 1)
+        self.assertEqual(s["frames"], 300)
+        self.assertEqual(s["resumed"], 1)
         first, second = proxy.hellos[0], proxy.hellos[1]
         self.assertNotIn("resume", first)
         online = run.of("online")
