@@ -466,6 +466,22 @@ int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
   return ST_OK;
 }
 
+/* For each of `in` source rows, the output rows that read it,
+ * [span[2r], span[2r+1]): their i0 is r-1 or r, and since i0 and i1 grow
+ * with the output row they are contiguous, from the first with i1 >= r to
+ * the last with i0 <= r. */
+static void resize_spans(const resize_tap *t, int64_t in, int64_t out,
+                         int64_t *span) {
+  for (int64_t r = 0, lo = 0, hi = 0; r < in; r++) {
+    while (lo < out && t[lo].i1 < r)
+      lo++;
+    while (hi < out && t[hi].i0 <= r)
+      hi++;
+    span[2 * r] = lo;
+    span[2 * r + 1] = hi;
+  }
+}
+
 /* Input row r of a resize's gradient into dst (iw floats): the gradient
  * rows of the output rows that read it (output row o at rows + (o - first)
  * * ow) summed along H with their weights into acc (vectorised), then
@@ -510,17 +526,7 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
     return st_error_set(ST_ENOMEM, "resize_bilinear_bwd: no scratch memory");
   int64_t *range = extra;
   float *accs = (float *)((char *)extra + range_bytes);
-  /* Output rows that read input row r all have i0 in {r-1, r}; since i0
-   * and i1 grow with the output row, they form one contiguous range:
-   * from the first row with i1 >= r to the last with i0 <= r. */
-  for (int64_t r = 0, lo = 0, hi = 0; r < ih; r++) {
-    while (lo < oh && th[lo].i1 < r)
-      lo++;
-    while (hi < oh && th[hi].i0 <= r)
-      hi++;
-    range[2 * r] = lo;
-    range[2 * r + 1] = hi;
-  }
+  resize_spans(th, ih, oh, range);
 
   const float *dyd = dy->data;
   float *dxd = dx->data;
@@ -741,15 +747,10 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
   if (!index)
     return st_error_set(ST_ENOMEM, "weighted_ce_resized: no scratch memory");
   int64_t *range = extra, *own = range + 2 * ih;
-  for (int64_t r = 0, lo = 0, hi = 0, first = 0; r < ih; r++) {
-    while (lo < oh && th[lo].i1 < r)
-      lo++;
-    while (hi < oh && th[hi].i0 <= r)
-      hi++;
+  resize_spans(th, ih, oh, range);
+  for (int64_t r = 0, first = 0; r < ih; r++) {
     while (first < oh && th[first].i0 < r)
       first++;
-    range[2 * r] = lo;
-    range[2 * r + 1] = hi;
     own[r] = first;
   }
   own[ih] = oh;
