@@ -765,7 +765,8 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
     span = hi - lo > span ? hi - lo : span;
   }
   const size_t plane = (size_t)span * (size_t)ow; /* one class's rows */
-  const size_t per_thread = 3 * (size_t)ow + 2 * (size_t)c * plane;
+  const size_t per_thread =
+      3 * (size_t)ow + (dlogits ? 2 : 1) * (size_t)c * plane;
   float *bufs = malloc((size_t)threads * per_thread * sizeof(float));
   if (!bufs) {
     free(index);
@@ -787,7 +788,8 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
     const int64_t hi = dd ? range[2 * (i1 - 1) + 1] : own[i1];
     float *mine = bufs + (size_t)omp_get_thread_num() * per_thread;
     float *acc = mine + 2 * ow;
-    float *v = acc + ow, *d = v + (size_t)c * plane; /* class k at k*plane */
+    /* Scores, then (with a gradient) the gradient: class k at k*plane. */
+    float *v = acc + ow, *d = dd ? v + (size_t)c * plane : NULL;
     for (int64_t k = 0; k < c; k++) {
       resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
       const float *src = xd + (img * c + k) * ih * iw;
