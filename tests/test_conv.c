@@ -468,20 +468,9 @@ static const bench_shape bench_shapes[] = {
 #define BENCH_WARMUP 2
 #define BENCH_REPS 7
 
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static int bench_fail(const char *what) {
   fprintf(stderr, "bench: %s: %s\n", what, st_error_detail());
   return 1;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
 }
 
 /* Times one shape: the first call (which builds the cache entry), then the
@@ -510,11 +499,11 @@ static int bench_one(st_backend *be, const bench_shape *s, double totals[3]) {
   double first[3] = {0}, median[3] = {0}, t[BENCH_REPS];
   for (int op = 0; op < (s->train ? 3 : 1); op++) {
     for (int r = 0; r < 1 + BENCH_WARMUP + BENCH_REPS; r++) {
-      double t0 = now_ms();
+      double t0 = st_test_now_ms();
       int rc = op == 0   ? st_conv2d_fwd(be, &p, &x, &w, &b, act, beta, &y)
                : op == 1 ? st_conv2d_bwd_data(be, &p, &y, &w, &dx)
                          : st_conv2d_bwd_weights(be, &p, &x, &y, &dw, &db);
-      double dt = now_ms() - t0;
+      double dt = st_test_now_ms() - t0;
       if (rc)
         return bench_fail(s->name);
       if (r == 0)
@@ -522,8 +511,7 @@ static int bench_one(st_backend *be, const bench_shape *s, double totals[3]) {
       else if (r > BENCH_WARMUP)
         t[r - 1 - BENCH_WARMUP] = dt;
     }
-    qsort(t, BENCH_REPS, sizeof t[0], cmp_double);
-    median[op] = t[BENCH_REPS / 2];
+    median[op] = st_test_median(t, BENCH_REPS);
     totals[op] += median[op];
   }
   printf("%-26s %4lldx%-4lld %8.3f %8.3f", s->name, (long long)oh,

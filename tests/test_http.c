@@ -74,12 +74,6 @@ static int handler(void *data, const char *path, st_http_response *resp) {
   return ST_OK;
 }
 
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 static void pump(fixture *f) { uv_run(&f->loop, UV_RUN_NOWAIT); }
 
 static void count_handle(uv_handle_t *h, void *arg) {
@@ -96,9 +90,9 @@ static int live_handles(fixture *f) {
 
 /* Runs the loop until the server holds exactly `connections`. */
 static void wait_connections(fixture *f, int connections) {
-  double deadline = now_ms() + WAIT_MS;
+  double deadline = st_test_now_ms() + WAIT_MS;
   while (live_handles(f) != 1 + 2 * connections) {
-    if (now_ms() > deadline)
+    if (st_test_now_ms() > deadline)
       fail_msg("server holds %d handles, want %d", live_handles(f),
                1 + 2 * connections);
     pump(f);
@@ -149,7 +143,7 @@ static int client_connect(fixture *f) {
 }
 
 static void client_send(fixture *f, int fd, const char *data, size_t len) {
-  double deadline = now_ms() + WAIT_MS;
+  double deadline = st_test_now_ms() + WAIT_MS;
   while (len > 0) {
     ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
     if (n > 0) {
@@ -158,7 +152,7 @@ static void client_send(fixture *f, int fd, const char *data, size_t len) {
       continue;
     }
     assert_true(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
-    if (now_ms() > deadline)
+    if (st_test_now_ms() > deadline)
       fail_msg("send timed out");
     pump(f);
     poll(NULL, 0, 1);
@@ -170,7 +164,7 @@ static void client_send(fixture *f, int fd, const char *data, size_t len) {
 static long client_read_to_eof(fixture *f, int fd, char *buf, size_t cap,
                                int wait_ms) {
   size_t len = 0;
-  double deadline = now_ms() + wait_ms;
+  double deadline = st_test_now_ms() + wait_ms;
   for (;;) {
     ssize_t n = recv(fd, buf + len, cap - 1 - len, 0);
     if (n > 0) {
@@ -182,7 +176,7 @@ static long client_read_to_eof(fixture *f, int fd, char *buf, size_t cap,
       break;
     if (errno != EAGAIN && errno != EWOULDBLOCK)
       return -errno;
-    if (now_ms() > deadline)
+    if (st_test_now_ms() > deadline)
       fail_msg("no EOF within %d ms", wait_ms);
     pump(f);
     struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -254,8 +248,8 @@ static void test_request_in_pieces(void **state) {
   for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++) {
     client_send(f, fd, pieces[i], strlen(pieces[i]));
     /* Give the server time to read each piece on its own. */
-    double until = now_ms() + 20;
-    while (now_ms() < until) {
+    double until = st_test_now_ms() + 20;
+    while (st_test_now_ms() < until) {
       pump(f);
       poll(NULL, 0, 1);
     }
@@ -366,7 +360,7 @@ static void test_oversize_431(void **state) {
  * ST_HTTP_TIMEOUT_MS; one that connects and says nothing too. */
 static void test_slow_client_times_out(void **state) {
   fixture *f = *state;
-  double start = now_ms();
+  double start = st_test_now_ms();
   int slow = client_connect(f);
   int silent = client_connect(f);
   client_send(f, slow, "GET /metr", 9);
@@ -374,7 +368,7 @@ static void test_slow_client_times_out(void **state) {
   char r[RESPONSE_BYTES];
   long n = client_read_to_eof(f, slow, r, sizeof r,
                               ST_HTTP_TIMEOUT_MS + TIMEOUT_LATE_MS);
-  double elapsed = now_ms() - start;
+  double elapsed = st_test_now_ms() - start;
   assert_int_equal(n, 0);
   assert_int_equal(client_read_to_eof(f, silent, r, sizeof r, TIMEOUT_LATE_MS),
                    0);

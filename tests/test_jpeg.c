@@ -49,12 +49,6 @@
 
 /* ---- helpers ----------------------------------------------------------- */
 
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static double smoothstep(double edge0, double edge1, double x) {
   double t = (x - edge0) / (edge1 - edge0);
   t = t < 0 ? 0 : t > 1 ? 1 : t;
@@ -625,18 +619,18 @@ static void test_timing_720x1280(void **state) {
     free(jpg);
     jpg = encode(j, src, W, H, 90, &len);
   }
-  double t0 = now_ms();
+  double t0 = st_test_now_ms();
   for (int i = 0; i < TIMING_RUNS; i++) {
     free(jpg);
     jpg = encode(j, src, W, H, 90, &len);
   }
-  double enc_ms = (now_ms() - t0) / TIMING_RUNS;
+  double enc_ms = (st_test_now_ms() - t0) / TIMING_RUNS;
   for (int i = 0; i < TIMING_WARMUP; i++)
     ST_ASSERT_OK(st_jpeg_decode(j, jpg, len, W, H, rgb));
-  t0 = now_ms();
+  t0 = st_test_now_ms();
   for (int i = 0; i < TIMING_RUNS; i++)
     ST_ASSERT_OK(st_jpeg_decode(j, jpg, len, W, H, rgb));
-  double dec_ms = (now_ms() - t0) / TIMING_RUNS;
+  double dec_ms = (st_test_now_ms() - t0) / TIMING_RUNS;
   double p = psnr_db(src, rgb, (size_t)W * H * 3);
   printf("  %dx%d q90 (%zu bytes, %.2f dB): decode %.2f ms, encode %.2f ms "
          "(mean of %d after %d warm-up, one thread)\n",

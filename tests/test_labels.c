@@ -133,12 +133,6 @@ static int64_t count_equal(const float *w, int64_t n, float v) {
   return c;
 }
 
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 /* The VOC -> 9 map of the issue: person, bicycle, auto = car + bus (VOC has
  * no truck), bird, dog, horse; everything else is background. */
 static void voc_class_map(st_class_map *m) {
@@ -365,10 +359,10 @@ static void test_loss_weights_big_frames(void **state) {
    * 38.85 -> rows int(61.15) = 61 .. int(656.85) = 656; columns: gx = 879
    * * 0.15 / 2 = 65.925 -> int(134.075) = 134 .. int(1144.925) = 1144. */
   draw_serpentine(label, w, 100, 618, 200, 1079);
-  double t0 = now_ms();
+  double t0 = st_test_now_ms();
   ST_ASSERT_OK(st_loss_weights(label, h, w, 0, ST_LOSS_WEIGHT_DEFAULT_FACTOR,
                                ST_LOSS_WEIGHT_DEFAULT_DILATE, out, &s));
-  double serpentine_ms = now_ms() - t0;
+  double serpentine_ms = st_test_now_ms() - t0;
   assert_int_equal(s.components, 1);
   for (int64_t r = 0; r < h; r++)
     for (int64_t c = 0; c < w; c++) {
@@ -396,9 +390,9 @@ static void test_loss_weights_big_frames(void **state) {
   for (int64_t r = 1; r < h; r += 2)
     for (int64_t c = 0; c < w; c += 2)
       label[r * w + c] = 4;
-  t0 = now_ms();
+  t0 = st_test_now_ms();
   ST_ASSERT_OK(st_loss_weights(label, h, w, 0, 5.0f, 0.15, out, &s));
-  double grid_ms = now_ms() - t0;
+  double grid_ms = st_test_now_ms() - t0;
   assert_int_equal(s.components, (h / 2) * (w / 2));
   for (int64_t i = 0; i < n; i++)
     assert_true(out[i] == (label[i] ? 5.0f : 1.0f));

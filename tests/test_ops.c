@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "testutil.h"
 
@@ -1350,17 +1349,6 @@ static void test_threads_agree(void **state) {
  * ratio of the two in the same run. */
 #define BENCH_REPS 7
 
-static double bench_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static int bench_cmp(const void *a, const void *b) {
-  const double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
 static int run_bench(void) {
   st_backend_options opts = {.kind = ST_BACKEND_CPU};
   st_backend *be = NULL;
@@ -1384,23 +1372,22 @@ static int run_bench(void) {
       st_test_fill_uniform(x.data, (size_t)st_tensor_numel(&x), 5, -4.0f, 4.0f);
     double t[2][BENCH_REPS];
     for (int r = -1; !rc && r < BENCH_REPS; r++) {
-      double t0 = bench_now_ms();
+      double t0 = st_test_now_ms();
       rc = st_resize_bilinear_fwd(be, &x, &up);
       if (!rc)
         rc = st_argmax_channels(be, &up, &lab);
-      double t1 = bench_now_ms();
+      double t1 = st_test_now_ms();
       if (!rc)
         rc = st_argmax_resized(be, &x, &lab);
-      double t2 = bench_now_ms();
+      double t2 = st_test_now_ms();
       if (r >= 0) {
         t[0][r] = t1 - t0;
         t[1][r] = t2 - t1;
       }
     }
     if (!rc) {
-      qsort(t[0], BENCH_REPS, sizeof(double), bench_cmp);
-      qsort(t[1], BENCH_REPS, sizeof(double), bench_cmp);
-      const double a = t[0][BENCH_REPS / 2], b = t[1][BENCH_REPS / 2];
+      const double a = st_test_median(t[0], BENCH_REPS),
+                   b = st_test_median(t[1], BENCH_REPS);
       printf("%8lld %16.2f %10.2f %8.2f\n", (long long)c, a, b, b / a);
     }
     st_tensor_free(&x);

@@ -62,6 +62,12 @@ st_tensor st_test_to_backend(st_backend *be, const st_tensor *host);
 /* A host copy of a backend tensor. */
 st_tensor st_test_to_host(st_backend *be, const st_tensor *t);
 
+/* Milliseconds on the monotonic clock, for the benchmarks some test
+ * programs run on request. */
+double st_test_now_ms(void);
+/* The median of v[0..n) (n > 0), sorting v. */
+double st_test_median(double *v, int n);
+
 /* Runs each test once per backend kind (cpu, cuda), named "<kind>/<name>".
  * Returns the number of failed tests. */
 int st_test_run_on_backends(const char *group, const struct CMUnitTest *tests,

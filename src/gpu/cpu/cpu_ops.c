@@ -716,6 +716,16 @@ int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
  * read: C x (about 2 x this + 2) x W floats each at a 2x upsample). */
 #define ST_CPU_CE_RESIZED_ROWS 8
 
+/* The output rows [*lo, *hi) the task holding input rows [i0, i1) works
+ * on: those its rows read when it takes a gradient, else those it owns
+ * (whose first source row is one of its rows). */
+static void ce_resized_rows(const int64_t *range, const int64_t *own,
+                            int64_t i0, int64_t i1, int grad, int64_t *lo,
+                            int64_t *hi) {
+  *lo = grad ? range[2 * i0] : own[i0];
+  *hi = grad ? range[2 * (i1 - 1) + 1] : own[i1];
+}
+
 /* The loss of st__cpu_weighted_ce on the logits resized to the label's
  * H,W, and the gradient of the small logits (st__cpu_resize_bilinear_bwd of
  * its dlogits), without the frame-sized logits or gradient in memory. Each
@@ -754,14 +764,12 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
     own[r] = first;
   }
   own[ih] = oh;
-  /* The output rows a task works on: those its rows read (with a
-   * gradient), else those it owns; the most any task needs sizes the
-   * per-thread buffers. */
+  /* The most output rows any task works on sizes the per-thread buffers. */
   int64_t span = 1;
   for (int64_t t = 0; t < blocks; t++) {
-    const int64_t i0 = t * rows, i1 = min_i64(i0 + rows, ih);
-    const int64_t lo = dlogits ? range[2 * i0] : own[i0];
-    const int64_t hi = dlogits ? range[2 * (i1 - 1) + 1] : own[i1];
+    int64_t lo, hi;
+    ce_resized_rows(range, own, t * rows, min_i64(t * rows + rows, ih),
+                    dlogits != NULL, &lo, &hi);
     span = hi - lo > span ? hi - lo : span;
   }
   const size_t plane = (size_t)span * (size_t)ow; /* one class's rows */
@@ -784,8 +792,8 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
   for (int64_t task = 0; task < n * blocks; task++) {
     const int64_t img = task / blocks, i0 = (task % blocks) * rows;
     const int64_t i1 = min_i64(i0 + rows, ih);
-    const int64_t lo = dd ? range[2 * i0] : own[i0];
-    const int64_t hi = dd ? range[2 * (i1 - 1) + 1] : own[i1];
+    int64_t lo, hi;
+    ce_resized_rows(range, own, i0, i1, dd != NULL, &lo, &hi);
     float *mine = bufs + (size_t)omp_get_thread_num() * per_thread;
     float *acc = mine + 2 * ow;
     /* Scores, then (with a gradient) the gradient: class k at k*plane. */

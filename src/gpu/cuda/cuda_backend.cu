@@ -131,21 +131,29 @@ static void pool_free(st_cuda_pool *p) {
   free(p);
 }
 
+int st__cuda_reserve(st_cuda_backend *cu, void **block, size_t *bytes,
+                     size_t need) {
+  if (need <= *bytes)
+    return ST_OK;
+  void *fresh = NULL;
+  int rc = st__cuda_pool_alloc(cu, need, &fresh);
+  if (rc)
+    return rc;
+  if (*block)
+    st__cuda_pool_release(cu, *block);
+  *block = fresh;
+  *bytes = need;
+  cu->buffers_epoch++;
+  return ST_OK;
+}
+
 int st__cuda_scratch(st_cuda_backend *cu, size_t bytes, void **out) {
   if (bytes > cu->scratch_bytes) {
     size_t size = cu->scratch_bytes ? cu->scratch_bytes
                                     : ST_CUDA_SCRATCH_INITIAL_BYTES;
     while (size < bytes)
       size *= 2;
-    void *fresh = NULL;
-    int rc = st__cuda_pool_alloc(cu, size, &fresh);
-    if (rc)
-      return rc;
-    if (cu->scratch)
-      st__cuda_pool_release(cu, cu->scratch);
-    cu->scratch = fresh;
-    cu->scratch_bytes = size;
-    cu->buffers_epoch++;
+    ST_TRY(st__cuda_reserve(cu, &cu->scratch, &cu->scratch_bytes, size));
   }
   *out = cu->scratch;
   return ST_OK;

@@ -195,25 +195,6 @@ static void entry_free(conv_entry *e) {
   free(e);
 }
 
-// Grows the shared workspace to at least `bytes`. The old block goes back to
-// the pool: convolutions still queued with it run before anything the pool
-// hands it to next, since the context has one stream.
-static int workspace_reserve(st_cuda_backend *cu, struct st_cuda_conv_cache *c,
-                             size_t bytes) {
-  if (bytes <= c->workspace_bytes)
-    return ST_OK;
-  void *fresh = NULL;
-  int rc = st__cuda_pool_alloc(cu, bytes, &fresh);
-  if (rc)
-    return rc;
-  if (c->workspace)
-    st__cuda_pool_release(cu, c->workspace);
-  c->workspace = fresh;
-  c->workspace_bytes = bytes;
-  cu->buffers_epoch++;
-  return ST_OK;
-}
-
 // Workspace bytes of one algorithm on an entry's descriptors; a failed query
 // (the algorithm does not support this convolution) is returned as is.
 static cudnnStatus_t algo_workspace(st_cuda_backend *cu, const conv_entry *e,
@@ -566,9 +547,11 @@ static int entry_choose_algo(st_cuda_backend *cu, struct st_cuda_conv_cache *c,
     if (!candidate_allowed(cu, &ranked[i]) ||
         !candidate_fits(cu, e, &ranked[i], &need))
       continue;
-    // A device short of memory may still run a lower-ranked algorithm that
-    // needs less workspace.
-    rc = workspace_reserve(cu, c, need);
+    // The workspace grows to the candidate's need (the old block goes back
+    // to the pool: convolutions still queued with it run before anything
+    // the pool hands it to next, on the one stream). A device short of
+    // memory may still run a lower-ranked algorithm that needs less.
+    rc = st__cuda_reserve(cu, &c->workspace, &c->workspace_bytes, need);
     if (rc == ST_ENOMEM) {
       out_of_memory = 1;
       continue;

@@ -111,6 +111,11 @@ int st__cuda_refuse_while_recording(st_cuda_backend *cu, const char *what);
 /* Device memory from the context's pool (cuda_backend.cu). */
 int st__cuda_pool_alloc(st_cuda_backend *cu, size_t bytes, void **out);
 void st__cuda_pool_release(st_cuda_backend *cu, void *ptr);
+/* Makes the context-held *block (*bytes long) at least `need` bytes: a
+ * fresh pool block replaces it and buffers_epoch is bumped, so recordings
+ * that used the old one go stale. */
+int st__cuda_reserve(st_cuda_backend *cu, void **block, size_t *bytes,
+                     size_t need);
 /* A device scratch buffer of at least `bytes`, valid until the next call
  * on this context (grown from the pool when needed). */
 int st__cuda_scratch(st_cuda_backend *cu, size_t bytes, void **out);

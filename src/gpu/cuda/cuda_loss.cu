@@ -185,18 +185,8 @@ st__cuda_weighted_ce_resized(st_backend *be, const st_tensor *logits,
   const int64_t oh = label->shape[1], ow = label->shape[2];
   const size_t frame_bytes =
       (size_t)n * (size_t)c * (size_t)oh * (size_t)ow * sizeof(float);
-  const size_t need = frame_bytes * (dlogits ? 2 : 1);
-  if (need > cu->loss_buffer_bytes) {
-    void *fresh = NULL;
-    int rc = st__cuda_pool_alloc(cu, need, &fresh);
-    if (rc)
-      return rc;
-    if (cu->loss_buffer)
-      st__cuda_pool_release(cu, cu->loss_buffer);
-    cu->loss_buffer = fresh;
-    cu->loss_buffer_bytes = need;
-    cu->buffers_epoch++;
-  }
+  ST_TRY(st__cuda_reserve(cu, &cu->loss_buffer, &cu->loss_buffer_bytes,
+                          frame_bytes * (dlogits ? 2 : 1)));
   st_tensor up = st_tensor_view4(cu->loss_buffer, ST_F32, n, c, oh, ow);
   st_tensor dup = st_tensor_view4((char *)cu->loss_buffer + frame_bytes, ST_F32,
                                   n, c, oh, ow);

@@ -113,8 +113,18 @@ __device__ static inline float resize_lerp(float a, float wa, float b,
   return fmaf(a, wa, __fmul_rn(b, wb));
 }
 
-// One thread per output element: interpolate the two source rows along W,
-// then the results along H, as the CPU backend does.
+// One output element of a plane's resize: its two source rows interpolated
+// along W, then the results along H, as the CPU backend does.
+__device__ static inline float resize_sample(const float *plane, int iw,
+                                             resize_tap th, resize_tap tw) {
+  const float *src0 = plane + (int64_t)th.i0 * iw;
+  const float *src1 = plane + (int64_t)th.i1 * iw;
+  const float a = resize_lerp(src0[tw.i0], tw.l0, src0[tw.i1], tw.l1);
+  const float b = resize_lerp(src1[tw.i0], tw.l0, src1[tw.i1], tw.l1);
+  return resize_lerp(a, th.l0, b, th.l1);
+}
+
+// One thread per output element.
 __global__ static void resize_fwd(const float *x, float *y, int64_t planes,
                                   int ih, int iw, int oh, int ow,
                                   const resize_tap *tap_h,
@@ -126,13 +136,7 @@ __global__ static void resize_fwd(const float *x, float *y, int64_t planes,
     const int col = (int)(idx - row * ow);
     const int64_t p = row / oh;
     const int r = (int)(row - p * oh);
-    const resize_tap th = tap_h[r], tw = tap_w[col];
-    const float *plane = x + p * ih * iw;
-    const float *src0 = plane + (int64_t)th.i0 * iw;
-    const float *src1 = plane + (int64_t)th.i1 * iw;
-    const float a = resize_lerp(src0[tw.i0], tw.l0, src0[tw.i1], tw.l1);
-    const float b = resize_lerp(src1[tw.i0], tw.l0, src1[tw.i1], tw.l1);
-    y[idx] = resize_lerp(a, th.l0, b, th.l1);
+    y[idx] = resize_sample(x + p * ih * iw, iw, tap_h[r], tap_w[col]);
   }
 }
 
@@ -186,10 +190,13 @@ static int resize_check_extents(const char *op, int64_t ih, int64_t iw,
   return ST_OK;
 }
 
-// Scratch for the taps (and spans when `spans`), computed on the stream.
-static int resize_prepare(st_cuda_backend *cu, int ih, int iw, int oh, int ow,
-                          int spans, resize_tap **tap_h, resize_tap **tap_w,
+// Scratch for the taps (and spans when `spans`), computed on the stream,
+// once the extents are known to fit the kernels' int indices.
+static int resize_prepare(st_cuda_backend *cu, const char *op, int64_t ih,
+                          int64_t iw, int64_t oh, int64_t ow, int spans,
+                          resize_tap **tap_h, resize_tap **tap_w,
                           resize_span **span_h, resize_span **span_w) {
+  ST_TRY(resize_check_extents(op, ih, iw, oh, ow));
   const size_t tap_bytes = ((size_t)oh + (size_t)ow) * sizeof(resize_tap);
   const size_t span_bytes =
       spans ? ((size_t)ih + (size_t)iw) * sizeof(resize_span) : 0;
@@ -207,7 +214,8 @@ static int resize_prepare(st_cuda_backend *cu, int ih, int iw, int oh, int ow,
   const float scale_w = (float)iw / (float)ow;
   const int64_t items = (int64_t)oh + ow + (spans ? (int64_t)ih + iw : 0);
   resize_setup<<<st__cuda_grid(items), ST_CUDA_BLOCK, 0, cu->stream>>>(
-      ih, iw, oh, ow, scale_h, scale_w, *tap_h, *tap_w, *span_h, *span_w);
+      (int)ih, (int)iw, (int)oh, (int)ow, scale_h, scale_w, *tap_h, *tap_w,
+      *span_h, *span_w);
   ST_CUDA_LAUNCHED();
   return ST_OK;
 }
@@ -218,15 +226,10 @@ extern "C" int st__cuda_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
   const int64_t planes = x->shape[0] * x->shape[1];
   const int64_t ih = x->shape[2], iw = x->shape[3];
   const int64_t oh = y->shape[2], ow = y->shape[3];
-  int rc = resize_check_extents("resize_bilinear_fwd", ih, iw, oh, ow);
-  if (rc)
-    return rc;
   resize_tap *tap_h = NULL, *tap_w = NULL;
   resize_span *span_h = NULL, *span_w = NULL;
-  rc = resize_prepare(cu, (int)ih, (int)iw, (int)oh, (int)ow, 0, &tap_h,
-                      &tap_w, &span_h, &span_w);
-  if (rc)
-    return rc;
+  ST_TRY(resize_prepare(cu, "resize_bilinear_fwd", ih, iw, oh, ow, 0, &tap_h,
+                        &tap_w, &span_h, &span_w));
   const int64_t total = planes * oh * ow;
   resize_fwd<<<st__cuda_grid(total), ST_CUDA_BLOCK, 0, cu->stream>>>(
       (const float *)x->data, (float *)y->data, planes, (int)ih, (int)iw,
@@ -242,15 +245,10 @@ extern "C" int st__cuda_resize_bilinear_bwd(st_backend *be,
   const int64_t planes = dx->shape[0] * dx->shape[1];
   const int64_t ih = dx->shape[2], iw = dx->shape[3];
   const int64_t oh = dy->shape[2], ow = dy->shape[3];
-  int rc = resize_check_extents("resize_bilinear_bwd", ih, iw, oh, ow);
-  if (rc)
-    return rc;
   resize_tap *tap_h = NULL, *tap_w = NULL;
   resize_span *span_h = NULL, *span_w = NULL;
-  rc = resize_prepare(cu, (int)ih, (int)iw, (int)oh, (int)ow, 1, &tap_h,
-                      &tap_w, &span_h, &span_w);
-  if (rc)
-    return rc;
+  ST_TRY(resize_prepare(cu, "resize_bilinear_bwd", ih, iw, oh, ow, 1, &tap_h,
+                        &tap_w, &span_h, &span_w));
   const int64_t total = planes * ih * iw;
   resize_bwd<<<st__cuda_grid(total), ST_CUDA_BLOCK, 0, cu->stream>>>(
       (const float *)dy->data, (float *)dx->data, planes, (int)ih, (int)iw,
@@ -281,11 +279,7 @@ __global__ static void resize_argmax(const float *x, uint8_t *labels, int64_t n,
     float best = 0.0f;
     int id = 0;
     for (int k = 0; k < c; k++, plane += plane_len) {
-      const float *src0 = plane + (int64_t)th.i0 * iw;
-      const float *src1 = plane + (int64_t)th.i1 * iw;
-      const float a = resize_lerp(src0[tw.i0], tw.l0, src0[tw.i1], tw.l1);
-      const float b = resize_lerp(src1[tw.i0], tw.l0, src1[tw.i1], tw.l1);
-      const float v = resize_lerp(a, th.l0, b, th.l1);
+      const float v = resize_sample(plane, iw, th, tw);
       if (k == 0 || st__cuda_argmax_takes(v, best)) {
         best = v;
         id = k;
@@ -301,15 +295,10 @@ extern "C" int st__cuda_argmax_resized(st_backend *be, const st_tensor *logits,
   const int64_t n = logits->shape[0], c = logits->shape[1];
   const int64_t ih = logits->shape[2], iw = logits->shape[3];
   const int64_t oh = labels->shape[1], ow = labels->shape[2];
-  int rc = resize_check_extents("argmax_resized", ih, iw, oh, ow);
-  if (rc)
-    return rc;
   resize_tap *tap_h = NULL, *tap_w = NULL;
   resize_span *span_h = NULL, *span_w = NULL;
-  rc = resize_prepare(cu, (int)ih, (int)iw, (int)oh, (int)ow, 0, &tap_h, &tap_w,
-                      &span_h, &span_w);
-  if (rc)
-    return rc;
+  ST_TRY(resize_prepare(cu, "argmax_resized", ih, iw, oh, ow, 0, &tap_h, &tap_w,
+                        &span_h, &span_w));
   const int64_t total = n * oh * ow;
   resize_argmax<<<st__cuda_grid(total), ST_CUDA_BLOCK, 0, cu->stream>>>(
       (const float *)logits->data, (uint8_t *)labels->data, n, (int)c, (int)ih,
