@@ -84,6 +84,11 @@ int st__cpu_image_to_tensor(st_backend *be, const st_tensor *image,
                             const int channel_order[3], const float mean[3],
                             const float std_[3], st_tensor *y);
 
+/* Test hook: with 0, every bilinear resize of cpu_ops.c (forward, backward,
+ * the fused class map and loss) takes its general column path, also where
+ * a doubled width has a faster one with the same results. */
+void st__cpu_resize_allow_doubled(int allowed);
+
 /* cpu_graph_ops.c: ops of imported (ONNX) graphs */
 int st__cpu_unary(st_backend *be, st_unary_kind kind, float alpha, float beta,
                   const st_tensor *x, st_tensor *y);

@@ -54,7 +54,8 @@ static inline float relu_mask(float y, float d) {
   return g;
 }
 
-/* ---- batch normalisation -------------------------------------------------- */
+/* ---- batch normalisation --------------------------------------------------
+ */
 
 static double sum_f32(const float *restrict p, int64_t n) {
   double s = 0.0;
@@ -107,7 +108,7 @@ int st__cpu_batchnorm_fwd(st_backend *be, const st_tensor *x,
    * variance, normalise), mostly from cache. The mean is PyTorch's (a
    * double sum); the variance is a second pass in double, accurate also
    * when the mean is large against the spread. */
-#pragma omp parallel for num_threads(team(be, n * c * hw)) schedule(static)
+#pragma omp parallel for num_threads(team(be, n *c *hw)) schedule(static)
   for (int64_t ch = 0; ch < c; ch++) {
     double sum = 0.0;
     for (int64_t b = 0; b < n; b++)
@@ -188,7 +189,7 @@ int st__cpu_batchnorm_bwd(st_backend *be, const st_tensor *x,
   float *dbd = dbeta ? dbeta->data : NULL;
   const int relu = act == ST_ACT_RELU;
 
-#pragma omp parallel for num_threads(team(be, n * c * hw)) schedule(static)
+#pragma omp parallel for num_threads(team(be, n *c *hw)) schedule(static)
   for (int64_t ch = 0; ch < c; ch++) {
     const float mean_f = md[ch], inv = sd[ch];
     double sum_g = 0.0, sum_gx = 0.0;
@@ -217,7 +218,8 @@ int st__cpu_batchnorm_bwd(st_backend *be, const st_tensor *x,
   return ST_OK;
 }
 
-/* ---- elementwise ---------------------------------------------------------- */
+/* ---- elementwise ----------------------------------------------------------
+ */
 
 int st__cpu_relu_fwd(st_backend *be, const st_tensor *x, st_tensor *y) {
   const int64_t n = st_tensor_numel(x);
@@ -251,7 +253,8 @@ int st__cpu_add(st_backend *be, const st_tensor *a, const st_tensor *b,
   return ST_OK;
 }
 
-/* ---- layout --------------------------------------------------------------- */
+/* ---- layout ---------------------------------------------------------------
+ */
 
 int st__cpu_concat_channels(st_backend *be, const st_tensor *a,
                             const st_tensor *b, st_tensor *y) {
@@ -259,11 +262,11 @@ int st__cpu_concat_channels(st_backend *be, const st_tensor *a,
   const int64_t hw = a->shape[2] * a->shape[3], cy = ca + cb;
   const float *ad = a->data, *bd = b->data;
   float *yd = y->data;
-#pragma omp parallel for num_threads(team(be, n * cy * hw)) schedule(static)
+#pragma omp parallel for num_threads(team(be, n *cy *hw)) schedule(static)
   for (int64_t plane = 0; plane < n * cy; plane++) {
     const int64_t img = plane / cy, ch = plane % cy;
-    const float *src = ch < ca ? ad + (img * ca + ch) * hw
-                               : bd + (img * cb + ch - ca) * hw;
+    const float *src =
+        ch < ca ? ad + (img * ca + ch) * hw : bd + (img * cb + ch - ca) * hw;
     memcpy(yd + plane * hw, src, (size_t)hw * sizeof(float));
   }
   return ST_OK;
@@ -276,7 +279,7 @@ int st__cpu_split_channels(st_backend *be, const st_tensor *dy, st_tensor *da,
   const int64_t ca = da ? da->shape[1] : cy - db->shape[1], cb = cy - ca;
   const float *dyd = dy->data;
   float *dad = da ? da->data : NULL, *dbd = db ? db->data : NULL;
-#pragma omp parallel for num_threads(team(be, n * cy * hw)) schedule(static)
+#pragma omp parallel for num_threads(team(be, n *cy *hw)) schedule(static)
   for (int64_t plane = 0; plane < n * cy; plane++) {
     const int64_t img = plane / cy, ch = plane % cy;
     float *dst = ch < ca ? (dad ? dad + (img * ca + ch) * hw : NULL)
@@ -294,7 +297,7 @@ int st__cpu_subsample(st_backend *be, const st_tensor *x, int stride,
   const int64_t oh = y->shape[2], ow = y->shape[3];
   const float *xd = x->data;
   float *yd = y->data;
-#pragma omp parallel for collapse(2) num_threads(team(be, planes * ih * iw)) \
+#pragma omp parallel for collapse(2) num_threads(team(be, planes *ih *iw))     \
     schedule(static)
   for (int64_t p = 0; p < planes; p++) {
     for (int64_t r = 0; r < oh; r++) {
@@ -315,7 +318,7 @@ int st__cpu_subsample_bwd(st_backend *be, const st_tensor *dy, int stride,
   const float *dyd = dy->data;
   float *dxd = dx->data;
   /* Each dx row is written exactly once: zeros, then the kept columns. */
-#pragma omp parallel for collapse(2) num_threads(team(be, planes * ih * iw)) \
+#pragma omp parallel for collapse(2) num_threads(team(be, planes *ih *iw))     \
     schedule(static)
   for (int64_t p = 0; p < planes; p++) {
     for (int64_t r = 0; r < ih; r++) {
@@ -331,7 +334,8 @@ int st__cpu_subsample_bwd(st_backend *be, const st_tensor *dy, int stride,
   return ST_OK;
 }
 
-/* ---- bilinear resize (align_corners=False) -------------------------------- */
+/* ---- bilinear resize (align_corners=False) --------------------------------
+ */
 
 /* One output position's two source positions and their weights. */
 typedef struct resize_tap {
@@ -388,12 +392,63 @@ static inline float lerp2(float a, float wa, float b, float wb) {
   return (float)((double)a * (double)wa + (double)(b * wb));
 }
 
+/* The W taps of one call, and whether they are a doubling's: ow = 2 iw
+ * and every column but the first and the last reads source columns
+ * (j - 1) / 2 and the next with the weights of column 1 (odd j) or column
+ * 2 (even j), as PyTorch's taps are for a doubled width (scale 0.5 is
+ * exact). Then the W passes read the source and write the gradient with
+ * contiguous loads instead of per-column gathers and scatters, and do the
+ * same arithmetic on the same values in the same order. */
+typedef struct resize_cols {
+  const resize_tap *tap; /* [ow] */
+  int64_t iw, ow;
+  int doubled;
+} resize_cols;
+
+/* Test hook (cpu_impl.h): 0 sends every resize down the general column
+ * path, so tests can compare the two. */
+static _Atomic int resize_doubled_allowed = 1;
+
+void st__cpu_resize_allow_doubled(int allowed) {
+  resize_doubled_allowed = allowed;
+}
+
+static resize_cols resize_cols_of(const resize_tap *tw, int64_t iw,
+                                  int64_t ow) {
+  resize_cols cols = {tw, iw, ow, 0};
+  if (ow != 2 * iw || iw < 2 || !resize_doubled_allowed)
+    return cols;
+  for (int64_t j = 1; j < ow - 1; j++) {
+    const resize_tap *like = &tw[j & 1 ? 1 : 2];
+    const int64_t i0 = (j - 1) / 2;
+    if (tw[j].i0 != i0 || tw[j].i1 != i0 + 1 || tw[j].l0 != like->l0 ||
+        tw[j].l1 != like->l1)
+      return cols;
+  }
+  cols.doubled = 1;
+  return cols;
+}
+
 /* One source row interpolated along W to the output width. */
 static void resize_row_w(const float *restrict src,
-                         const resize_tap *restrict tw, int64_t ow,
+                         const resize_cols *restrict cols,
                          float *restrict out) {
-  for (int64_t j = 0; j < ow; j++)
-    out[j] = lerp2(src[tw[j].i0], tw[j].l0, src[tw[j].i1], tw[j].l1);
+  const resize_tap *restrict tw = cols->tap;
+  const int64_t ow = cols->ow;
+  if (!cols->doubled) {
+    for (int64_t j = 0; j < ow; j++)
+      out[j] = lerp2(src[tw[j].i0], tw[j].l0, src[tw[j].i1], tw[j].l1);
+    return;
+  }
+  /* Columns 2i+1 and 2i+2 both read source columns i and i+1. */
+  const float o0 = tw[1].l0, o1 = tw[1].l1, e0 = tw[2].l0, e1 = tw[2].l1;
+  out[0] = lerp2(src[tw[0].i0], tw[0].l0, src[tw[0].i1], tw[0].l1);
+  for (int64_t i = 0; i < cols->iw - 1; i++) {
+    out[2 * i + 1] = lerp2(src[i], o0, src[i + 1], o1);
+    out[2 * i + 2] = lerp2(src[i], e0, src[i + 1], e1);
+  }
+  out[ow - 1] = lerp2(src[tw[ow - 1].i0], tw[ow - 1].l0, src[tw[ow - 1].i1],
+                      tw[ow - 1].l1);
 }
 
 /* Two cached W-interpolated rows: consecutive output rows of an upsample
@@ -406,28 +461,26 @@ typedef struct resize_row_cache {
 /* The W-interpolated source row `want`, computed into the buffer that does
  * not hold `keep` (the other row the caller needs) when not cached. */
 static const float *resize_cached_row(resize_row_cache *cache,
-                                      const float *plane, int64_t iw,
-                                      const resize_tap *tw, int64_t ow,
-                                      int64_t want, int64_t keep) {
+                                      const float *plane,
+                                      const resize_cols *cols, int64_t want,
+                                      int64_t keep) {
   for (int k = 0; k < 2; k++)
     if (cache->tag[k] == want)
       return cache->row[k];
   int slot = cache->tag[0] == keep ? 1 : 0;
-  resize_row_w(plane + want * iw, tw, ow, cache->row[slot]);
+  resize_row_w(plane + want * cols->iw, cols, cache->row[slot]);
   cache->tag[slot] = want;
   return cache->row[slot];
 }
 
 /* Output row t of a plane's resize into out: its two source rows along W
  * (through the cache), then along H. */
-static void resize_row(resize_row_cache *cache, const float *plane, int64_t iw,
-                       const resize_tap *tw, int64_t ow, resize_tap t,
+static void resize_row(resize_row_cache *cache, const float *plane,
+                       const resize_cols *cols, resize_tap t,
                        float *restrict out) {
-  const float *restrict a =
-      resize_cached_row(cache, plane, iw, tw, ow, t.i0, t.i1);
-  const float *restrict b =
-      resize_cached_row(cache, plane, iw, tw, ow, t.i1, t.i0);
-  for (int64_t j = 0; j < ow; j++)
+  const float *restrict a = resize_cached_row(cache, plane, cols, t.i0, t.i1);
+  const float *restrict b = resize_cached_row(cache, plane, cols, t.i1, t.i0);
+  for (int64_t j = 0; j < cols->ow; j++)
     out[j] = lerp2(a[j], t.l0, b[j], t.l1);
 }
 
@@ -446,6 +499,7 @@ int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
   if (!scratch)
     return st_error_set(ST_ENOMEM, "resize_bilinear_fwd: no scratch memory");
   float *rows = rows_v;
+  const resize_cols cols = resize_cols_of(tw, iw, ow);
 
   const float *xd = x->data;
   float *yd = y->data;
@@ -460,7 +514,7 @@ int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
     resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
     const float *plane = xd + p * ih * iw;
     for (int64_t r = r0; r < r1; r++)
-      resize_row(&cache, plane, iw, tw, ow, th[r], yd + (p * oh + r) * ow);
+      resize_row(&cache, plane, &cols, th[r], yd + (p * oh + r) * ow);
   }
   free(scratch);
   return ST_OK;
@@ -482,14 +536,53 @@ static void resize_spans(const resize_tap *t, int64_t in, int64_t out,
   }
 }
 
+/* acc (ow floats) scattered along W into dst (iw floats): for each output
+ * column in order, its two weighted values added to its source columns.
+ * A doubling's interior columns are gathered per source column instead,
+ * adding the same products in the same order (for source column i: columns
+ * 2i-1 and 2i, where it is the second source, then 2i+1 and 2i+2, where it
+ * is the first), after the first column's and before the last's. */
+static void resize_scatter_w(const float *restrict acc,
+                             const resize_cols *restrict cols,
+                             float *restrict dst) {
+  const resize_tap *restrict tw = cols->tap;
+  const int64_t iw = cols->iw, ow = cols->ow;
+  memset(dst, 0, (size_t)iw * sizeof(float));
+  if (!cols->doubled) {
+    for (int64_t j = 0; j < ow; j++) {
+      dst[tw[j].i0] += tw[j].l0 * acc[j];
+      dst[tw[j].i1] += tw[j].l1 * acc[j];
+    }
+    return;
+  }
+  const float o0 = tw[1].l0, o1 = tw[1].l1, e0 = tw[2].l0, e1 = tw[2].l1;
+  dst[tw[0].i0] += tw[0].l0 * acc[0];
+  dst[tw[0].i1] += tw[0].l1 * acc[0];
+  dst[0] += o0 * acc[1];
+  dst[0] += e0 * acc[2];
+  for (int64_t i = 1; i < iw - 1; i++) {
+    float d = dst[i];
+    d += o1 * acc[2 * i - 1];
+    d += e1 * acc[2 * i];
+    d += o0 * acc[2 * i + 1];
+    d += e0 * acc[2 * i + 2];
+    dst[i] = d;
+  }
+  dst[iw - 1] += o1 * acc[ow - 3];
+  dst[iw - 1] += e1 * acc[ow - 2];
+  dst[tw[ow - 1].i0] += tw[ow - 1].l0 * acc[ow - 1];
+  dst[tw[ow - 1].i1] += tw[ow - 1].l1 * acc[ow - 1];
+}
+
 /* Input row r of a resize's gradient into dst (iw floats): the gradient
  * rows of the output rows that read it (output row o at rows + (o - first)
  * * ow) summed along H with their weights into acc (vectorised), then
  * scattered along W. */
 static void resize_row_bwd(const float *rows, int64_t first, int64_t r,
                            const int64_t *range, const resize_tap *th,
-                           const resize_tap *tw, int64_t ow, int64_t iw,
-                           float *restrict acc, float *restrict dst) {
+                           const resize_cols *cols, float *restrict acc,
+                           float *restrict dst) {
+  const int64_t ow = cols->ow;
   memset(acc, 0, (size_t)ow * sizeof(float));
   for (int64_t o = range[2 * r]; o < range[2 * r + 1]; o++) {
     const float w =
@@ -500,11 +593,7 @@ static void resize_row_bwd(const float *rows, int64_t first, int64_t r,
     for (int64_t j = 0; j < ow; j++)
       acc[j] += w * src[j];
   }
-  memset(dst, 0, (size_t)iw * sizeof(float));
-  for (int64_t j = 0; j < ow; j++) {
-    dst[tw[j].i0] += tw[j].l0 * acc[j];
-    dst[tw[j].i1] += tw[j].l1 * acc[j];
-  }
+  resize_scatter_w(acc, cols, dst);
 }
 
 int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
@@ -527,6 +616,7 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
   int64_t *range = extra;
   float *accs = (float *)((char *)extra + range_bytes);
   resize_spans(th, ih, oh, range);
+  const resize_cols cols = resize_cols_of(tw, iw, ow);
 
   const float *dyd = dy->data;
   float *dxd = dx->data;
@@ -543,14 +633,15 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
     float *restrict acc = accs + (size_t)omp_get_thread_num() * (size_t)ow;
     const float *plane = dyd + p * oh * ow;
     for (int64_t r = r0; r < r1; r++)
-      resize_row_bwd(plane, 0, r, range, th, tw, ow, iw, acc,
+      resize_row_bwd(plane, 0, r, range, th, &cols, acc,
                      dxd + (p * ih + r) * iw);
   }
   free(scratch);
   return ST_OK;
 }
 
-/* ---- loss and metrics ----------------------------------------------------- */
+/* ---- loss and metrics -----------------------------------------------------
+ */
 
 /* exp(x) for x <= 0 (a logit minus its channel maximum), written so the
  * compiler vectorises it, which glibc's expf is not: Cody-Waite reduction
@@ -559,11 +650,11 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
  * float in (ST_EXP_MIN_ARG, 0]: under 1 ulp. Below ST_EXP_MIN_ARG (where
  * e^x is subnormal) it returns 0; NaN comes back as NaN, so a diverged
  * network still shows a NaN loss. */
-#define ST_EXP_MIN_ARG -87.33654475f   /* ln(FLT_MIN) */
+#define ST_EXP_MIN_ARG -87.33654475f /* ln(FLT_MIN) */
 #define ST_LOG2E 1.44269504088896341f
-#define ST_LN2_HI 0.693359375f         /* ln 2 split so n * hi is exact */
+#define ST_LN2_HI 0.693359375f /* ln 2 split so n * hi is exact */
 #define ST_LN2_LO -2.12194440e-4f
-#define ST_ROUND_MAGIC 12582912.0f     /* 1.5 * 2^23: float round-to-nearest */
+#define ST_ROUND_MAGIC 12582912.0f /* 1.5 * 2^23: float round-to-nearest */
 #define ST_FLT_EXP_BIAS 127
 #define ST_FLT_MANT_BITS 23
 
@@ -597,8 +688,8 @@ static inline float exp_nonpos(float x) {
   p = p * r + 5.0000001201e-1f;
   const float e = p * (r * r) + r + 1.0f;
   /* n is an integer in [-126, 0], so 2^n is a normal float. */
-  const float scale = f32_from_bits(
-      (uint32_t)((int32_t)n + ST_FLT_EXP_BIAS) << ST_FLT_MANT_BITS);
+  const float scale = f32_from_bits((uint32_t)((int32_t)n + ST_FLT_EXP_BIAS)
+                                    << ST_FLT_MANT_BITS);
   return f32_from_bits((f32_bits(e * scale) & in_range) |
                        (f32_bits(x) & is_nan));
 }
@@ -758,6 +849,7 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
     return st_error_set(ST_ENOMEM, "weighted_ce_resized: no scratch memory");
   int64_t *range = extra, *own = range + 2 * ih;
   resize_spans(th, ih, oh, range);
+  const resize_cols cols = resize_cols_of(tw, iw, ow);
   for (int64_t r = 0, first = 0; r < ih; r++) {
     while (first < oh && th[first].i0 < r)
       first++;
@@ -802,8 +894,7 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
       resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
       const float *src = xd + (img * c + k) * ih * iw;
       for (int64_t o = lo; o < hi; o++)
-        resize_row(&cache, src, iw, tw, ow, th[o],
-                   v + k * plane + (o - lo) * ow);
+        resize_row(&cache, src, &cols, th[o], v + k * plane + (o - lo) * ow);
     }
     ce_sums sums = {0.0, 0, -1}, elsewhere = {0.0, 0, -1};
     for (int64_t o = lo; o < hi; o++) {
@@ -822,7 +913,7 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
       continue;
     for (int64_t k = 0; k < c; k++)
       for (int64_t r = i0; r < i1; r++)
-        resize_row_bwd(d + k * plane, lo, r, range, th, tw, ow, iw, acc,
+        resize_row_bwd(d + k * plane, lo, r, range, th, &cols, acc,
                        dd + ((img * c + k) * ih + r) * iw);
   }
   const ce_sums all = {total, bad_pixels, bad_label};
@@ -847,7 +938,7 @@ int st__cpu_argmax_channels(st_backend *be, const st_tensor *logits,
   const float *xd = logits->data;
   uint8_t *od = labels->data;
   const int64_t tiles = (hw + ST_CPU_PIXEL_TILE - 1) / ST_CPU_PIXEL_TILE;
-#pragma omp parallel for num_threads(team(be, n * c * hw)) schedule(static)
+#pragma omp parallel for num_threads(team(be, n *c *hw)) schedule(static)
   for (int64_t task = 0; task < n * tiles; task++) {
     const int64_t img = task / tiles, p0 = (task % tiles) * ST_CPU_PIXEL_TILE;
     const int64_t len = min_i64(ST_CPU_PIXEL_TILE, hw - p0);
@@ -896,6 +987,7 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
   if (!scratch)
     return st_error_set(ST_ENOMEM, "argmax_resized: no scratch memory");
   float *bufs = bufs_v;
+  const resize_cols cols = resize_cols_of(tw, iw, ow);
 
   const float *xd = logits->data;
   uint8_t *ld = labels->data;
@@ -914,12 +1006,12 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
         float *restrict bst = best + (r - r0) * ow;
         int32_t *restrict idx = cls + (r - r0) * ow;
         if (k == 0) {
-          resize_row(&cache, plane, iw, tw, ow, th[r], bst);
+          resize_row(&cache, plane, &cols, th[r], bst);
           memset(idx, 0, (size_t)ow * sizeof *idx);
           continue;
         }
         const float *restrict val = vals;
-        resize_row(&cache, plane, iw, tw, ow, th[r], vals);
+        resize_row(&cache, plane, &cols, th[r], vals);
         for (int64_t j = 0; j < ow; j++) {
           const float v = val[j], bv = bst[j];
           const int32_t take = argmax_takes(v, bv);
@@ -988,7 +1080,8 @@ int st__cpu_confusion_counts(st_backend *be, const st_tensor *pred,
   return ST_OK;
 }
 
-/* ---- optimiser ------------------------------------------------------------ */
+/* ---- optimiser ------------------------------------------------------------
+ */
 
 int st__cpu_adam_step(st_backend *be, const st_adam_params *p, int64_t step,
                       st_tensor *param, const st_tensor *grad, st_tensor *m,
@@ -1024,7 +1117,8 @@ int st__cpu_adam_step(st_backend *be, const st_adam_params *p, int64_t step,
   return ST_OK;
 }
 
-/* ---- conversions ---------------------------------------------------------- */
+/* ---- conversions ----------------------------------------------------------
+ */
 
 int st__cpu_cast(st_backend *be, const st_tensor *src, st_tensor *dst) {
   const int64_t n = st_tensor_numel(src);
@@ -1050,10 +1144,10 @@ int st__cpu_copy(st_backend *be, const st_tensor *src, st_tensor *dst) {
     return ST_OK;
   const char *s = src->data;
   char *d = dst->data;
-  const int64_t chunks =
-      (int64_t)((bytes + ST_CPU_COPY_CHUNK_BYTES - 1) / ST_CPU_COPY_CHUNK_BYTES);
-#pragma omp parallel for num_threads( \
-        team(be, (int64_t)(bytes / sizeof(float)))) schedule(static)
+  const int64_t chunks = (int64_t)((bytes + ST_CPU_COPY_CHUNK_BYTES - 1) /
+                                   ST_CPU_COPY_CHUNK_BYTES);
+#pragma omp parallel for num_threads(                                          \
+    team(be, (int64_t)(bytes / sizeof(float)))) schedule(static)
   for (int64_t i = 0; i < chunks; i++) {
     const size_t off = (size_t)i * ST_CPU_COPY_CHUNK_BYTES;
     const size_t len = bytes - off < ST_CPU_COPY_CHUNK_BYTES
@@ -1080,7 +1174,7 @@ int st__cpu_image_to_tensor(st_backend *be, const st_tensor *image,
   const uint8_t *img = image->data;
   float *yd = y->data;
   /* Subtract then divide in float, exactly as the reference's numpy. */
-#pragma omp parallel for num_threads(team(be, h * w * 3)) schedule(static)
+#pragma omp parallel for num_threads(team(be, h *w * 3)) schedule(static)
   for (int64_t r = 0; r < h; r++) {
     const uint8_t *restrict src = img + r * w * 3;
     for (int c = 0; c < 3; c++) {
