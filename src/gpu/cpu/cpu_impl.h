@@ -8,13 +8,30 @@
 
 #include "gpu/backend_impl.h"
 
+/* The hot loops of cpu_ops.c are compiled for the baseline ISA and, on
+ * x86-64 with GCC or Clang, for x86-64-v3 (AVX2, FMA) too, picked once at
+ * load time by the CPU (an ifunc), so a generic build runs them 8 floats
+ * wide where the machine allows. The clones give the same bits: every op
+ * is elementwise across the vector lanes, sums keep their order (no
+ * -ffast-math) and the build never contracts a * b + c into an FMA
+ * (-ffp-contract=off). */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones) && !defined(ST_NO_VECTOR_CLONES)
+#define ST_CPU_VECTOR_CLONES                                                   \
+  __attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+#endif
+#ifndef ST_CPU_VECTOR_CLONES
+#define ST_CPU_VECTOR_CLONES
+#endif
+
 struct st_cpu_conv_cache; /* cpu_conv.c: oneDNN engine, stream, primitives */
 
 typedef struct st_cpu_backend {
-  st_backend base;                     /* must be first */
-  int threads;                         /* OpenMP team size for every op */
-  _Atomic long long alloc_calls;       /* tensor allocations from the heap */
-  struct st_cpu_conv_cache *conv;      /* lazily created by cpu_conv.c */
+  st_backend base;                /* must be first */
+  int threads;                    /* OpenMP team size for every op */
+  _Atomic long long alloc_calls;  /* tensor allocations from the heap */
+  struct st_cpu_conv_cache *conv; /* lazily created by cpu_conv.c */
 } st_cpu_backend;
 
 static inline st_cpu_backend *st__cpu(st_backend *be) {
@@ -99,8 +116,7 @@ int st__cpu_pool2d(st_backend *be, const st_pool2d_params *p,
 int st__cpu_global_avg_pool(st_backend *be, const st_tensor *x, st_tensor *y);
 int st__cpu_resize(st_backend *be, const st_resize_params *p,
                    const st_tensor *x, st_tensor *y);
-int st__cpu_softmax(st_backend *be, int axis, const st_tensor *x,
-                    st_tensor *y);
+int st__cpu_softmax(st_backend *be, int axis, const st_tensor *x, st_tensor *y);
 int st__cpu_transpose(st_backend *be, const int *perm, const st_tensor *x,
                       st_tensor *y);
 int st__cpu_concat(st_backend *be, int axis, const st_tensor *const *inputs,

@@ -430,6 +430,7 @@ static resize_cols resize_cols_of(const resize_tap *tw, int64_t iw,
 }
 
 /* One source row interpolated along W to the output width. */
+ST_CPU_VECTOR_CLONES
 static void resize_row_w(const float *restrict src,
                          const resize_cols *restrict cols,
                          float *restrict out) {
@@ -475,6 +476,7 @@ static const float *resize_cached_row(resize_row_cache *cache,
 
 /* Output row t of a plane's resize into out: its two source rows along W
  * (through the cache), then along H. */
+ST_CPU_VECTOR_CLONES
 static void resize_row(resize_row_cache *cache, const float *plane,
                        const resize_cols *cols, resize_tap t,
                        float *restrict out) {
@@ -578,6 +580,7 @@ static void resize_scatter_w(const float *restrict acc,
  * rows of the output rows that read it (output row o at rows + (o - first)
  * * ow) summed along H with their weights into acc (vectorised), then
  * scattered along W. */
+ST_CPU_VECTOR_CLONES
 static void resize_row_bwd(const float *rows, int64_t first, int64_t r,
                            const int64_t *range, const resize_tap *th,
                            const resize_cols *cols, float *restrict acc,
@@ -706,9 +709,10 @@ typedef struct ce_sums {
  * the gradient w * (softmax - [k == label]) * inv_count into d (class k at
  * d[k * ds + t]). log_softmax as PyTorch computes it: shift by the class
  * maximum so exp never overflows, then logp = x - max - log(sum exp). */
-static inline void ce_tile(const float *x, int64_t xs, int64_t len, int64_t c,
-                           const uint8_t *lab, const float *w, float inv_count,
-                           float *d, int64_t ds, ce_sums *sums) {
+ST_CPU_VECTOR_CLONES
+static void ce_tile(const float *x, int64_t xs, int64_t len, int64_t c,
+                    const uint8_t *lab, const float *w, float inv_count,
+                    float *d, int64_t ds, ce_sums *sums) {
   float mx[ST_CPU_PIXEL_TILE], sum[ST_CPU_PIXEL_TILE];
   memcpy(mx, x, (size_t)len * sizeof(float));
   for (int64_t k = 1; k < c; k++) {
@@ -963,6 +967,19 @@ int st__cpu_argmax_channels(st_backend *be, const st_tensor *logits,
   return ST_OK;
 }
 
+/* Class k's values of n pixels compared with their best so far (argmax_takes),
+ * replacing best and class where they win. */
+ST_CPU_VECTOR_CLONES
+static void argmax_row_update(const float *restrict val, int32_t k, int64_t n,
+                              float *restrict best, int32_t *restrict cls) {
+  for (int64_t j = 0; j < n; j++) {
+    const float v = val[j], b = best[j];
+    const int32_t take = argmax_takes(v, b);
+    best[j] = take ? v : b;
+    cls[j] = take ? k : cls[j];
+  }
+}
+
 /* One block of output rows of one image per task: channel by channel, the
  * block's rows are interpolated as st__cpu_resize_bilinear_fwd does (along W
  * through the row cache, then along H) and compared with the block's best
@@ -1010,14 +1027,8 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
           memset(idx, 0, (size_t)ow * sizeof *idx);
           continue;
         }
-        const float *restrict val = vals;
         resize_row(&cache, plane, &cols, th[r], vals);
-        for (int64_t j = 0; j < ow; j++) {
-          const float v = val[j], bv = bst[j];
-          const int32_t take = argmax_takes(v, bv);
-          bst[j] = take ? v : bv;
-          idx[j] = take ? (int32_t)k : idx[j];
-        }
+        argmax_row_update(vals, (int32_t)k, ow, bst, idx);
       }
     }
     uint8_t *out = ld + (img * oh + r0) * ow;
