@@ -505,8 +505,10 @@ static int warm_up(client *cl) {
   free(zero);
   if (rc)
     return fail(ST_CLIENT_EXIT_FAILURE, "student: %s", st_error_detail());
-  st_log(ST_LOG_INFO, "event=warm_up backend=%s ms=%.1f",
-         st_backend_name(cl->be), (double)(now_ns() - t0) / NS_PER_MS);
+  const char *isa = st_backend_cpu_isa(cl->be);
+  st_log(ST_LOG_INFO, "event=warm_up backend=%s%s%s ms=%.1f",
+         st_backend_name(cl->be), isa ? " cpu_isa=" : "", isa ? isa : "",
+         (double)(now_ns() - t0) / NS_PER_MS);
   return ST_CLIENT_EXIT_OK;
 }
 

@@ -770,9 +770,11 @@ typedef struct doubled_case {
   int special; /* inf and NaN planted in the border columns */
 } doubled_case;
 
-/* Every resizing op's outputs for one input, as host tensors. */
+/* Every resizing op's outputs for one input, as host tensors, and the
+ * plain loss and class map of the resized logits y (the other ops on the
+ * CPU backend's kernel tables). */
 typedef struct resized_outputs {
-  st_tensor y, dx, map, res, dsmall;
+  st_tensor y, dx, map, res, dsmall, ce_res, dy_ce, ymap;
 } resized_outputs;
 
 static resized_outputs resized_run(st_backend *be, const st_tensor *x,
@@ -791,51 +793,90 @@ static resized_outputs resized_run(st_backend *be, const st_tensor *x,
   ST_ASSERT_OK(st_resize_bilinear_bwd(be, dy, &o.dx));
   ST_ASSERT_OK(st_argmax_resized(be, x, &o.map));
   ST_ASSERT_OK(st_weighted_ce_resized_into(be, x, lab, w, &o.res, &o.dsmall));
+  o.dy_ce = dev_alloc(be, ST_F32, &o.y);
+  ST_ASSERT_OK(st_tensor_alloc(be, &o.ymap, ST_U8, 3, map_shape));
+  ST_ASSERT_OK(st_tensor_alloc(be, &o.ce_res, ST_F32, 1, res_shape));
+  ST_ASSERT_OK(st_weighted_ce_into(be, &o.y, lab, w, &o.ce_res, &o.dy_ce));
+  ST_ASSERT_OK(st_argmax_channels(be, &o.y, &o.ymap));
   return o;
 }
 
 static void resized_outputs_free(resized_outputs *o) {
-  st_tensor *all[] = {&o->y, &o->dx, &o->map, &o->res, &o->dsmall};
+  st_tensor *all[] = {&o->y,      &o->dx,     &o->map,   &o->res,
+                      &o->dsmall, &o->ce_res, &o->dy_ce, &o->ymap};
   for (size_t j = 0; j < sizeof all / sizeof all[0]; j++)
     st_tensor_free(all[j]);
 }
 
-static void doubled_case_run(st_backend *be, const doubled_case *k, int i) {
+static void resized_outputs_expect_equal(st_backend *be,
+                                         const resized_outputs *got,
+                                         const resized_outputs *want,
+                                         const char *what) {
+  const st_tensor *g[] = {&got->y,      &got->dx,     &got->map,   &got->res,
+                          &got->dsmall, &got->ce_res, &got->dy_ce, &got->ymap};
+  const st_tensor *w[] = {&want->y,     &want->dx,     &want->map,
+                          &want->res,   &want->dsmall, &want->ce_res,
+                          &want->dy_ce, &want->ymap};
+  for (size_t j = 0; j < sizeof g / sizeof g[0]; j++) {
+    char which[128];
+    snprintf(which, sizeof which, "%s, output %zu", what, j);
+    expect_equal_bytes(be, g[j], w[j], which);
+  }
+}
+
+/* One case's inputs: logits x [n,c,ih,iw], an upstream gradient dy of the
+ * resize [n,c,oh,2 iw], labels and weights at the output size. With
+ * `special`, an infinity and a NaN in the border columns of x and dy and
+ * one label out of range. Host tensors. */
+static void doubled_inputs(const doubled_case *k, int i, st_tensor *x,
+                           st_tensor *dy, st_tensor *lab, st_tensor *w) {
   const int64_t ow = 2 * k->iw;
-  st_tensor x =
-      host_uniform4(k->n, k->c, k->ih, k->iw, 120 + (uint64_t)i, -3.0f, 3.0f);
-  st_tensor dy =
-      host_uniform4(k->n, k->c, k->oh, ow, 140 + (uint64_t)i, -1.0f, 1.0f);
+  *x = host_uniform4(k->n, k->c, k->ih, k->iw, 120 + (uint64_t)i, -3.0f, 3.0f);
+  *dy = host_uniform4(k->n, k->c, k->oh, ow, 140 + (uint64_t)i, -1.0f, 1.0f);
+  const int64_t map_shape[3] = {k->n, k->oh, ow};
+  ST_ASSERT_OK(st_tensor_alloc(NULL, lab, ST_U8, 3, map_shape));
+  ST_ASSERT_OK(st_tensor_alloc(NULL, w, ST_F32, 3, map_shape));
+  uint8_t *labd = lab->data;
+  float *wd = w->data;
+  for (int64_t j = 0; j < st_tensor_numel(lab); j++) {
+    labd[j] = (uint8_t)((j * 2654435761u >> 9) % (uint64_t)k->c);
+    wd[j] = (j / 5) % 3 ? 1.0f : 4.0f;
+  }
   if (k->special) {
-    float *xv = x.data, *dv = dy.data;
+    float *xv = x->data, *dv = dy->data;
     xv[0] = INFINITY;        /* first column, first row */
     xv[2 * k->iw - 1] = NAN; /* last column, second row */
     dv[0] = -INFINITY;       /* dy's first column */
     dv[(k->oh - 1) * ow + ow - 1] = NAN;
+    labd[st_tensor_numel(lab) - 1] = (uint8_t)(k->c + 3);
   }
-  const int64_t map_shape[3] = {k->n, k->oh, ow};
-  st_tensor lab, w;
-  ST_ASSERT_OK(st_tensor_alloc(be, &lab, ST_U8, 3, map_shape));
-  ST_ASSERT_OK(st_tensor_alloc(be, &w, ST_F32, 3, map_shape));
-  uint8_t *labd = lab.data;
-  float *wd = w.data;
-  for (int64_t j = 0; j < st_tensor_numel(&lab); j++) {
-    labd[j] = (uint8_t)((j * 2654435761u >> 9) % (uint64_t)k->c);
-    wd[j] = (j / 5) % 3 ? 1.0f : 4.0f;
-  }
+}
+
+static void doubled_inputs_free(st_tensor *x, st_tensor *dy, st_tensor *lab,
+                                st_tensor *w) {
+  st_tensor *all[] = {x, dy, lab, w};
+  for (size_t j = 0; j < sizeof all / sizeof all[0]; j++)
+    st_tensor_free(all[j]);
+}
+
+static void doubled_case_name(const doubled_case *k, const char *prefix,
+                              char *what, size_t size) {
+  snprintf(what, size, "%s %lldx%lldx%lldx%lld->%lldx%lld", prefix,
+           (long long)k->n, (long long)k->c, (long long)k->ih, (long long)k->iw,
+           (long long)k->oh, (long long)(2 * k->iw));
+}
+
+static void doubled_case_run(st_backend *be, const doubled_case *k, int i) {
+  const int64_t ow = 2 * k->iw;
+  st_tensor x, dy, lab, w;
+  doubled_inputs(k, i, &x, &dy, &lab, &w);
   st__cpu_resize_allow_doubled(0);
   resized_outputs want = resized_run(be, &x, &dy, &lab, &w);
   st__cpu_resize_allow_doubled(1);
   resized_outputs got = resized_run(be, &x, &dy, &lab, &w);
   char what[96];
-  snprintf(what, sizeof what, "doubled %lldx%lldx%lldx%lld->%lldx%lld",
-           (long long)k->n, (long long)k->c, (long long)k->ih, (long long)k->iw,
-           (long long)k->oh, (long long)ow);
-  expect_equal_bytes(be, &got.y, &want.y, what);
-  expect_equal_bytes(be, &got.dx, &want.dx, what);
-  expect_equal_bytes(be, &got.map, &want.map, what);
-  expect_equal_bytes(be, &got.res, &want.res, what);
-  expect_equal_bytes(be, &got.dsmall, &want.dsmall, what);
+  doubled_case_name(k, "doubled", what, sizeof what);
+  resized_outputs_expect_equal(be, &got, &want, what);
   /* Not vacuous: values, and where planted the non-finite ones, came out. */
   const float *y = want.y.data;
   assert_true(max_abs(want.dx.data, (size_t)st_tensor_numel(&want.dx)) > 0.0f ||
@@ -845,9 +886,7 @@ static void doubled_case_run(st_backend *be, const doubled_case *k, int i) {
     assert_true(isinf(y[0]) && isnan(y[2 * ow - 1]));
   resized_outputs_free(&want);
   resized_outputs_free(&got);
-  st_tensor *all[] = {&x, &dy, &lab, &w};
-  for (size_t j = 0; j < sizeof all / sizeof all[0]; j++)
-    st_tensor_free(all[j]);
+  doubled_inputs_free(&x, &dy, &lab, &w);
 }
 
 static void test_resize_doubled_matches_general(void **state) {
@@ -867,6 +906,84 @@ static void test_resize_doubled_matches_general(void **state) {
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     doubled_case_run(be, &cases[i], (int)i);
+}
+
+/* The CPU backend's kernel tables (cpu_kernels.h: the same loops compiled
+ * for the baseline, AVX2 and AVX-512) against the baseline's, byte for
+ * byte, in every op that calls them, on the doubled-width test's shapes
+ * (both column paths, pixel tiles and their remainders, infinities, NaNs
+ * and a label out of range). A table this CPU does not run is reported and
+ * left out; a name no build has is refused. */
+static void test_cpu_kernel_sets_agree(void **state) {
+  (void)state;
+  if (st_test_on_gpu()) {
+    printf("the CPU backend's kernel tables only\n");
+    skip();
+  }
+  st_backend_options opts = {
+      .kind = ST_BACKEND_CPU, .threads = 2, .cpu_isa = "baseline"};
+  st_backend *base = NULL;
+  ST_ASSERT_OK(st_backend_new(&opts, &base));
+  assert_string_equal(st_backend_cpu_isa(base), "baseline");
+  st_backend *other = NULL;
+  opts.cpu_isa = "avx1024";
+  assert_int_equal(st_backend_new(&opts, &other), ST_EINVAL);
+  assert_non_null(strstr(st_error_detail(), "\"avx1024\""));
+  assert_null(other);
+
+  const doubled_case cases[] = {
+      {1, 2, 3, 2, 6, 0},    /* the narrowest doubling */
+      {2, 3, 7, 9, 13, 1},   /* odd width, H not doubled, a batch */
+      {1, 9, 45, 80, 90, 1}, /* the student's ratio and classes */
+      {1, 3, 4, 1100, 8, 1}, /* rows wider than a pixel tile */
+      {1, 21, 5, 37, 11, 0}, /* 21 classes, remainders of every width */
+  };
+  const char *const sets[] = {"avx2", "avx512"};
+  int compared = 0;
+  for (size_t s = 0; s < sizeof sets / sizeof sets[0]; s++) {
+    opts.cpu_isa = sets[s];
+    const int rc = st_backend_new(&opts, &other);
+    if (rc == ST_ENOTSUP || rc == ST_EINVAL) {
+      printf("%s: not compared: %s\n", sets[s], st_error_detail());
+      continue;
+    }
+    ST_ASSERT_OK(rc);
+    assert_string_equal(st_backend_cpu_isa(other), sets[s]);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+      st_tensor x, dy, lab, w;
+      doubled_inputs(&cases[i], (int)i, &x, &dy, &lab, &w);
+      resized_outputs want = resized_run(base, &x, &dy, &lab, &w);
+      resized_outputs got = resized_run(other, &x, &dy, &lab, &w);
+      char what[96];
+      doubled_case_name(&cases[i], sets[s], what, sizeof what);
+      resized_outputs_expect_equal(other, &got, &want, what);
+      /* Not vacuous: finite nonzero values, and the planted label's
+       * error, came out. */
+      float loss = 0.0f;
+      const int want_rc = cases[i].special ? ST_ERANGE : ST_OK;
+      assert_int_equal(
+          st_weighted_ce_result(base, &want.ce_res, (int)cases[i].c, &loss),
+          want_rc);
+      assert_int_equal(
+          st_weighted_ce_result(base, &want.res, (int)cases[i].c, &loss),
+          want_rc);
+      const float *y = want.y.data;
+      const int64_t mid = 2 * cases[i].iw * (cases[i].oh / 2) + cases[i].iw;
+      assert_true(isfinite(y[mid]) && y[mid] != 0.0f);
+      assert_true(max_abs((const float *)want.dy_ce.data + mid, 1) > 0.0f);
+      resized_outputs_free(&want);
+      resized_outputs_free(&got);
+      doubled_inputs_free(&x, &dy, &lab, &w);
+    }
+    st_backend_free(other);
+    other = NULL;
+    compared++;
+  }
+  st_backend_free(base);
+  if (!compared) {
+    printf("no kernel table but the baseline runs on this CPU\n");
+    skip();
+  }
 }
 
 static void test_argmax_fixture(void **state) {
@@ -1654,6 +1771,7 @@ int main(void) {
       cmocka_unit_test(test_weighted_ce_bad_label),
       cmocka_unit_test(test_weighted_ce_resized),
       cmocka_unit_test(test_resize_doubled_matches_general),
+      cmocka_unit_test(test_cpu_kernel_sets_agree),
       cmocka_unit_test(test_argmax_fixture),
       cmocka_unit_test(test_argmax_resized),
       cmocka_unit_test(test_miou_fixture),

@@ -181,9 +181,18 @@ static void test_bench_reports(void **state) {
   run_tool(r, "bench", "--config", config_path(), "--height", "41",
            "--width", "67", "--iters", "2", "--threads", "1", NULL);
   assert_int_equal(r->exit_code, 0);
-  const char *json = strstr(r->out, "{\"backend\":\"cpu\",\"height\":41,"
-                                    "\"width\":67,\"iters\":2,");
+  const char *json = strstr(r->out, "{\"backend\":\"cpu\",\"cpu_isa\":\"");
   assert_non_null(json);
+  char isa[16] = "";
+  assert_int_equal(
+      sscanf(json, "{\"backend\":\"cpu\",\"cpu_isa\":\"%15[a-z0-9]", isa), 1);
+  assert_true(!strcmp(isa, "baseline") || !strcmp(isa, "avx2") ||
+              !strcmp(isa, "avx512"));
+  assert_non_null(
+      strstr(json, "\",\"height\":41,\"width\":67,\"iters\":2,"));
+  char human[48];
+  snprintf(human, sizeof human, "backend cpu (%s kernels), 41x67", isa);
+  assert_non_null(strstr(r->out, human));
   double infer = -1.0, step = -1.0, recompute = -1.0;
   const char *a = strstr(json, "\"infer_ms_median\":");
   const char *b = strstr(json, "\"distill_step_ms_median\":");

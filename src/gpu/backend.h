@@ -37,6 +37,10 @@ typedef struct st_backend_options {
                           instead of trusting the heuristic */
   int graphs_off;      /* 1: record no op sequences (st_graph_begin says
                           ST_ENOTSUP), every op is launched on its own */
+  const char *cpu_isa; /* CPU: the instruction set of the hot loops,
+                          "baseline", "avx2" or "avx512" (x86-64); NULL
+                          for $ST_CPU_ISA if set, else the widest this CPU
+                          runs. Every choice gives the same results. */
 } st_backend_options;
 
 /* Parses "cpu", "cuda" or "auto". */
@@ -50,6 +54,9 @@ int st_backend_new(const st_backend_options *opts, st_backend **out);
 void st_backend_free(st_backend *be);
 /* "cpu" or "cuda". */
 const char *st_backend_name(const st_backend *be);
+/* A CPU context's instruction set for its hot loops ("baseline", "avx2",
+ * "avx512"); NULL for other backends. */
+const char *st_backend_cpu_isa(const st_backend *be);
 st_backend_kind st_backend_get_kind(const st_backend *be);
 /* 1 when tensors of this backend are directly addressable by host code. */
 int st_backend_is_host(const st_backend *be);

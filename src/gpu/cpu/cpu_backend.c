@@ -72,6 +72,65 @@ static void cpu_flush_subnormals(st_backend *be) {
   flush_subnormals_on_this_thread();
 }
 
+/* The kernel tables this build has, widest first (cpu_kernels.h); CMake
+ * defines ST_CPU_KERNELS_X86 where it compiles the x86-64 ones. */
+static const st_cpu_kernels *const cpu_kernel_sets[] = {
+#if ST_CPU_KERNELS_X86
+    &st__cpu_kernels_avx512,
+    &st__cpu_kernels_avx2,
+#endif
+    &st__cpu_kernels_baseline,
+};
+
+/* Whether this CPU (and its OS, which must save the wider registers) runs
+ * a table: the features its CMake flags enable. */
+static int cpu_runs(const st_cpu_kernels *k) {
+#if ST_CPU_KERNELS_X86
+  __builtin_cpu_init();
+  const int avx2 =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+  if (k == &st__cpu_kernels_avx2)
+    return avx2;
+  if (k == &st__cpu_kernels_avx512)
+    return avx2 && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512cd") &&
+           __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl");
+#endif
+  return k == &st__cpu_kernels_baseline;
+}
+
+/* The table for a context: the one named (options, else $ST_CPU_ISA), which
+ * must be built and run here, or the widest that runs. */
+static int cpu_kernels_pick(const char *name, const st_cpu_kernels **out) {
+  const size_t sets = sizeof cpu_kernel_sets / sizeof cpu_kernel_sets[0];
+  if (!name || !*name)
+    name = getenv("ST_CPU_ISA");
+  for (size_t i = 0; i < sets; i++) {
+    const st_cpu_kernels *k = cpu_kernel_sets[i];
+    if (name && *name && strcmp(name, k->isa) != 0)
+      continue;
+    if (cpu_runs(k)) {
+      *out = k;
+      return ST_OK;
+    }
+    if (name && *name)
+      return st_error_set(ST_ENOTSUP,
+                          "cpu backend: this CPU does not run the %s kernels",
+                          name);
+  }
+  if (name && *name)
+    return st_error_set(ST_EINVAL,
+                        "cpu backend: no \"%s\" kernels in this build "
+                        "(cpu_isa or ST_CPU_ISA: baseline; avx2, avx512 "
+                        "on x86-64)",
+                        name);
+  *out = &st__cpu_kernels_baseline;
+  return ST_OK;
+}
+
 static const st_backend_ops cpu_ops = {
     .name = "cpu",
     .kind = ST_BACKEND_CPU,
@@ -125,9 +184,15 @@ int st__backend_cpu_new(const st_backend_options *opts, st_backend **out) {
   st_cpu_backend *cpu = calloc(1, sizeof *cpu);
   if (!cpu)
     return st_error_set(ST_ENOMEM, "cpu backend: out of memory");
+  int rc = cpu_kernels_pick(opts->cpu_isa, &cpu->kernels);
+  if (rc) {
+    free(cpu);
+    return rc;
+  }
   cpu->base.ops = &cpu_ops;
   cpu->base.opts = *opts;
   cpu->base.opts.kind = ST_BACKEND_CPU;
+  cpu->base.opts.cpu_isa = cpu->kernels->isa; /* the caller's string may go */
   int threads = opts->threads;
   if (threads <= 0) {
     long online = sysconf(_SC_NPROCESSORS_ONLN);
@@ -139,4 +204,9 @@ int st__backend_cpu_new(const st_backend_options *opts, st_backend **out) {
   omp_set_num_threads(threads);
   *out = &cpu->base;
   return ST_OK;
+}
+
+const char *st_backend_cpu_isa(const st_backend *be) {
+  return be->ops == &cpu_ops ? ((const st_cpu_backend *)be)->kernels->isa
+                             : NULL;
 }

@@ -7,23 +7,7 @@
 #define ST_GPU_CPU_IMPL_H
 
 #include "gpu/backend_impl.h"
-
-/* The hot loops of cpu_ops.c are compiled for the baseline ISA and, on
- * x86-64 with GCC or Clang, for x86-64-v3 (AVX2, FMA) too, picked once at
- * load time by the CPU (an ifunc), so a generic build runs them 8 floats
- * wide where the machine allows. The clones give the same bits: every op
- * is elementwise across the vector lanes, sums keep their order (no
- * -ffast-math) and the build never contracts a * b + c into an FMA
- * (-ffp-contract=off). */
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones) && !defined(ST_NO_VECTOR_CLONES)
-#define ST_CPU_VECTOR_CLONES                                                   \
-  __attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
-#endif
-#ifndef ST_CPU_VECTOR_CLONES
-#define ST_CPU_VECTOR_CLONES
-#endif
+#include "gpu/cpu/cpu_kernels.h"
 
 struct st_cpu_conv_cache; /* cpu_conv.c: oneDNN engine, stream, primitives */
 
@@ -32,6 +16,7 @@ typedef struct st_cpu_backend {
   int threads;                    /* OpenMP team size for every op */
   _Atomic long long alloc_calls;  /* tensor allocations from the heap */
   struct st_cpu_conv_cache *conv; /* lazily created by cpu_conv.c */
+  const st_cpu_kernels *kernels;  /* the hot loops, for the ISA picked */
 } st_cpu_backend;
 
 static inline st_cpu_backend *st__cpu(st_backend *be) {

@@ -23,9 +23,6 @@
 /* Below this many elements an op runs on the calling thread alone: waking
  * the team costs more than the work. */
 #define ST_CPU_PARALLEL_MIN_ELEMS 32768
-/* Pixels per tile in the per-pixel reductions over channels (cross-entropy,
- * argmax): C rows of this many floats stay in L1/L2 between passes. */
-#define ST_CPU_PIXEL_TILE 2048
 /* Rows per task in bilinear resizing (output rows forward, input rows
  * backward), so that a handful of planes still splits evenly over a team. */
 #define ST_CPU_RESIZE_ROWS_PER_TASK 32
@@ -337,23 +334,17 @@ int st__cpu_subsample_bwd(st_backend *be, const st_tensor *dy, int stride,
 /* ---- bilinear resize (align_corners=False) --------------------------------
  */
 
-/* One output position's two source positions and their weights. */
-typedef struct resize_tap {
-  int64_t i0, i1; /* source indices, i0 <= i1, both nondecreasing in dst */
-  float l0, l1;   /* weights of i0 and i1, l0 + l1 = 1 */
-} resize_tap;
-
 /* PyTorch's compute_source_index_and_lambda (1.13, CPU): the scale is the
  * float in / out, the source position (dst + 0.5) * scale - 0.5, clamped at
  * 0, is evaluated in its accumulate type (double), and only the weight
  * src - i0 is rounded to float; so indices and weights are bit for bit the
  * ones F.interpolate(size=..., align_corners=False) uses. */
-static void resize_taps(int64_t in, int64_t out, resize_tap *taps) {
+static void st_cpu_taps(int64_t in, int64_t out, st_cpu_tap *taps) {
   const float scale = (float)in / (float)out;
   for (int64_t o = 0; o < out; o++) {
-    resize_tap *t = &taps[o];
+    st_cpu_tap *t = &taps[o];
     if (in == out) {
-      *t = (resize_tap){o, o, 1.0f, 0.0f};
+      *t = (st_cpu_tap){o, o, 1.0f, 0.0f};
       continue;
     }
     double src = (double)scale * ((double)o + 0.5) - 0.5;
@@ -371,39 +362,19 @@ static void resize_taps(int64_t in, int64_t out, resize_tap *taps) {
  * extra_bytes for the caller at *extra (8-byte aligned). Returns the block
  * to free, NULL when out of memory. */
 static void *resize_scratch(int64_t ih, int64_t iw, int64_t oh, int64_t ow,
-                            size_t extra_bytes, resize_tap **th,
-                            resize_tap **tw, void **extra) {
-  const size_t tap_bytes = (size_t)(oh + ow) * sizeof(resize_tap);
+                            size_t extra_bytes, st_cpu_tap **th,
+                            st_cpu_tap **tw, void **extra) {
+  const size_t tap_bytes = (size_t)(oh + ow) * sizeof(st_cpu_tap);
   char *block = malloc(tap_bytes + extra_bytes);
   if (!block)
     return NULL;
-  *th = (resize_tap *)block;
+  *th = (st_cpu_tap *)block;
   *tw = *th + oh;
   *extra = block + tap_bytes;
-  resize_taps(ih, oh, *th);
-  resize_taps(iw, ow, *tw);
+  st_cpu_taps(ih, oh, *th);
+  st_cpu_taps(iw, ow, *tw);
   return block;
 }
-
-/* fma(a, wa, b * wb): how PyTorch's FMA build evaluates t0 * w0 + t1 * w1.
- * a * wa is exact in double, so rounding the double sum to float gives the
- * fused result (barring rare double-rounding ties). */
-static inline float lerp2(float a, float wa, float b, float wb) {
-  return (float)((double)a * (double)wa + (double)(b * wb));
-}
-
-/* The W taps of one call, and whether they are a doubling's: ow = 2 iw
- * and every column but the first and the last reads source columns
- * (j - 1) / 2 and the next with the weights of column 1 (odd j) or column
- * 2 (even j), as PyTorch's taps are for a doubled width (scale 0.5 is
- * exact). Then the W passes read the source and write the gradient with
- * contiguous loads instead of per-column gathers and scatters, and do the
- * same arithmetic on the same values in the same order. */
-typedef struct resize_cols {
-  const resize_tap *tap; /* [ow] */
-  int64_t iw, ow;
-  int doubled;
-} resize_cols;
 
 /* Test hook (cpu_impl.h): 0 sends every resize down the general column
  * path, so tests can compare the two. */
@@ -413,13 +384,13 @@ void st__cpu_resize_allow_doubled(int allowed) {
   resize_doubled_allowed = allowed;
 }
 
-static resize_cols resize_cols_of(const resize_tap *tw, int64_t iw,
+static st_cpu_cols resize_cols_of(const st_cpu_tap *tw, int64_t iw,
                                   int64_t ow) {
-  resize_cols cols = {tw, iw, ow, 0};
+  st_cpu_cols cols = {tw, iw, ow, 0};
   if (ow != 2 * iw || iw < 2 || !resize_doubled_allowed)
     return cols;
   for (int64_t j = 1; j < ow - 1; j++) {
-    const resize_tap *like = &tw[j & 1 ? 1 : 2];
+    const st_cpu_tap *like = &tw[j & 1 ? 1 : 2];
     const int64_t i0 = (j - 1) / 2;
     if (tw[j].i0 != i0 || tw[j].i1 != i0 + 1 || tw[j].l0 != like->l0 ||
         tw[j].l1 != like->l1)
@@ -429,71 +400,15 @@ static resize_cols resize_cols_of(const resize_tap *tw, int64_t iw,
   return cols;
 }
 
-/* One source row interpolated along W to the output width. */
-ST_CPU_VECTOR_CLONES
-static void resize_row_w(const float *restrict src,
-                         const resize_cols *restrict cols,
-                         float *restrict out) {
-  const resize_tap *restrict tw = cols->tap;
-  const int64_t ow = cols->ow;
-  if (!cols->doubled) {
-    for (int64_t j = 0; j < ow; j++)
-      out[j] = lerp2(src[tw[j].i0], tw[j].l0, src[tw[j].i1], tw[j].l1);
-    return;
-  }
-  /* Columns 2i+1 and 2i+2 both read source columns i and i+1. */
-  const float o0 = tw[1].l0, o1 = tw[1].l1, e0 = tw[2].l0, e1 = tw[2].l1;
-  out[0] = lerp2(src[tw[0].i0], tw[0].l0, src[tw[0].i1], tw[0].l1);
-  for (int64_t i = 0; i < cols->iw - 1; i++) {
-    out[2 * i + 1] = lerp2(src[i], o0, src[i + 1], o1);
-    out[2 * i + 2] = lerp2(src[i], e0, src[i + 1], e1);
-  }
-  out[ow - 1] = lerp2(src[tw[ow - 1].i0], tw[ow - 1].l0, src[tw[ow - 1].i1],
-                      tw[ow - 1].l1);
-}
-
-/* Two cached W-interpolated rows: consecutive output rows of an upsample
- * share their source rows, so each source row is interpolated about once. */
-typedef struct resize_row_cache {
-  float *row[2];
-  int64_t tag[2]; /* source row held by each buffer, -1 for none */
-} resize_row_cache;
-
-/* The W-interpolated source row `want`, computed into the buffer that does
- * not hold `keep` (the other row the caller needs) when not cached. */
-static const float *resize_cached_row(resize_row_cache *cache,
-                                      const float *plane,
-                                      const resize_cols *cols, int64_t want,
-                                      int64_t keep) {
-  for (int k = 0; k < 2; k++)
-    if (cache->tag[k] == want)
-      return cache->row[k];
-  int slot = cache->tag[0] == keep ? 1 : 0;
-  resize_row_w(plane + want * cols->iw, cols, cache->row[slot]);
-  cache->tag[slot] = want;
-  return cache->row[slot];
-}
-
-/* Output row t of a plane's resize into out: its two source rows along W
- * (through the cache), then along H. */
-ST_CPU_VECTOR_CLONES
-static void resize_row(resize_row_cache *cache, const float *plane,
-                       const resize_cols *cols, resize_tap t,
-                       float *restrict out) {
-  const float *restrict a = resize_cached_row(cache, plane, cols, t.i0, t.i1);
-  const float *restrict b = resize_cached_row(cache, plane, cols, t.i1, t.i0);
-  for (int64_t j = 0; j < cols->ow; j++)
-    out[j] = lerp2(a[j], t.l0, b[j], t.l1);
-}
-
 int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
                                 st_tensor *y) {
+  const st_cpu_kernels *kern = st__cpu(be)->kernels;
   const int64_t planes = x->shape[0] * x->shape[1];
   const int64_t ih = x->shape[2], iw = x->shape[3];
   const int64_t oh = y->shape[2], ow = y->shape[3];
   const int threads = team(be, planes * (ih * iw + oh * ow));
   /* The taps, then two row buffers per thread. */
-  resize_tap *th, *tw;
+  st_cpu_tap *th, *tw;
   void *rows_v;
   void *scratch = resize_scratch(
       ih, iw, oh, ow, (size_t)threads * 2 * (size_t)ow * sizeof(float), &th,
@@ -501,7 +416,7 @@ int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
   if (!scratch)
     return st_error_set(ST_ENOMEM, "resize_bilinear_fwd: no scratch memory");
   float *rows = rows_v;
-  const resize_cols cols = resize_cols_of(tw, iw, ow);
+  const st_cpu_cols cols = resize_cols_of(tw, iw, ow);
 
   const float *xd = x->data;
   float *yd = y->data;
@@ -513,10 +428,10 @@ int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
     const int64_t r0 = (task % blocks) * ST_CPU_RESIZE_ROWS_PER_TASK;
     const int64_t r1 = min_i64(r0 + ST_CPU_RESIZE_ROWS_PER_TASK, oh);
     float *mine = rows + (size_t)omp_get_thread_num() * 2 * (size_t)ow;
-    resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
+    st_cpu_row_cache cache = {{mine, mine + ow}, {-1, -1}};
     const float *plane = xd + p * ih * iw;
     for (int64_t r = r0; r < r1; r++)
-      resize_row(&cache, plane, &cols, th[r], yd + (p * oh + r) * ow);
+      kern->resize_row(&cache, plane, &cols, th[r], yd + (p * oh + r) * ow);
   }
   free(scratch);
   return ST_OK;
@@ -526,7 +441,7 @@ int st__cpu_resize_bilinear_fwd(st_backend *be, const st_tensor *x,
  * [span[2r], span[2r+1]): their i0 is r-1 or r, and since i0 and i1 grow
  * with the output row they are contiguous, from the first with i1 >= r to
  * the last with i0 <= r. */
-static void resize_spans(const resize_tap *t, int64_t in, int64_t out,
+static void resize_spans(const st_cpu_tap *t, int64_t in, int64_t out,
                          int64_t *span) {
   for (int64_t r = 0, lo = 0, hi = 0; r < in; r++) {
     while (lo < out && t[lo].i1 < r)
@@ -538,69 +453,9 @@ static void resize_spans(const resize_tap *t, int64_t in, int64_t out,
   }
 }
 
-/* acc (ow floats) scattered along W into dst (iw floats): for each output
- * column in order, its two weighted values added to its source columns.
- * A doubling's interior columns are gathered per source column instead,
- * adding the same products in the same order (for source column i: columns
- * 2i-1 and 2i, where it is the second source, then 2i+1 and 2i+2, where it
- * is the first), after the first column's and before the last's. */
-static void resize_scatter_w(const float *restrict acc,
-                             const resize_cols *restrict cols,
-                             float *restrict dst) {
-  const resize_tap *restrict tw = cols->tap;
-  const int64_t iw = cols->iw, ow = cols->ow;
-  memset(dst, 0, (size_t)iw * sizeof(float));
-  if (!cols->doubled) {
-    for (int64_t j = 0; j < ow; j++) {
-      dst[tw[j].i0] += tw[j].l0 * acc[j];
-      dst[tw[j].i1] += tw[j].l1 * acc[j];
-    }
-    return;
-  }
-  const float o0 = tw[1].l0, o1 = tw[1].l1, e0 = tw[2].l0, e1 = tw[2].l1;
-  dst[tw[0].i0] += tw[0].l0 * acc[0];
-  dst[tw[0].i1] += tw[0].l1 * acc[0];
-  dst[0] += o0 * acc[1];
-  dst[0] += e0 * acc[2];
-  for (int64_t i = 1; i < iw - 1; i++) {
-    float d = dst[i];
-    d += o1 * acc[2 * i - 1];
-    d += e1 * acc[2 * i];
-    d += o0 * acc[2 * i + 1];
-    d += e0 * acc[2 * i + 2];
-    dst[i] = d;
-  }
-  dst[iw - 1] += o1 * acc[ow - 3];
-  dst[iw - 1] += e1 * acc[ow - 2];
-  dst[tw[ow - 1].i0] += tw[ow - 1].l0 * acc[ow - 1];
-  dst[tw[ow - 1].i1] += tw[ow - 1].l1 * acc[ow - 1];
-}
-
-/* Input row r of a resize's gradient into dst (iw floats): the gradient
- * rows of the output rows that read it (output row o at rows + (o - first)
- * * ow) summed along H with their weights into acc (vectorised), then
- * scattered along W. */
-ST_CPU_VECTOR_CLONES
-static void resize_row_bwd(const float *rows, int64_t first, int64_t r,
-                           const int64_t *range, const resize_tap *th,
-                           const resize_cols *cols, float *restrict acc,
-                           float *restrict dst) {
-  const int64_t ow = cols->ow;
-  memset(acc, 0, (size_t)ow * sizeof(float));
-  for (int64_t o = range[2 * r]; o < range[2 * r + 1]; o++) {
-    const float w =
-        (th[o].i0 == r ? th[o].l0 : 0.0f) + (th[o].i1 == r ? th[o].l1 : 0.0f);
-    if (w == 0.0f)
-      continue;
-    const float *restrict src = rows + (o - first) * ow;
-    for (int64_t j = 0; j < ow; j++)
-      acc[j] += w * src[j];
-  }
-  resize_scatter_w(acc, cols, dst);
-}
-
 int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
                                 st_tensor *dx) {
+  const st_cpu_kernels *kern = st__cpu(be)->kernels;
   const int64_t planes = dx->shape[0] * dx->shape[1];
   const int64_t ih = dx->shape[2], iw = dx->shape[3];
   const int64_t oh = dy->shape[2], ow = dy->shape[3];
@@ -608,7 +463,7 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
   /* The taps, the output-row range feeding each input row, and one
    * accumulator row per thread. */
   const size_t range_bytes = (size_t)ih * 2 * sizeof(int64_t);
-  resize_tap *th, *tw;
+  st_cpu_tap *th, *tw;
   void *extra;
   void *scratch =
       resize_scratch(ih, iw, oh, ow,
@@ -619,7 +474,7 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
   int64_t *range = extra;
   float *accs = (float *)((char *)extra + range_bytes);
   resize_spans(th, ih, oh, range);
-  const resize_cols cols = resize_cols_of(tw, iw, ow);
+  const st_cpu_cols cols = resize_cols_of(tw, iw, ow);
 
   const float *dyd = dy->data;
   float *dxd = dx->data;
@@ -636,8 +491,8 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
     float *restrict acc = accs + (size_t)omp_get_thread_num() * (size_t)ow;
     const float *plane = dyd + p * oh * ow;
     for (int64_t r = r0; r < r1; r++)
-      resize_row_bwd(plane, 0, r, range, th, &cols, acc,
-                     dxd + (p * ih + r) * iw);
+      kern->resize_row_bwd(plane, 0, r, range, th, &cols, acc,
+                           dxd + (p * ih + r) * iw);
   }
   free(scratch);
   return ST_OK;
@@ -646,123 +501,9 @@ int st__cpu_resize_bilinear_bwd(st_backend *be, const st_tensor *dy,
 /* ---- loss and metrics -----------------------------------------------------
  */
 
-/* exp(x) for x <= 0 (a logit minus its channel maximum), written so the
- * compiler vectorises it, which glibc's expf is not: Cody-Waite reduction
- * x = n ln2 + r with |r| <= ln2/2, Cephes' degree-6 polynomial for e^r, and
- * 2^n built in the exponent bits. Checked against exp() in double on every
- * float in (ST_EXP_MIN_ARG, 0]: under 1 ulp. Below ST_EXP_MIN_ARG (where
- * e^x is subnormal) it returns 0; NaN comes back as NaN, so a diverged
- * network still shows a NaN loss. */
-#define ST_EXP_MIN_ARG -87.33654475f /* ln(FLT_MIN) */
-#define ST_LOG2E 1.44269504088896341f
-#define ST_LN2_HI 0.693359375f /* ln 2 split so n * hi is exact */
-#define ST_LN2_LO -2.12194440e-4f
-#define ST_ROUND_MAGIC 12582912.0f /* 1.5 * 2^23: float round-to-nearest */
-#define ST_FLT_EXP_BIAS 127
-#define ST_FLT_MANT_BITS 23
-
-static inline uint32_t f32_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  return u;
-}
-
-static inline float f32_from_bits(uint32_t u) {
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-static inline float exp_nonpos(float x) {
-  /* Selects are bit masks: GCC will not if-convert a float select whose
-   * arm multiplies (it could trap), and would leave the loop scalar. */
-  const uint32_t in_range = -(uint32_t)(x >= ST_EXP_MIN_ARG); /* not NaN */
-  const uint32_t is_nan = -(uint32_t)(x != x);
-  /* Clamped (NaN too) so that the integer conversion below is defined. */
-  const float xc = f32_from_bits((f32_bits(x) & in_range) |
-                                 (f32_bits(ST_EXP_MIN_ARG) & ~in_range));
-  const float n = (xc * ST_LOG2E + ST_ROUND_MAGIC) - ST_ROUND_MAGIC;
-  const float r = (xc - n * ST_LN2_HI) - n * ST_LN2_LO;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * (r * r) + r + 1.0f;
-  /* n is an integer in [-126, 0], so 2^n is a normal float. */
-  const float scale = f32_from_bits((uint32_t)((int32_t)n + ST_FLT_EXP_BIAS)
-                                    << ST_FLT_MANT_BITS);
-  return f32_from_bits((f32_bits(e * scale) & in_range) |
-                       (f32_bits(x) & is_nan));
-}
-
-/* What one cross-entropy call adds up over its pixels. */
-typedef struct ce_sums {
-  double total;       /* sum of -weight * log p[label] */
-  int64_t bad_pixels; /* pixels whose label is not below C */
-  int bad_label;      /* the largest such label, -1 when none */
-} ce_sums;
-
-/* The loss of `len` pixels whose C class scores lie `xs` floats apart (class
- * k of pixel t at x[k * xs + t]), added to *sums, and when d is not NULL
- * the gradient w * (softmax - [k == label]) * inv_count into d (class k at
- * d[k * ds + t]). log_softmax as PyTorch computes it: shift by the class
- * maximum so exp never overflows, then logp = x - max - log(sum exp). */
-ST_CPU_VECTOR_CLONES
-static void ce_tile(const float *x, int64_t xs, int64_t len, int64_t c,
-                    const uint8_t *lab, const float *w, float inv_count,
-                    float *d, int64_t ds, ce_sums *sums) {
-  float mx[ST_CPU_PIXEL_TILE], sum[ST_CPU_PIXEL_TILE];
-  memcpy(mx, x, (size_t)len * sizeof(float));
-  for (int64_t k = 1; k < c; k++) {
-    const float *restrict xk = x + k * xs;
-    for (int64_t t = 0; t < len; t++)
-      mx[t] = xk[t] > mx[t] ? xk[t] : mx[t];
-  }
-  memset(sum, 0, (size_t)len * sizeof(float));
-  for (int64_t k = 0; k < c; k++) {
-    const float *restrict xk = x + k * xs;
-    if (d) { /* keep exp(x - max) for the gradient pass */
-      float *restrict dk = d + k * ds;
-#pragma omp simd
-      for (int64_t t = 0; t < len; t++) {
-        dk[t] = exp_nonpos(xk[t] - mx[t]);
-        sum[t] += dk[t];
-      }
-    } else {
-#pragma omp simd
-      for (int64_t t = 0; t < len; t++)
-        sum[t] += exp_nonpos(xk[t] - mx[t]);
-    }
-  }
-  for (int64_t t = 0; t < len; t++) {
-    const int l = lab[t];
-    if (l >= c) {
-      sums->bad_pixels++;
-      sums->bad_label = l > sums->bad_label ? l : sums->bad_label;
-      continue;
-    }
-    const float logp = x[l * xs + t] - mx[t] - logf(sum[t]);
-    sums->total -= (double)w[t] * (double)logp;
-  }
-  if (!d)
-    return;
-  /* dL/dx_k = w * (softmax_k - [k == label]) / count. */
-  for (int64_t t = 0; t < len; t++)
-    sum[t] = w[t] * inv_count / sum[t]; /* now the softmax scale */
-  for (int64_t k = 0; k < c; k++) {
-    float *restrict dk = d + k * ds;
-    for (int64_t t = 0; t < len; t++)
-      dk[t] *= sum[t];
-  }
-  for (int64_t t = 0; t < len; t++)
-    if (lab[t] < c)
-      d[lab[t] * ds + t] -= w[t] * inv_count;
-}
-
 /* The result tensor of a cross-entropy call from its sums. */
-static void ce_result_write(const ce_sums *s, int64_t count, float *res) {
+static void ce_result_write(const st_cpu_ce_sums *s, int64_t count,
+                            float *res) {
   res[0] = (float)(s->total / (double)count);
   if (s->bad_pixels) {
     res[1] = (float)s->bad_pixels;
@@ -770,9 +511,25 @@ static void ce_result_write(const ce_sums *s, int64_t count, float *res) {
   }
 }
 
+/* A call's sums from its tasks' in task order: the same bits whatever the
+ * team size and whichever thread finishes first (an OpenMP reduction adds
+ * the threads' sums in the order they arrive). */
+static st_cpu_ce_sums ce_sums_combine(const st_cpu_ce_sums *part,
+                                      int64_t tasks) {
+  st_cpu_ce_sums all = {0.0, 0, -1};
+  for (int64_t t = 0; t < tasks; t++) {
+    all.total += part[t].total;
+    all.bad_pixels += part[t].bad_pixels;
+    if (part[t].bad_label > all.bad_label)
+      all.bad_label = part[t].bad_label;
+  }
+  return all;
+}
+
 int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
                         const st_tensor *label, const st_tensor *weight,
                         st_tensor *result, st_tensor *dlogits) {
+  const st_cpu_kernels *kern = st__cpu(be)->kernels;
   const int64_t n = logits->shape[0], c = logits->shape[1];
   const int64_t hw = logits->shape[2] * logits->shape[3], count = n * hw;
   const float *xd = logits->data, *wd = weight->data;
@@ -784,25 +541,22 @@ int st__cpu_weighted_ce(st_backend *be, const st_tensor *logits,
     return ST_OK;
   const float inv_count = (float)(1.0 / (double)count);
   const int64_t tiles = (hw + ST_CPU_PIXEL_TILE - 1) / ST_CPU_PIXEL_TILE;
-  double total = 0.0;
-  int64_t bad_pixels = 0;
-  int bad_label = -1;
+  st_cpu_ce_sums *part = malloc((size_t)(n * tiles) * sizeof *part);
+  if (!part)
+    return st_error_set(ST_ENOMEM, "weighted_ce: no scratch memory");
 
-#pragma omp parallel for num_threads(team(be, count * c)) schedule(static) \
-    reduction(+ : total, bad_pixels) reduction(max : bad_label)
+#pragma omp parallel for num_threads(team(be, count *c)) schedule(static)
   for (int64_t task = 0; task < n * tiles; task++) {
     const int64_t img = task / tiles, p0 = (task % tiles) * ST_CPU_PIXEL_TILE;
     const int64_t len = min_i64(ST_CPU_PIXEL_TILE, hw - p0);
-    ce_sums sums = {0.0, 0, -1};
-    ce_tile(xd + img * c * hw + p0, hw, len, c, ld + img * hw + p0,
-            wd + img * hw + p0, inv_count, dd ? dd + img * c * hw + p0 : NULL,
-            hw, &sums);
-    total += sums.total;
-    bad_pixels += sums.bad_pixels;
-    bad_label = sums.bad_label > bad_label ? sums.bad_label : bad_label;
+    part[task] = (st_cpu_ce_sums){0.0, 0, -1};
+    kern->ce_tile(xd + img * c * hw + p0, hw, len, c, ld + img * hw + p0,
+                  wd + img * hw + p0, inv_count,
+                  dd ? dd + img * c * hw + p0 : NULL, hw, &part[task]);
   }
-  const ce_sums all = {total, bad_pixels, bad_label};
+  const st_cpu_ce_sums all = ce_sums_combine(part, n * tiles);
   ce_result_write(&all, count, res);
+  free(part);
   return ST_OK;
 }
 
@@ -833,6 +587,7 @@ static void ce_resized_rows(const int64_t *range, const int64_t *own,
 int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
                                 const st_tensor *label, const st_tensor *weight,
                                 st_tensor *result, st_tensor *dlogits) {
+  const st_cpu_kernels *kern = st__cpu(be)->kernels;
   const int64_t n = logits->shape[0], c = logits->shape[1];
   const int64_t ih = logits->shape[2], iw = logits->shape[3];
   const int64_t oh = label->shape[1], ow = label->shape[2];
@@ -846,14 +601,14 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
    * (as in the resize backward) and the first output row whose first
    * source row it is (own[ih] = oh). */
   const size_t index_bytes = ((size_t)ih * 3 + 1) * sizeof(int64_t);
-  resize_tap *th, *tw;
+  st_cpu_tap *th, *tw;
   void *extra;
   void *index = resize_scratch(ih, iw, oh, ow, index_bytes, &th, &tw, &extra);
   if (!index)
     return st_error_set(ST_ENOMEM, "weighted_ce_resized: no scratch memory");
   int64_t *range = extra, *own = range + 2 * ih;
   resize_spans(th, ih, oh, range);
-  const resize_cols cols = resize_cols_of(tw, iw, ow);
+  const st_cpu_cols cols = resize_cols_of(tw, iw, ow);
   for (int64_t r = 0, first = 0; r < ih; r++) {
     while (first < oh && th[first].i0 < r)
       first++;
@@ -872,7 +627,10 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
   const size_t per_thread =
       3 * (size_t)ow + (dlogits ? 2 : 1) * (size_t)c * plane;
   float *bufs = malloc((size_t)threads * per_thread * sizeof(float));
-  if (!bufs) {
+  st_cpu_ce_sums *part = malloc((size_t)(n * blocks) * sizeof *part);
+  if (!bufs || !part) {
+    free(part);
+    free(bufs);
     free(index);
     return st_error_set(ST_ENOMEM, "weighted_ce_resized: no scratch memory");
   }
@@ -880,11 +638,7 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
   const float *xd = logits->data, *wd = weight->data;
   const uint8_t *ld = label->data;
   float *dd = dlogits ? dlogits->data : NULL;
-  double total = 0.0;
-  int64_t bad_pixels = 0;
-  int bad_label = -1;
-#pragma omp parallel for num_threads(threads) schedule(static) \
-    reduction(+ : total, bad_pixels) reduction(max : bad_label)
+#pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t task = 0; task < n * blocks; task++) {
     const int64_t img = task / blocks, i0 = (task % blocks) * rows;
     const int64_t i1 = min_i64(i0 + rows, ih);
@@ -895,48 +649,41 @@ int st__cpu_weighted_ce_resized(st_backend *be, const st_tensor *logits,
     /* Scores, then (with a gradient) the gradient: class k at k*plane. */
     float *v = acc + ow, *d = dd ? v + (size_t)c * plane : NULL;
     for (int64_t k = 0; k < c; k++) {
-      resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
+      st_cpu_row_cache cache = {{mine, mine + ow}, {-1, -1}};
       const float *src = xd + (img * c + k) * ih * iw;
       for (int64_t o = lo; o < hi; o++)
-        resize_row(&cache, src, &cols, th[o], v + k * plane + (o - lo) * ow);
+        kern->resize_row(&cache, src, &cols, th[o],
+                         v + k * plane + (o - lo) * ow);
     }
-    ce_sums sums = {0.0, 0, -1}, elsewhere = {0.0, 0, -1};
+    st_cpu_ce_sums *sums = &part[task], elsewhere = {0.0, 0, -1};
+    *sums = (st_cpu_ce_sums){0.0, 0, -1};
     for (int64_t o = lo; o < hi; o++) {
-      ce_sums *into = o >= own[i0] && o < own[i1] ? &sums : &elsewhere;
+      st_cpu_ce_sums *into = o >= own[i0] && o < own[i1] ? sums : &elsewhere;
       for (int64_t j0 = 0; j0 < ow; j0 += ST_CPU_PIXEL_TILE) {
         const int64_t at = (o - lo) * ow + j0, px = (img * oh + o) * ow + j0;
-        ce_tile(v + at, (int64_t)plane, min_i64(ST_CPU_PIXEL_TILE, ow - j0), c,
-                ld + px, wd + px, inv_count, dd ? d + at : NULL, (int64_t)plane,
-                into);
+        kern->ce_tile(v + at, (int64_t)plane,
+                      min_i64(ST_CPU_PIXEL_TILE, ow - j0), c, ld + px, wd + px,
+                      inv_count, dd ? d + at : NULL, (int64_t)plane, into);
       }
     }
-    total += sums.total;
-    bad_pixels += sums.bad_pixels;
-    bad_label = sums.bad_label > bad_label ? sums.bad_label : bad_label;
     if (!dd)
       continue;
     for (int64_t k = 0; k < c; k++)
       for (int64_t r = i0; r < i1; r++)
-        resize_row_bwd(d + k * plane, lo, r, range, th, &cols, acc,
-                       dd + ((img * c + k) * ih + r) * iw);
+        kern->resize_row_bwd(d + k * plane, lo, r, range, th, &cols, acc,
+                             dd + ((img * c + k) * ih + r) * iw);
   }
-  const ce_sums all = {total, bad_pixels, bad_label};
+  const st_cpu_ce_sums all = ce_sums_combine(part, n * blocks);
   ce_result_write(&all, count, res);
+  free(part);
   free(bufs);
   free(index);
   return ST_OK;
 }
 
-/* Whether v replaces b as the best of a pixel's classes, scanned in order:
- * strictly greater, so the first maximum wins; a NaN beats every number and
- * the first NaN wins, as in torch.argmax. An int32 so that the selects it
- * drives vectorise in float lanes. */
-static inline int32_t argmax_takes(float v, float b) {
-  return (v > b) | ((v != v) & (b == b));
-}
-
 int st__cpu_argmax_channels(st_backend *be, const st_tensor *logits,
                             st_tensor *labels) {
+  const st_cpu_kernels *kern = st__cpu(be)->kernels;
   const int64_t n = logits->shape[0], c = logits->shape[1];
   const int64_t hw = logits->shape[2] * logits->shape[3];
   const float *xd = logits->data;
@@ -951,33 +698,13 @@ int st__cpu_argmax_channels(st_backend *be, const st_tensor *logits,
     int32_t idx[ST_CPU_PIXEL_TILE];
     memcpy(best, x, (size_t)len * sizeof(float));
     memset(idx, 0, (size_t)len * sizeof(int32_t));
-    for (int64_t k = 1; k < c; k++) {
-      const float *restrict xk = x + k * hw;
-      for (int64_t t = 0; t < len; t++) {
-        const float v = xk[t], b = best[t];
-        const int32_t take = argmax_takes(v, b);
-        best[t] = take ? v : b;
-        idx[t] = take ? (int32_t)k : idx[t];
-      }
-    }
+    for (int64_t k = 1; k < c; k++)
+      kern->argmax_row(x + k * hw, (int32_t)k, len, best, idx);
     uint8_t *out = od + img * hw + p0;
     for (int64_t t = 0; t < len; t++)
       out[t] = (uint8_t)idx[t];
   }
   return ST_OK;
-}
-
-/* Class k's values of n pixels compared with their best so far (argmax_takes),
- * replacing best and class where they win. */
-ST_CPU_VECTOR_CLONES
-static void argmax_row_update(const float *restrict val, int32_t k, int64_t n,
-                              float *restrict best, int32_t *restrict cls) {
-  for (int64_t j = 0; j < n; j++) {
-    const float v = val[j], b = best[j];
-    const int32_t take = argmax_takes(v, b);
-    best[j] = take ? v : b;
-    cls[j] = take ? k : cls[j];
-  }
 }
 
 /* One block of output rows of one image per task: channel by channel, the
@@ -987,6 +714,7 @@ static void argmax_row_update(const float *restrict val, int32_t k, int64_t n,
  * kept, never the resized logits. */
 int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
                            st_tensor *labels) {
+  const st_cpu_kernels *kern = st__cpu(be)->kernels;
   const int64_t n = logits->shape[0], c = logits->shape[1];
   const int64_t ih = logits->shape[2], iw = logits->shape[3];
   const int64_t oh = labels->shape[1], ow = labels->shape[2];
@@ -996,7 +724,7 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
    * block's best values and their classes (int32, so the comparison
    * vectorises in float lanes). */
   const size_t per_thread = (size_t)(3 + 2 * rows) * (size_t)ow;
-  resize_tap *th, *tw;
+  st_cpu_tap *th, *tw;
   void *bufs_v;
   void *scratch = resize_scratch(ih, iw, oh, ow,
                                  (size_t)threads * per_thread * sizeof(float),
@@ -1004,7 +732,7 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
   if (!scratch)
     return st_error_set(ST_ENOMEM, "argmax_resized: no scratch memory");
   float *bufs = bufs_v;
-  const resize_cols cols = resize_cols_of(tw, iw, ow);
+  const st_cpu_cols cols = resize_cols_of(tw, iw, ow);
 
   const float *xd = logits->data;
   uint8_t *ld = labels->data;
@@ -1017,18 +745,18 @@ int st__cpu_argmax_resized(st_backend *be, const st_tensor *logits,
     float *vals = mine + 2 * ow, *best = vals + ow;
     int32_t *cls = (int32_t *)(best + rows * ow);
     for (int64_t k = 0; k < c; k++) {
-      resize_row_cache cache = {{mine, mine + ow}, {-1, -1}};
+      st_cpu_row_cache cache = {{mine, mine + ow}, {-1, -1}};
       const float *plane = xd + (img * c + k) * ih * iw;
       for (int64_t r = r0; r < r1; r++) {
         float *restrict bst = best + (r - r0) * ow;
         int32_t *restrict idx = cls + (r - r0) * ow;
         if (k == 0) {
-          resize_row(&cache, plane, &cols, th[r], bst);
+          kern->resize_row(&cache, plane, &cols, th[r], bst);
           memset(idx, 0, (size_t)ow * sizeof *idx);
           continue;
         }
-        resize_row(&cache, plane, &cols, th[r], vals);
-        argmax_row_update(vals, (int32_t)k, ow, bst, idx);
+        kern->resize_row(&cache, plane, &cols, th[r], vals);
+        kern->argmax_row(vals, (int32_t)k, ow, bst, idx);
       }
     }
     uint8_t *out = ld + (img * oh + r0) * ow;
