@@ -1739,9 +1739,9 @@ static int run_bench(void) {
   st_backend *be = NULL;
   if (st_backend_new(&opts, &be))
     return 1;
-  printf("360x640 -> 720x1280, cpu backend (default threads), ms per call "
-         "(median of %d)\n",
-         BENCH_REPS);
+  printf("360x640 -> 720x1280, cpu backend (default threads, %s kernels), "
+         "ms per call (median of %d)\n",
+         st_backend_cpu_isa(be), BENCH_REPS);
   printf("%8s %9s %9s %6s %9s %9s %6s %9s %9s\n", "classes", "map:2ops",
          "fused", "ratio", "loss:3ops", "fused", "ratio", "resize", "res.bwd");
   const int64_t classes[] = {9, 21};
