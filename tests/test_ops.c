@@ -767,7 +767,7 @@ static void test_weighted_ce_resized(void **state) {
  * must keep alike. A width that is not doubled takes the general path. */
 typedef struct doubled_case {
   int64_t n, c, ih, iw, oh;
-  int special; /* inf and NaN planted in the border columns */
+  int special; /* inf and NaN in the border columns, a label out of range */
 } doubled_case;
 
 /* Every resizing op's outputs for one input, as host tensors, and the
@@ -817,9 +817,13 @@ static void resized_outputs_expect_equal(st_backend *be,
   const st_tensor *w[] = {&want->y,     &want->dx,     &want->map,
                           &want->res,   &want->dsmall, &want->ce_res,
                           &want->dy_ce, &want->ymap};
+  static const char *const names[] = {
+      "resize",        "resize backward", "resized class map",
+      "resized loss",  "its gradient",    "loss",
+      "loss gradient", "class map"};
   for (size_t j = 0; j < sizeof g / sizeof g[0]; j++) {
     char which[128];
-    snprintf(which, sizeof which, "%s, output %zu", what, j);
+    snprintf(which, sizeof which, "%s, %s", what, names[j]);
     expect_equal_bytes(be, g[j], w[j], which);
   }
 }
