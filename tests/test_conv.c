@@ -1,13 +1,16 @@
 /* Convolution ops (st_conv2d_fwd / _bwd_data / _bwd_weights) on every
  * backend: values against PyTorch (tests/fixtures/gen_conv.py, computed in
  * float64), backward ops against central finite differences of the forward,
- * and repeated / interleaved calls against the backend's primitive cache.
+ * and repeated / interleaved calls against the backend's primitive cache;
+ * on the CPU, the algorithms oneDNN is asked for (Winograd where it has it)
+ * against direct ones and float64 sums at the student's largest layers.
  *
  * With ST_CONV_BENCH=1 in the environment the executable also times the
  * student's convolutions at 720x1280 on the CPU backend and prints a table
  * (not part of the pass/fail result). */
 #include "conv_cases.h"
 #include "gpu/conv_cache.h"
+#include "gpu/cpu/cpu_impl.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -426,6 +429,171 @@ static void test_single_thread_context(void **state) {
   st_backend_free(be);
 }
 
+/* ---- Winograd against direct (CPU) ------------------------------------- */
+
+/* The CPU backend's forward takes Winograd where oneDNN implements it and
+ * its weight gradient lets oneDNN choose (cpu_conv.c conv_alg); the data
+ * gradient is direct. At three of the student's 3x3 layers at 720x1280
+ * (oneDNN picks its algorithms by size, so the fixtures' small frames do
+ * not reach the ones these take) each result is compared with float64
+ * sums at sampled outputs, as is that of a context with the test hook
+ * making everything direct; the data gradients of the two must be the
+ * same bits. Not vacuous: at least one forward must differ from the direct
+ * one in its bits, else oneDNN ran no Winograd here and the test says
+ * skipped. */
+typedef struct wino_shape {
+  int cin, h, w, cout;
+} wino_shape;
+
+/* Every result of one context, on the host. */
+typedef struct wino_run {
+  st_tensor y, dx, dw, db;
+} wino_run;
+
+#define WINO_SAMPLES 512   /* sampled outputs of y */
+#define WINO_DW_SAMPLES 48 /* sampled elements of dw */
+#define WINO_RTOL 4e-5     /* of the largest sampled magnitude */
+
+static wino_run wino_run_all(int allow, const st_tensor *x, const st_tensor *w,
+                             const st_tensor *b, const st_tensor *dy) {
+  st__cpu_conv_allow_winograd(allow);
+  st_backend_options opts = {.kind = ST_BACKEND_CPU, .threads = 2};
+  st_backend *be = NULL;
+  ST_ASSERT_OK(st_backend_new(&opts, &be));
+  const st_conv2d_params p = {{1, 1}, {1, 1}, {1, 1}, 1};
+  wino_run r;
+  ST_ASSERT_OK(st_tensor_alloc(be, &r.y, ST_F32, 4, dy->shape));
+  ST_ASSERT_OK(st_tensor_alloc(be, &r.dx, ST_F32, 4, x->shape));
+  ST_ASSERT_OK(st_tensor_alloc(be, &r.dw, ST_F32, 4, w->shape));
+  ST_ASSERT_OK(st_tensor_alloc(be, &r.db, ST_F32, 1, b->shape));
+  ST_ASSERT_OK(st_conv2d_fwd(be, &p, x, w, b, ST_ACT_NONE, 0.0f, &r.y));
+  ST_ASSERT_OK(st_conv2d_bwd_data(be, &p, dy, w, &r.dx));
+  ST_ASSERT_OK(st_conv2d_bwd_weights(be, &p, x, dy, &r.dw, &r.db));
+  wino_run h = {st_test_to_host(be, &r.y), st_test_to_host(be, &r.dx),
+                st_test_to_host(be, &r.dw), st_test_to_host(be, &r.db)};
+  st_tensor *all[] = {&r.y, &r.dx, &r.dw, &r.db};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+    st_tensor_free(all[i]);
+  st_backend_free(be);
+  st__cpu_conv_allow_winograd(1);
+  return h;
+}
+
+static void wino_run_free(wino_run *r) {
+  st_tensor *all[] = {&r->y, &r->dx, &r->dw, &r->db};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+    st_tensor_free(all[i]);
+}
+
+/* x at (c, i, j), 0 outside the frame (padding 1). */
+static double wino_x(const wino_shape *k, const float *x, int c, int i, int j) {
+  if (i < 0 || j < 0 || i >= k->h || j >= k->w)
+    return 0.0;
+  return x[((size_t)c * k->h + i) * k->w + j];
+}
+
+/* The largest error of y and of dw at the sampled elements against float64
+ * sums, relative to the largest sampled magnitude of each. */
+static void wino_errors(const wino_shape *k, const wino_run *r, const float *x,
+                        const float *w, const float *b, const float *dy,
+                        double err[2]) {
+  double scale[2] = {0.0, 0.0};
+  err[0] = err[1] = 0.0;
+  const int64_t hw = (int64_t)k->h * k->w;
+  for (int s = 0; s < WINO_SAMPLES; s++) {
+    const int o = (s * 7) % k->cout;
+    /* The first samples are the four corners (padding), then spread. */
+    const int64_t px = s < 4 ? (s & 1 ? k->w - 1 : 0) + (s & 2 ? hw - k->w : 0)
+                             : ((int64_t)s * 104729) % hw;
+    const int i = (int)(px / k->w), j = (int)(px % k->w);
+    double sum = b[o];
+    for (int c = 0; c < k->cin; c++)
+      for (int di = 0; di < 3; di++)
+        for (int dj = 0; dj < 3; dj++)
+          sum += (double)w[(((size_t)o * k->cin + c) * 3 + di) * 3 + dj] *
+                 wino_x(k, x, c, i + di - 1, j + dj - 1);
+    const double got = ((const float *)r->y.data)[(size_t)o * hw + px];
+    err[0] = fmax(err[0], fabs(got - sum));
+    scale[0] = fmax(scale[0], fabs(sum));
+  }
+  for (int s = 0; s < WINO_DW_SAMPLES; s++) {
+    const int64_t e = ((int64_t)s * 7919) % st_tensor_numel(&r->dw);
+    const int o = (int)(e / (k->cin * 9)), c = (int)(e / 9 % k->cin);
+    const int di = (int)(e / 3 % 3), dj = (int)(e % 3);
+    double sum = 0.0;
+    for (int i = 0; i < k->h; i++)
+      for (int j = 0; j < k->w; j++)
+        sum += (double)dy[((size_t)o * k->h + i) * k->w + j] *
+               wino_x(k, x, c, i + di - 1, j + dj - 1);
+    const double got = ((const float *)r->dw.data)[e];
+    err[1] = fmax(err[1], fabs(got - sum));
+    scale[1] = fmax(scale[1], fabs(sum));
+  }
+  err[0] /= scale[0];
+  err[1] /= scale[1];
+}
+
+static void test_winograd_matches_direct(void **state) {
+  (void)state;
+  if (st_test_on_gpu()) {
+    printf("the CPU backend's convolution algorithms only\n");
+    skip();
+  }
+  const wino_shape shapes[] = {
+      {32, 360, 640, 32}, /* out_conv1, out_conv2 */
+      {96, 90, 160, 32},  /* dec3.long_path.0 */
+      {128, 45, 80, 32},  /* dec2.long_path.0 */
+  };
+  int differed = 0;
+  for (size_t n = 0; n < sizeof shapes / sizeof shapes[0]; n++) {
+    const wino_shape *k = &shapes[n];
+    const int64_t xs[4] = {1, k->cin, k->h, k->w},
+                  ws[4] = {k->cout, k->cin, 3, 3}, bs[1] = {k->cout},
+                  ys[4] = {1, k->cout, k->h, k->w};
+    st_tensor x, w, b, dy;
+    ST_ASSERT_OK(st_tensor_alloc(NULL, &x, ST_F32, 4, xs));
+    ST_ASSERT_OK(st_tensor_alloc(NULL, &w, ST_F32, 4, ws));
+    ST_ASSERT_OK(st_tensor_alloc(NULL, &b, ST_F32, 1, bs));
+    ST_ASSERT_OK(st_tensor_alloc(NULL, &dy, ST_F32, 4, ys));
+    const float bound = 1.0f / sqrtf(9.0f * (float)k->cin);
+    st_test_fill_uniform(x.data, (size_t)st_tensor_numel(&x), 300 + n, -1, 1);
+    st_test_fill_uniform(w.data, (size_t)st_tensor_numel(&w), 310 + n, -bound,
+                         bound);
+    st_test_fill_uniform(b.data, (size_t)k->cout, 320 + n, -bound, bound);
+    st_test_fill_uniform(dy.data, (size_t)st_tensor_numel(&dy), 330 + n, -1, 1);
+    wino_run picked = wino_run_all(1, &x, &w, &b, &dy);
+    wino_run direct = wino_run_all(0, &x, &w, &b, &dy);
+    double err_picked[2], err_direct[2];
+    wino_errors(k, &picked, x.data, w.data, b.data, dy.data, err_picked);
+    wino_errors(k, &direct, x.data, w.data, b.data, dy.data, err_direct);
+    const int y_differs =
+        memcmp(picked.y.data, direct.y.data, st_tensor_nbytes(&picked.y)) != 0;
+    const int dw_differs = memcmp(picked.dw.data, direct.dw.data,
+                                  st_tensor_nbytes(&picked.dw)) != 0;
+    printf("%dx%dx%d->%d: y error %.2g (direct %.2g)%s, dw error %.2g "
+           "(direct %.2g)%s\n",
+           k->cin, k->h, k->w, k->cout, err_picked[0], err_direct[0],
+           y_differs ? "" : " same bits", err_picked[1], err_direct[1],
+           dw_differs ? "" : " same bits");
+    for (int i = 0; i < 2; i++) {
+      assert_true(err_picked[i] <= WINO_RTOL);
+      assert_true(err_direct[i] <= WINO_RTOL);
+    }
+    assert_memory_equal(picked.dx.data, direct.dx.data,
+                        st_tensor_nbytes(&picked.dx));
+    differed += y_differs;
+    wino_run_free(&picked);
+    wino_run_free(&direct);
+    st_tensor *all[] = {&x, &w, &b, &dy};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+      st_tensor_free(all[i]);
+  }
+  if (!differed) {
+    printf("oneDNN ran no Winograd convolution on this CPU\n");
+    skip();
+  }
+}
+
 /* ---- optional benchmark: the student's convolutions at 720x1280 --------- */
 
 typedef struct bench_shape {
@@ -610,6 +778,7 @@ int main(void) {
       cmocka_unit_test(test_cache_reuse),
       cmocka_unit_test(test_cache_eviction),
       cmocka_unit_test(test_single_thread_context),
+      cmocka_unit_test(test_winograd_matches_direct),
   };
   int failed =
       shared_failed +

@@ -207,58 +207,58 @@ typedef struct conv_geom {
   dnnl_dims_t pad;     /* symmetric: used for both padding_l and padding_r */
 } conv_geom;
 
-/* Creates a convolution primitive descriptor of the given kind. md[] are the
+/* Creates a convolution primitive descriptor of the given kind and
+ * algorithm, and gives oneDNN's status (dnnl_unimplemented: no
+ * implementation of that algorithm for these shapes here). md[] are the
  * slot descriptors (md[SLOT_BIA] NULL when there is no bias); for the
  * backward kinds `hint` is the forward pd oneDNN wants as a hint; `prop`
  * matters to the forward kind only. */
-static int conv_pd_create(struct st_cpu_conv_cache *c,
-                          dnnl_primitive_desc_t *pd, st__conv_kind kind,
-                          dnnl_prop_kind_t prop, const md_ref md[SLOT_COUNT],
-                          const conv_geom *g, const_dnnl_primitive_attr_t attr,
-                          const_dnnl_primitive_desc_t hint) {
-  int rc = ST_OK;
-  const dnnl_alg_kind_t alg = dnnl_convolution_direct;
+static dnnl_status_t
+conv_pd_create(struct st_cpu_conv_cache *c, dnnl_primitive_desc_t *pd,
+               st__conv_kind kind, dnnl_alg_kind_t alg, dnnl_prop_kind_t prop,
+               const md_ref md[SLOT_COUNT], const conv_geom *g,
+               const_dnnl_primitive_attr_t attr,
+               const_dnnl_primitive_desc_t hint) {
 #if DNNL_VERSION_MAJOR >= 3
   switch (kind) {
   case ST__CONV_FWD:
-    ST__DNNL(dnnl_convolution_forward_primitive_desc_create, pd, c->engine,
-             prop, alg, md[SLOT_SRC], md[SLOT_WEI], md[SLOT_BIA], md[SLOT_DST],
-             g->strides, g->dilates, g->pad, g->pad, attr);
-    break;
+    return dnnl_convolution_forward_primitive_desc_create(
+        pd, c->engine, prop, alg, md[SLOT_SRC], md[SLOT_WEI], md[SLOT_BIA],
+        md[SLOT_DST], g->strides, g->dilates, g->pad, g->pad, attr);
   case ST__CONV_BWD_DATA:
-    ST__DNNL(dnnl_convolution_backward_data_primitive_desc_create, pd,
-             c->engine, alg, md[SLOT_SRC], md[SLOT_WEI], md[SLOT_DST],
-             g->strides, g->dilates, g->pad, g->pad, hint, attr);
-    break;
+    return dnnl_convolution_backward_data_primitive_desc_create(
+        pd, c->engine, alg, md[SLOT_SRC], md[SLOT_WEI], md[SLOT_DST],
+        g->strides, g->dilates, g->pad, g->pad, hint, attr);
   case ST__CONV_BWD_WEIGHTS:
-    ST__DNNL(dnnl_convolution_backward_weights_primitive_desc_create, pd,
-             c->engine, alg, md[SLOT_SRC], md[SLOT_WEI], md[SLOT_BIA],
-             md[SLOT_DST], g->strides, g->dilates, g->pad, g->pad, hint, attr);
-    break;
+    return dnnl_convolution_backward_weights_primitive_desc_create(
+        pd, c->engine, alg, md[SLOT_SRC], md[SLOT_WEI], md[SLOT_BIA],
+        md[SLOT_DST], g->strides, g->dilates, g->pad, g->pad, hint, attr);
   }
+  return dnnl_invalid_arguments;
 #else
   dnnl_convolution_desc_t cd;
+  dnnl_status_t s = dnnl_invalid_arguments;
   switch (kind) {
   case ST__CONV_FWD:
-    ST__DNNL(dnnl_dilated_convolution_forward_desc_init, &cd, prop, alg,
-             md[SLOT_SRC], md[SLOT_WEI], md[SLOT_BIA], md[SLOT_DST], g->strides,
-             g->dilates, g->pad, g->pad);
+    s = dnnl_dilated_convolution_forward_desc_init(
+        &cd, prop, alg, md[SLOT_SRC], md[SLOT_WEI], md[SLOT_BIA], md[SLOT_DST],
+        g->strides, g->dilates, g->pad, g->pad);
     break;
   case ST__CONV_BWD_DATA:
-    ST__DNNL(dnnl_dilated_convolution_backward_data_desc_init, &cd, alg,
-             md[SLOT_SRC], md[SLOT_WEI], md[SLOT_DST], g->strides, g->dilates,
-             g->pad, g->pad);
+    s = dnnl_dilated_convolution_backward_data_desc_init(
+        &cd, alg, md[SLOT_SRC], md[SLOT_WEI], md[SLOT_DST], g->strides,
+        g->dilates, g->pad, g->pad);
     break;
   case ST__CONV_BWD_WEIGHTS:
-    ST__DNNL(dnnl_dilated_convolution_backward_weights_desc_init, &cd, alg,
-             md[SLOT_SRC], md[SLOT_WEI], md[SLOT_BIA], md[SLOT_DST], g->strides,
-             g->dilates, g->pad, g->pad);
+    s = dnnl_dilated_convolution_backward_weights_desc_init(
+        &cd, alg, md[SLOT_SRC], md[SLOT_WEI], md[SLOT_BIA], md[SLOT_DST],
+        g->strides, g->dilates, g->pad, g->pad);
     break;
   }
-  ST__DNNL(dnnl_primitive_desc_create, pd, &cd, attr, c->engine, hint);
+  if (s != dnnl_success)
+    return s;
+  return dnnl_primitive_desc_create(pd, &cd, attr, c->engine, hint);
 #endif
-err:
-  return rc;
 }
 
 /* ---- shared buffers ----------------------------------------------------- */
@@ -371,23 +371,63 @@ static int slot_is_output(st__conv_kind kind, int slot) {
   return 0;
 }
 
-/* Creates e->pd (and, for the backward kinds, the forward hint it needs)
- * for the requested slot layouts. */
+/* The algorithm of each kind, measured at the student's shapes with
+ * oneDNN 2.6 on AVX-512 (docs/performance.md): the forward takes Winograd
+ * where oneDNN implements it (3x3, stride 1, wide enough channels; 15-20 %
+ * off the largest layers, errors as small as the direct one's) and is
+ * direct elsewhere; the weight gradient lets oneDNN choose (it takes
+ * Winograd for the widest layers); the data gradient stays direct (its
+ * Winograd moved partial distillation out of the reference's tolerance). */
+static _Atomic int winograd_allowed = 1; /* test hook, cpu_impl.h */
+
+void st__cpu_conv_allow_winograd(int allowed) { winograd_allowed = allowed; }
+
+static dnnl_alg_kind_t conv_alg(st__conv_kind kind) {
+  if (!winograd_allowed)
+    return dnnl_convolution_direct;
+  switch (kind) {
+  case ST__CONV_FWD:
+    return dnnl_convolution_winograd;
+  case ST__CONV_BWD_WEIGHTS:
+    return dnnl_convolution_auto;
+  case ST__CONV_BWD_DATA:
+    break;
+  }
+  return dnnl_convolution_direct;
+}
+
+/* conv_pd_create with conv_alg(kind), or direct where oneDNN has no
+ * implementation of that algorithm for these shapes. */
+static int conv_pd_pick(struct st_cpu_conv_cache *c, dnnl_primitive_desc_t *pd,
+                        st__conv_kind kind, st__conv_kind alg_of,
+                        dnnl_prop_kind_t prop, const md_ref md[SLOT_COUNT],
+                        const conv_geom *g, const_dnnl_primitive_attr_t attr,
+                        const_dnnl_primitive_desc_t hint) {
+  const dnnl_alg_kind_t alg = conv_alg(alg_of);
+  dnnl_status_t s = conv_pd_create(c, pd, kind, alg, prop, md, g, attr, hint);
+  if (s == dnnl_unimplemented && alg != dnnl_convolution_direct)
+    s = conv_pd_create(c, pd, kind, dnnl_convolution_direct, prop, md, g, attr,
+                       hint);
+  return s == dnnl_success ? ST_OK : dnnl_fail("convolution pd create", s);
+}
+
+/* Creates e->pd (and, for the backward kinds, the forward hint it needs,
+ * of the backward's algorithm) for the requested slot layouts. */
 static int entry_make_pd(struct st_cpu_conv_cache *c, conv_entry *e,
                          st__conv_kind kind, const md_ref want[SLOT_COUNT],
                          const conv_geom *g, const_dnnl_primitive_attr_t attr) {
   int rc = ST_OK;
   if (kind == ST__CONV_FWD)
-    return conv_pd_create(c, &e->pd, kind, dnnl_forward_inference, want, g,
-                          attr, NULL);
+    return conv_pd_pick(c, &e->pd, kind, kind, dnnl_forward_inference, want, g,
+                        attr, NULL);
   /* The backward passes want the forward pd they belong to as a hint. */
   md_ref fwd[SLOT_COUNT] = {
       want[SLOT_SRC], want[SLOT_WEI],
       kind == ST__CONV_BWD_WEIGHTS ? want[SLOT_BIA] : NULL, want[SLOT_DST]};
-  ST__CHECK(conv_pd_create(c, &e->hint_pd, ST__CONV_FWD, dnnl_forward_training,
-                           fwd, g, NULL, NULL));
-  ST__CHECK(conv_pd_create(c, &e->pd, kind, dnnl_forward_training, want, g,
-                           attr, e->hint_pd));
+  ST__CHECK(conv_pd_pick(c, &e->hint_pd, ST__CONV_FWD, kind,
+                         dnnl_forward_training, fwd, g, NULL, NULL));
+  ST__CHECK(conv_pd_pick(c, &e->pd, kind, kind, dnnl_forward_training, want, g,
+                         attr, e->hint_pd));
 err:
   return rc;
 }

@@ -91,6 +91,10 @@ int st__cpu_image_to_tensor(st_backend *be, const st_tensor *image,
  * a doubled width has a faster one with the same results. */
 void st__cpu_resize_allow_doubled(int allowed);
 
+/* Test hook: with 0, every convolution a CPU context builds from then on
+ * is direct (cpu_conv.c conv_alg), so tests can compare the algorithms. */
+void st__cpu_conv_allow_winograd(int allowed);
+
 /* cpu_graph_ops.c: ops of imported (ONNX) graphs */
 int st__cpu_unary(st_backend *be, st_unary_kind kind, float alpha, float beta,
                   const st_tensor *x, st_tensor *y);
