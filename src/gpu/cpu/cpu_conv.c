@@ -371,17 +371,18 @@ static int slot_is_output(st__conv_kind kind, int slot) {
   return 0;
 }
 
-/* The algorithm of each kind, measured at the student's shapes with
- * oneDNN 2.6 on AVX-512 (docs/performance.md): the forward takes Winograd
- * where oneDNN implements it (3x3, stride 1, wide enough channels; 15-20 %
- * off the largest layers, errors as small as the direct one's) and is
- * direct elsewhere; the weight gradient lets oneDNN choose (it takes
- * Winograd for the widest layers); the data gradient stays direct (its
- * Winograd moved partial distillation out of the reference's tolerance). */
 static _Atomic int winograd_allowed = 1; /* test hook, cpu_impl.h */
 
 void st__cpu_conv_allow_winograd(int allowed) { winograd_allowed = allowed; }
 
+/* The algorithm of each kind, chosen by measuring the student at 720x1280
+ * with oneDNN 2.6 on AVX-512 (docs/performance.md: the step 12-16 % and
+ * inference 13 % faster than all direct). The forward asks for Winograd,
+ * which oneDNN implements for 3x3 stride-1 convolutions with enough
+ * channels, with errors as small as the direct one's. The weight gradient
+ * lets oneDNN choose; it takes Winograd for the widest layers. The data
+ * gradient stays direct, because its Winograd moved partial distillation
+ * outside the reference's tolerance. */
 static dnnl_alg_kind_t conv_alg(st__conv_kind kind) {
   if (!winograd_allowed)
     return dnnl_convolution_direct;
@@ -396,7 +397,8 @@ static dnnl_alg_kind_t conv_alg(st__conv_kind kind) {
   return dnnl_convolution_direct;
 }
 
-/* conv_pd_create with conv_alg(kind), or direct where oneDNN has no
+/* conv_pd_create of `kind` with conv_alg(alg_of) (a backward pass's hint is
+ * a forward with the backward's algorithm), or direct where oneDNN has no
  * implementation of that algorithm for these shapes. */
 static int conv_pd_pick(struct st_cpu_conv_cache *c, dnnl_primitive_desc_t *pd,
                         st__conv_kind kind, st__conv_kind alg_of,
@@ -408,7 +410,9 @@ static int conv_pd_pick(struct st_cpu_conv_cache *c, dnnl_primitive_desc_t *pd,
   if (s == dnnl_unimplemented && alg != dnnl_convolution_direct)
     s = conv_pd_create(c, pd, kind, dnnl_convolution_direct, prop, md, g, attr,
                        hint);
-  return s == dnnl_success ? ST_OK : dnnl_fail("convolution pd create", s);
+  return s == dnnl_success
+             ? ST_OK
+             : dnnl_fail("creating the convolution primitive descriptor", s);
 }
 
 /* Creates e->pd (and, for the backward kinds, the forward hint it needs,
