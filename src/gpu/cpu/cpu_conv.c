@@ -376,25 +376,18 @@ static _Atomic int winograd_allowed = 1; /* test hook, cpu_impl.h */
 void st__cpu_conv_allow_winograd(int allowed) { winograd_allowed = allowed; }
 
 /* The algorithm of each kind, chosen by measuring the student at 720x1280
- * with oneDNN 2.6 on AVX-512 (docs/performance.md: the step 12-16 % and
- * inference 13 % faster than all direct). The forward asks for Winograd,
- * which oneDNN implements for 3x3 stride-1 convolutions with enough
- * channels, with errors as small as the direct one's. The weight gradient
- * lets oneDNN choose; it takes Winograd for the widest layers. The data
- * gradient stays direct, because its Winograd moved partial distillation
- * outside the reference's tolerance. */
+ * with oneDNN 2.6 on AVX-512 (docs/performance.md: the step 20-25 % and
+ * inference 13 % faster than all direct). The forward and the data
+ * gradient ask for Winograd, which oneDNN implements for 3x3 stride-1
+ * convolutions with enough channels, with errors as small as the direct
+ * one's. The weight gradient lets oneDNN choose; it takes Winograd for the
+ * widest layers. Asking for Winograd in every weight gradient moved partial
+ * distillation outside the reference's tolerance. */
 static dnnl_alg_kind_t conv_alg(st__conv_kind kind) {
   if (!winograd_allowed)
     return dnnl_convolution_direct;
-  switch (kind) {
-  case ST__CONV_FWD:
-    return dnnl_convolution_winograd;
-  case ST__CONV_BWD_WEIGHTS:
-    return dnnl_convolution_auto;
-  case ST__CONV_BWD_DATA:
-    break;
-  }
-  return dnnl_convolution_direct;
+  return kind == ST__CONV_BWD_WEIGHTS ? dnnl_convolution_auto
+                                      : dnnl_convolution_winograd;
 }
 
 /* conv_pd_create of `kind` with conv_alg(alg_of) (a backward pass's hint is
