@@ -912,16 +912,21 @@ int st__cpu_image_to_tensor(st_backend *be, const st_tensor *image,
   const int64_t h = image->shape[0], w = image->shape[1];
   const uint8_t *img = image->data;
   float *yd = y->data;
-  /* Subtract then divide in float, exactly as the reference's numpy. */
+  /* Subtract then divide in float, exactly as the reference's numpy: once
+   * per channel and byte value, then every pixel looks its value up. */
+  float table[3][256];
+  for (int c = 0; c < 3; c++)
+    for (int v = 0; v < 256; v++)
+      table[c][v] = ((float)v - mean[c]) / std_[c];
 #pragma omp parallel for num_threads(team(be, h *w * 3)) schedule(static)
   for (int64_t r = 0; r < h; r++) {
     const uint8_t *restrict src = img + r * w * 3;
     for (int c = 0; c < 3; c++) {
-      const int from = channel_order[c];
-      const float mu = mean[c], sd = std_[c];
+      const uint8_t *restrict from = src + channel_order[c];
+      const float *restrict lut = table[c];
       float *restrict dst = yd + (c * h + r) * w;
       for (int64_t j = 0; j < w; j++)
-        dst[j] = ((float)src[j * 3 + from] - mu) / sd;
+        dst[j] = lut[from[j * 3]];
     }
   }
   return ST_OK;
