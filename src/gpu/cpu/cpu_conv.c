@@ -375,30 +375,49 @@ static _Atomic int winograd_allowed = 1; /* test hook, cpu_impl.h */
 
 void st__cpu_conv_allow_winograd(int allowed) { winograd_allowed = allowed; }
 
-/* The algorithm of each kind, chosen by measuring the student at 720x1280
- * with oneDNN 2.6 on AVX-512 (docs/performance.md: the step 20-25 % and
- * inference 13 % faster than all direct). The forward and the data
- * gradient ask for Winograd, which oneDNN implements for 3x3 stride-1
- * convolutions with enough channels, with errors as small as the direct
- * one's. The weight gradient lets oneDNN choose; it takes Winograd for the
- * widest layers. Asking for Winograd in every weight gradient moved partial
- * distillation outside the reference's tolerance. */
-static dnnl_alg_kind_t conv_alg(st__conv_kind kind) {
+/* Output pixels (per image and channel) from which the forward and the
+ * data gradient ask for Winograd. Its fixed cost per call (transforming
+ * the weights) only pays on large planes: measured per shape with oneDNN
+ * 2.6 on AVX-512, reorders included, the student's forwards gain from
+ * 27,648 pixels up (1.4 against 1.6 ms at 144x192, 9.8 against 14.0 ms
+ * at 360x640), are even at 14,400 and lose below (1.9 against 0.4 ms at
+ * 23x40 with 128 to 64 channels); its data gradients gain from 1,728
+ * pixels up and are even at 432. */
+#define ST_CPU_WINOGRAD_FWD_PIXELS 16384
+#define ST_CPU_WINOGRAD_BWD_DATA_PIXELS 1024
+
+/* The algorithm of a convolution (docs/performance.md). The forward and
+ * the data gradient ask for Winograd on planes of at least the pixels
+ * above; oneDNN implements it for 3x3 stride-1 convolutions with enough
+ * channels, with errors as small as the direct one's. The weight gradient
+ * lets oneDNN choose (it takes Winograd for the student's 360x640 layers);
+ * asking for Winograd in every weight gradient moved partial distillation
+ * outside the reference's tolerance. */
+static dnnl_alg_kind_t conv_alg(const st__conv_key *k) {
   if (!winograd_allowed)
     return dnnl_convolution_direct;
-  return kind == ST__CONV_BWD_WEIGHTS ? dnnl_convolution_auto
-                                      : dnnl_convolution_winograd;
+  switch ((st__conv_kind)k->kind) {
+  case ST__CONV_FWD:
+    return k->oh * k->ow >= ST_CPU_WINOGRAD_FWD_PIXELS
+               ? dnnl_convolution_winograd
+               : dnnl_convolution_direct;
+  case ST__CONV_BWD_DATA:
+    return k->h * k->w >= ST_CPU_WINOGRAD_BWD_DATA_PIXELS
+               ? dnnl_convolution_winograd
+               : dnnl_convolution_direct;
+  case ST__CONV_BWD_WEIGHTS:
+    break;
+  }
+  return dnnl_convolution_auto;
 }
 
-/* conv_pd_create of `kind` with conv_alg(alg_of) (a backward pass's hint is
- * a forward with the backward's algorithm), or direct where oneDNN has no
- * implementation of that algorithm for these shapes. */
+/* conv_pd_create with `alg`, or direct where oneDNN has no implementation
+ * of that algorithm for these shapes. */
 static int conv_pd_pick(struct st_cpu_conv_cache *c, dnnl_primitive_desc_t *pd,
-                        st__conv_kind kind, st__conv_kind alg_of,
+                        st__conv_kind kind, dnnl_alg_kind_t alg,
                         dnnl_prop_kind_t prop, const md_ref md[SLOT_COUNT],
                         const conv_geom *g, const_dnnl_primitive_attr_t attr,
                         const_dnnl_primitive_desc_t hint) {
-  const dnnl_alg_kind_t alg = conv_alg(alg_of);
   dnnl_status_t s = conv_pd_create(c, pd, kind, alg, prop, md, g, attr, hint);
   if (s == dnnl_unimplemented && alg != dnnl_convolution_direct)
     s = conv_pd_create(c, pd, kind, dnnl_convolution_direct, prop, md, g, attr,
@@ -409,21 +428,23 @@ static int conv_pd_pick(struct st_cpu_conv_cache *c, dnnl_primitive_desc_t *pd,
 }
 
 /* Creates e->pd (and, for the backward kinds, the forward hint it needs,
- * of the backward's algorithm) for the requested slot layouts. */
+ * of the same algorithm) for the requested slot layouts. */
 static int entry_make_pd(struct st_cpu_conv_cache *c, conv_entry *e,
-                         st__conv_kind kind, const md_ref want[SLOT_COUNT],
+                         const st__conv_key *k, const md_ref want[SLOT_COUNT],
                          const conv_geom *g, const_dnnl_primitive_attr_t attr) {
   int rc = ST_OK;
+  const st__conv_kind kind = (st__conv_kind)k->kind;
+  const dnnl_alg_kind_t alg = conv_alg(k);
   if (kind == ST__CONV_FWD)
-    return conv_pd_pick(c, &e->pd, kind, kind, dnnl_forward_inference, want, g,
+    return conv_pd_pick(c, &e->pd, kind, alg, dnnl_forward_inference, want, g,
                         attr, NULL);
   /* The backward passes want the forward pd they belong to as a hint. */
   md_ref fwd[SLOT_COUNT] = {
       want[SLOT_SRC], want[SLOT_WEI],
       kind == ST__CONV_BWD_WEIGHTS ? want[SLOT_BIA] : NULL, want[SLOT_DST]};
-  ST__CHECK(conv_pd_pick(c, &e->hint_pd, ST__CONV_FWD, kind,
+  ST__CHECK(conv_pd_pick(c, &e->hint_pd, ST__CONV_FWD, alg,
                          dnnl_forward_training, fwd, g, NULL, NULL));
-  ST__CHECK(conv_pd_pick(c, &e->pd, kind, kind, dnnl_forward_training, want, g,
+  ST__CHECK(conv_pd_pick(c, &e->pd, kind, alg, dnnl_forward_training, want, g,
                          attr, e->hint_pd));
 err:
   return rc;
@@ -512,7 +533,7 @@ static int entry_build(struct st_cpu_conv_cache *c, const st__conv_key *k,
       plain_io ? MD_REF(plain[SLOT_SRC]) : MD_REF(any[SLOT_SRC]),
       MD_REF(any[SLOT_WEI]), has_bias ? MD_REF(any[SLOT_BIA]) : NULL,
       plain_io ? MD_REF(plain[SLOT_DST]) : MD_REF(any[SLOT_DST])};
-  ST__CHECK(entry_make_pd(c, e, kind, want, &g, attr));
+  ST__CHECK(entry_make_pd(c, e, k, want, &g, attr));
   if (plain_io && pd_is_reference(e->pd)) {
     dnnl_primitive_desc_destroy(e->pd);
     e->pd = NULL;
@@ -521,7 +542,7 @@ static int entry_build(struct st_cpu_conv_cache *c, const st__conv_key *k,
     e->hint_pd = NULL;
     want[SLOT_SRC] = MD_REF(any[SLOT_SRC]);
     want[SLOT_DST] = MD_REF(any[SLOT_DST]);
-    ST__CHECK(entry_make_pd(c, e, kind, want, &g, attr));
+    ST__CHECK(entry_make_pd(c, e, k, want, &g, attr));
   }
   ST__CHECK(exec_create(c, e->pd, &e->conv));
 
