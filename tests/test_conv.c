@@ -332,30 +332,37 @@ static void test_cache_reuse(void **state) {
   st_safetensors_free(fx);
 }
 
-/* Direct convolution in double (N = 1, no groups, no dilation), an
- * independent reference for shapes the fixture does not hold. */
+/* Output (o, i, j) of a direct convolution in double (N = 1, no groups, no
+ * dilation): an independent reference for shapes the fixture does not
+ * hold. */
+static double naive_conv_at(const st_conv2d_params *p, const st_tensor *x,
+                            const st_tensor *w, const st_tensor *b, int64_t o,
+                            int64_t i, int64_t j) {
+  const float *xv = x->data, *wv = w->data, *bv = b->data;
+  int64_t cin = x->shape[1], h = x->shape[2], wd = x->shape[3];
+  int64_t kh = w->shape[2], kw = w->shape[3];
+  double acc = bv[o];
+  for (int64_t c = 0; c < cin; c++)
+    for (int64_t u = 0; u < kh; u++)
+      for (int64_t v = 0; v < kw; v++) {
+        int64_t r = i * p->stride[0] - p->pad[0] + u;
+        int64_t q = j * p->stride[1] - p->pad[1] + v;
+        if (r >= 0 && r < h && q >= 0 && q < wd)
+          acc += (double)xv[(c * h + r) * wd + q] *
+                 (double)wv[((o * cin + c) * kh + u) * kw + v];
+      }
+  return acc;
+}
+
+/* The whole of naive_conv_at's convolution into y. */
 static void naive_conv(const st_conv2d_params *p, const st_tensor *x,
                        const st_tensor *w, const st_tensor *b, st_tensor *y) {
-  const float *xv = x->data, *wv = w->data, *bv = b->data;
   float *yv = y->data;
-  int64_t cin = x->shape[1], h = x->shape[2], wd = x->shape[3];
-  int64_t cout = w->shape[0], kh = w->shape[2], kw = w->shape[3];
-  int64_t oh = y->shape[2], ow = y->shape[3];
+  int64_t cout = w->shape[0], oh = y->shape[2], ow = y->shape[3];
   for (int64_t o = 0; o < cout; o++)
     for (int64_t i = 0; i < oh; i++)
-      for (int64_t j = 0; j < ow; j++) {
-        double acc = bv[o];
-        for (int64_t c = 0; c < cin; c++)
-          for (int64_t u = 0; u < kh; u++)
-            for (int64_t v = 0; v < kw; v++) {
-              int64_t r = i * p->stride[0] - p->pad[0] + u;
-              int64_t q = j * p->stride[1] - p->pad[1] + v;
-              if (r >= 0 && r < h && q >= 0 && q < wd)
-                acc += (double)xv[(c * h + r) * wd + q] *
-                       (double)wv[((o * cin + c) * kh + u) * kw + v];
-            }
-        yv[(o * oh + i) * ow + j] = (float)acc;
-      }
+      for (int64_t j = 0; j < ow; j++)
+        yv[(o * oh + i) * ow + j] = (float)naive_conv_at(p, x, w, b, o, i, j);
 }
 
 /* More distinct shapes than either backend's cache holds (CPU 96 entries,
@@ -504,20 +511,17 @@ static int64_t wino_pixel(const wino_shape *k, int s) {
 /* The largest errors of y, dw and dx at the sampled elements against
  * float64 sums, each relative to the largest sampled magnitude. */
 static void wino_errors(const wino_shape *k, const wino_run *r,
-                        const float *x, const float *w, const float *b,
-                        const float *dy, double err[3]) {
+                        const st_tensor *xt, const st_tensor *wt,
+                        const st_tensor *bt, const st_tensor *dyt,
+                        double err[3]) {
+  const st_conv2d_params p = {{1, 1}, {1, 1}, {1, 1}, 1};
+  const float *x = xt->data, *w = wt->data, *dy = dyt->data;
   double scale[3] = {0.0, 0.0, 0.0};
   const int64_t hw = (int64_t)k->h * k->w;
   for (int s = 0; s < WINO_SAMPLES; s++) {
     const int o = (s * 7) % k->cout;
     const int64_t px = wino_pixel(k, s);
-    const int i = (int)(px / k->w), j = (int)(px % k->w);
-    double sum = b[o];
-    for (int c = 0; c < k->cin; c++)
-      for (int di = 0; di < 3; di++)
-        for (int dj = 0; dj < 3; dj++)
-          sum += (double)w[(((size_t)o * k->cin + c) * 3 + di) * 3 + dj] *
-                 wino_at(k, x, c, i + di - 1, j + dj - 1);
+    const double sum = naive_conv_at(&p, xt, wt, bt, o, px / k->w, px % k->w);
     const double got = ((const float *)r->y.data)[(size_t)o * hw + px];
     err[0] = fmax(err[0], fabs(got - sum));
     scale[0] = fmax(scale[0], fabs(sum));
@@ -584,8 +588,8 @@ static void test_winograd_matches_direct(void **state) {
     wino_run picked = wino_run_all(1, &x, &w, &b, &dy);
     wino_run direct = wino_run_all(0, &x, &w, &b, &dy);
     double err_picked[3] = {0}, err_direct[3] = {0};
-    wino_errors(k, &picked, x.data, w.data, b.data, dy.data, err_picked);
-    wino_errors(k, &direct, x.data, w.data, b.data, dy.data, err_direct);
+    wino_errors(k, &picked, &x, &w, &b, &dy, err_picked);
+    wino_errors(k, &direct, &x, &w, &b, &dy, err_direct);
     const int y_differs =
         memcmp(picked.y.data, direct.y.data, st_tensor_nbytes(&picked.y)) != 0;
     const int dx_differs = memcmp(picked.dx.data, direct.dx.data,

@@ -497,11 +497,16 @@ static int cmd_bench(const options *o) {
   if (s.cfg.trainable_full)
     recompute_ms = step_ms;
   double step_rss = peak_rss_mb();
+  /* The CPU's kernel table, in words and as a JSON value. */
   const char *isa = st_backend_cpu_isa(s.be);
-  printf("backend %s%s%s%s, %lldx%lld, %d iterations, %lld trainable of %lld "
+  char isa_words[32] = "", isa_json[16] = "null";
+  if (isa) {
+    snprintf(isa_words, sizeof isa_words, " (%s kernels)", isa);
+    snprintf(isa_json, sizeof isa_json, "\"%s\"", isa);
+  }
+  printf("backend %s%s, %lldx%lld, %d iterations, %lld trainable of %lld "
          "parameters, op recordings %s\n",
-         st_backend_name(s.be), isa ? " (" : "", isa ? isa : "",
-         isa ? " kernels)" : "", (long long)h, (long long)w, o->iters,
+         st_backend_name(s.be), isa_words, (long long)h, (long long)w, o->iters,
          (long long)st_student_param_count(s.student, 1),
          (long long)st_student_param_count(s.student, 0),
          o->no_graphs ? "off" : "where the backend records (CUDA)");
@@ -513,17 +518,16 @@ static int cmd_bench(const options *o) {
          step_rss);
   printf("  frozen recomputed median %8.1f ms   reuse / recompute %.3f\n",
          recompute_ms, step_ms / recompute_ms);
-  printf("{\"backend\":\"%s\",\"cpu_isa\":%s%s%s,\"height\":%lld,\"width\":%"
-         "lld,\"iters\":%d,"
+  printf("{\"backend\":\"%s\",\"cpu_isa\":%s,\"height\":%lld,\"width\":%lld,"
+         "\"iters\":%d,"
          "\"predict_ms_median\":%.3f,\"predict_peak_rss_mb\":%.1f,"
          "\"infer_ms_median\":%.3f,\"infer_peak_rss_mb\":%.1f,"
          "\"distill_step_ms_median\":%.3f,\"distill_peak_rss_mb\":%.1f,"
          "\"distill_step_recompute_ms_median\":%.3f,\"graphs\":%s,"
          "\"full\":%s}\n",
-         st_backend_name(s.be), isa ? "\"" : "", isa ? isa : "null",
-         isa ? "\"" : "", (long long)h, (long long)w, o->iters, predict_ms,
-         predict_rss, infer_ms, infer_rss, step_ms, step_rss, recompute_ms,
-         o->no_graphs ? "false" : "true",
+         st_backend_name(s.be), isa_json, (long long)h, (long long)w, o->iters,
+         predict_ms, predict_rss, infer_ms, infer_rss, step_ms, step_rss,
+         recompute_ms, o->no_graphs ? "false" : "true",
          s.cfg.trainable_full ? "true" : "false");
 done:
   free(times);

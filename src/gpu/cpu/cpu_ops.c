@@ -339,7 +339,7 @@ int st__cpu_subsample_bwd(st_backend *be, const st_tensor *dy, int stride,
  * 0, is evaluated in its accumulate type (double), and only the weight
  * src - i0 is rounded to float; so indices and weights are bit for bit the
  * ones F.interpolate(size=..., align_corners=False) uses. */
-static void st_cpu_taps(int64_t in, int64_t out, st_cpu_tap *taps) {
+static void resize_taps(int64_t in, int64_t out, st_cpu_tap *taps) {
   const float scale = (float)in / (float)out;
   for (int64_t o = 0; o < out; o++) {
     st_cpu_tap *t = &taps[o];
@@ -371,8 +371,8 @@ static void *resize_scratch(int64_t ih, int64_t iw, int64_t oh, int64_t ow,
   *th = (st_cpu_tap *)block;
   *tw = *th + oh;
   *extra = block + tap_bytes;
-  st_cpu_taps(ih, oh, *th);
-  st_cpu_taps(iw, ow, *tw);
+  resize_taps(ih, oh, *th);
+  resize_taps(iw, ow, *tw);
   return block;
 }
 
@@ -511,9 +511,9 @@ static void ce_result_write(const st_cpu_ce_sums *s, int64_t count,
   }
 }
 
-/* A call's sums from its tasks' in task order: the same bits whatever the
- * team size and whichever thread finishes first (an OpenMP reduction adds
- * the threads' sums in the order they arrive). */
+/* A call's sums from its tasks' sums, added in task order: the same bits
+ * whatever the team size and whichever thread finishes first (an OpenMP
+ * reduction adds the threads' sums in the order they arrive). */
 static st_cpu_ce_sums ce_sums_combine(const st_cpu_ce_sums *part,
                                       int64_t tasks) {
   st_cpu_ce_sums all = {0.0, 0, -1};
